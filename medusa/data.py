@@ -1,0 +1,316 @@
+"""Training data for Medusa heads: chat JSON(L) -> token ids, assistant loss mask, head targets.
+
+Pure python/numpy (no Jittor, no torch) so it is cheap to import and test.
+
+Pipeline: `read_records(path)` -> `normalise_record(rec)` -> `encode_messages(...)` -> `Sample`;
+`load_samples(path, tokenizer, max_length)` runs it over a file and counts what it skips and why.
+`collate(samples, pad_id)` pads a batch; `head_targets(...)` gives each Medusa head its labels.
+
+Loss mask: 1 on the tokens of assistant replies (the content and the template's end-of-turn
+token, e.g. `<|im_end|>` or `</s>`), 0 on system/user turns, on role headers such as
+`<|im_start|>assistant\\n` and on whitespace the template writes after the end token.
+How it is found: render the conversation once, then for every assistant message i render
+`messages[:i]` with the generation prompt (everything up to the reply) and `messages[:i+1]`
+(everything up to the end of the reply); their lengths are the character span of reply i in the
+full text. The full text is tokenized once with offsets, and a token belongs to the span in
+which it starts. Diffing characters rather than token counts keeps the tokenization identical
+to the one the model sees (no merges broken at span edges). A template whose prefixes are not
+prefixes of the full render (one that rewrites history) makes the record skipped, not mislabelled.
+
+Files are read with plain `json` rather than `datasets.load_dataset("json")`: Arrow schema
+inference rejects the heterogeneous records ShareGPT dumps contain, and we want errors that
+name the file and line.
+"""
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from jinja2 import TemplateError   # transformers renders chat templates with jinja2
+
+log = logging.getLogger(__name__)
+
+# ShareGPT speaker names -> chat-template roles. ShareGPT dumps also use bing/chatgpt/bard for
+# the assistant side.
+ROLE_NAMES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+              "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
+              "system": "system"}
+
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+
+TEMPLATES = ("tokenizer", "vicuna")
+
+PROMPT_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem",
+                     "humanities", "structured_output", "summarisation")
+
+
+class DataError(ValueError):
+    """A whole file is unusable: malformed JSON, or no record survives."""
+
+
+class SkipRecord(Exception):
+    """One record is unusable; `reason` is the key it is counted under."""
+
+    def __init__(self, reason, detail):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class Sample:
+    input_ids: np.ndarray   # [T] int32
+    loss_mask: np.ndarray   # [T] int32, 1 on assistant tokens
+
+    def __len__(self):
+        return len(self.input_ids)
+
+
+@dataclass
+class LoadReport:
+    """What happened to each record of one file."""
+    path: str
+    total: int = 0
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)   # reason -> count
+    examples: dict = field(default_factory=dict)        # reason -> first "record i: detail"
+
+    def skip(self, index, err):
+        self.skipped[err.reason] += 1
+        self.examples.setdefault(err.reason, f"record {index}: {err.detail}")
+
+    def summary(self):
+        reasons = ", ".join(f"{r}={n} (e.g. {self.examples[r]})" for r, n in self.skipped.items())
+        return f"{self.path}: kept {self.kept}/{self.total}" + (f"; skipped {reasons}" if reasons else "")
+
+
+# ---------------------------------------------------------------- reading and normalising
+
+def read_records(path):
+    """Records of a JSON array file or a JSONL file (detected by content). Raises DataError."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if text.lstrip().startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+    records = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {lineno} (record {len(records)}): malformed JSON: {e.msg}") from e
+    return records
+
+
+def normalise_record(record):
+    """`conversations: [{from, value}]` or `messages: [{role, content}]` -> [{role, content}].
+
+    Raises SkipRecord for anything unusable.
+    """
+    if not isinstance(record, dict):
+        raise SkipRecord("not_an_object", f"expected an object, got {type(record).__name__}")
+    turns = record.get("conversations", record.get("messages"))
+    if not isinstance(turns, list):
+        raise SkipRecord("no_messages_field", "needs a 'conversations' or 'messages' list")
+    if not turns:
+        raise SkipRecord("empty_conversation", "the conversation has no messages")
+    messages = [_normalise_turn(i, t) for i, t in enumerate(turns)]
+    if not any(m["role"] == "assistant" for m in messages):
+        raise SkipRecord("no_assistant_turn", "no assistant message to train on")
+    return messages
+
+
+def _normalise_turn(i, turn):
+    if not isinstance(turn, dict):
+        raise SkipRecord("bad_message", f"message {i} is not an object")
+    speaker = turn.get("role", turn.get("from"))
+    content = turn.get("content", turn.get("value"))
+    if not isinstance(speaker, str) or not isinstance(content, str):
+        raise SkipRecord("bad_message", f"message {i} needs string role/from and content/value")
+    role = ROLE_NAMES.get(speaker.lower())
+    if role is None:
+        raise SkipRecord("unknown_role", f"message {i} has role {speaker!r}")
+    return {"role": role, "content": content}
+
+
+# ---------------------------------------------------------------- rendering and masking
+
+def render(messages, tokenizer, template="tokenizer", add_generation_prompt=False):
+    """Conversation text: the tokenizer's chat template, or Vicuna v1.1 with template='vicuna'."""
+    if template == "vicuna":
+        return _render_vicuna(messages, tokenizer, add_generation_prompt)
+    if template != "tokenizer":
+        raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
+    return tokenizer.apply_chat_template(messages, tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+
+def _render_vicuna(messages, tokenizer, add_generation_prompt):
+    # FastChat's vicuna_v1.1: "{system} USER: {u} ASSISTANT: {a}</s>USER: ..."; BOS as text so
+    # that every template is tokenized the same way (add_special_tokens=False).
+    system, rest = VICUNA_SYSTEM, messages
+    if messages and messages[0]["role"] == "system":
+        system, rest = messages[0]["content"], messages[1:]
+    text = (tokenizer.bos_token or "") + system + " "
+    for i, m in enumerate(rest):
+        if m["role"] == "user":
+            text += "USER: " + m["content"] + " "
+        elif m["role"] == "assistant":
+            text += "ASSISTANT: " + m["content"] + (tokenizer.eos_token or "</s>")
+        else:
+            raise SkipRecord("template_unsupported", f"vicuna has no system message at position {i}")
+    return text + ("ASSISTANT:" if add_generation_prompt else "")
+
+
+def assistant_spans(messages, tokenizer, template="tokenizer"):
+    """(full text, [(start, end)] character spans of each assistant reply incl. its end token)."""
+    full = render(messages, tokenizer, template)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = render(messages[:i], tokenizer, template, add_generation_prompt=True)
+        upto = render(messages[:i + 1], tokenizer, template)
+        if not (full.startswith(upto) and upto.startswith(before)):
+            raise SkipRecord("template_not_prefix_stable",
+                             f"rendering up to message {i} is not a prefix of the whole")
+        # rstrip: the newline a template writes after the end token belongs to no one.
+        spans.append((len(before), max(len(before), len(upto.rstrip()))))
+    return full, spans
+
+
+def encode_messages(messages, tokenizer, max_length, template="tokenizer"):
+    """Sample of one normalised conversation, truncated to max_length tokens.
+
+    Raises SkipRecord when no loss token survives truncation (or the template misbehaves).
+    """
+    try:
+        text, spans = assistant_spans(messages, tokenizer, template)
+    except TemplateError as e:
+        raise SkipRecord("template_error", str(e)) from e
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = np.asarray(enc["input_ids"], np.int32)[:max_length]
+    starts = np.asarray([s for s, _ in enc["offset_mapping"]], np.int64)[:max_length]
+    mask = np.zeros(len(ids), np.int32)
+    for a, b in spans:
+        mask[(starts >= a) & (starts < b)] = 1
+    if not mask.any():
+        raise SkipRecord("no_loss_tokens", f"no assistant token in the first {max_length} tokens")
+    return Sample(ids, mask)
+
+
+def load_samples(path, tokenizer, max_length, template="tokenizer"):
+    """(samples, LoadReport) of one JSON/JSONL file; bad records are skipped and counted.
+
+    Raises DataError when the file is malformed or no record is usable.
+    """
+    if template == "tokenizer" and not getattr(tokenizer, "chat_template", None):
+        raise ValueError("tokenizer has no chat template; pass template='vicuna' for Vicuna models")
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("load_samples needs a fast tokenizer (it uses offset mappings)")
+    records = read_records(path)
+    report, samples = LoadReport(str(path), total=len(records)), []
+    for i, record in enumerate(records):
+        try:
+            samples.append(encode_messages(normalise_record(record), tokenizer, max_length, template))
+        except SkipRecord as err:
+            report.skip(i, err)
+    report.kept = len(samples)
+    if not samples:
+        raise DataError(f"no usable records: {report.summary()}")
+    (log.warning if report.skipped else log.info)("%s", report.summary())
+    return samples, report
+
+
+# ---------------------------------------------------------------- batches and head labels
+
+def collate(samples, pad_id):
+    """Right-pad to the longest sample of the batch -> dict of int32 [B, T] arrays:
+    input_ids, attention_mask (1 = real token), loss_mask."""
+    B, T = len(samples), max(len(s) for s in samples)
+    batch = {"input_ids": np.full((B, T), pad_id, np.int32),
+             "attention_mask": np.zeros((B, T), np.int32),
+             "loss_mask": np.zeros((B, T), np.int32)}
+    for b, s in enumerate(samples):
+        n = len(s)
+        batch["input_ids"][b, :n] = s.input_ids
+        batch["attention_mask"][b, :n] = 1
+        batch["loss_mask"][b, :n] = s.loss_mask
+    return batch
+
+
+def head_targets(input_ids, loss_mask, num_heads):
+    """Labels of the Medusa heads: (targets [K, B, T] int32, valid [K, B, T] int32).
+
+    The base lm_head at position t predicts token t+1; head k (0-based) at position t predicts
+    token t+k+2. valid[k, b, t] = 1 iff t+k+2 < T and loss_mask[b, t+k+2] = 1 (padding has
+    loss_mask 0, so this also means t+k+2 is inside the sample). Invalid targets are 0.
+    """
+    input_ids, loss_mask = np.asarray(input_ids), np.asarray(loss_mask)
+    B, T = input_ids.shape
+    targets = np.zeros((num_heads, B, T), np.int32)
+    valid = np.zeros((num_heads, B, T), np.int32)
+    for k in range(num_heads):
+        shift = k + 2
+        if shift >= T:
+            break
+        targets[k, :, :T - shift] = input_ids[:, shift:]
+        valid[k, :, :T - shift] = loss_mask[:, shift:]
+    targets *= valid   # no stray token ids where nothing is learned
+    return targets, valid
+
+
+def train_val_split(items, val_ratio, seed):
+    """(train, val): a seeded random val_ratio share goes to val; both keep the input order."""
+    if not 0.0 <= val_ratio < 1.0:
+        raise ValueError(f"val_ratio must be in [0, 1), got {val_ratio}")
+    n = len(items)
+    n_val = int(round(n * val_ratio))
+    if val_ratio > 0 and n > 1:
+        n_val = min(max(n_val, 1), n - 1)   # a nonzero ratio always gives both sides something
+    in_val = np.zeros(n, bool)
+    in_val[np.random.default_rng(seed).permutation(n)[:n_val]] = True
+    return ([x for x, v in zip(items, in_val) if not v], [x for x, v in zip(items, in_val) if v])
+
+
+# ---------------------------------------------------------------- prompt sets
+
+def load_prompts(path):
+    """Prompts of a JSONL file of {"id": int, "category": str, "prompt": str}, validated.
+
+    Raises DataError naming the file and line of the first bad line.
+    """
+    prompts, seen = [], set()
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}: line {lineno}"
+            try:
+                p = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: malformed JSON: {e.msg}") from e
+            _check_prompt(p, where)
+            if p["id"] in seen:
+                raise DataError(f"{where}: duplicate id {p['id']}")
+            seen.add(p["id"])
+            prompts.append(p)
+    if not prompts:
+        raise DataError(f"{path}: no prompts")
+    return prompts
+
+
+def _check_prompt(p, where):
+    if not isinstance(p, dict):
+        raise DataError(f"{where}: expected an object")
+    if not isinstance(p.get("id"), int) or isinstance(p.get("id"), bool):
+        raise DataError(f"{where}: 'id' must be an integer")
+    if p.get("category") not in PROMPT_CATEGORIES:
+        raise DataError(f"{where}: 'category' must be one of {PROMPT_CATEGORIES}, got {p.get('category')!r}")
+    if not isinstance(p.get("prompt"), str) or not p["prompt"].strip():
+        raise DataError(f"{where}: 'prompt' must be a non-empty string")

@@ -1,0 +1,271 @@
+"""Tests of medusa/data.py with a real (tiny, trained-in-test) fast tokenizer, fully offline."""
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from medusa import data
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+SPECIALS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "<s>", "</s>"]
+PROMPTS_DIR = Path(data.__file__).parent / "prompts"
+
+CONV = [("system", "you are kind"), ("user", "hello there"), ("assistant", "the cat sat"),
+        ("user", "how are you"), ("assistant", "on the mat")]
+SHAREGPT_ROLE = {"system": "system", "user": "human", "assistant": "gpt"}
+
+
+def _tokenizer(chat_template):
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["hello there how are you", "the cat sat on the mat",
+                             "user assistant system you are kind"], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                   bos_token="<s>", eos_token="</s>")
+    fast.chat_template = chat_template
+    return fast
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return _tokenizer(CHATML)
+
+
+@pytest.fixture(scope="module")
+def vicuna_tok():
+    return _tokenizer(None)
+
+
+def sharegpt(conv):
+    return {"id": "x", "conversations": [{"from": SHAREGPT_ROLE[r], "value": c} for r, c in conv]}
+
+
+def messages(conv):
+    return {"messages": [{"role": r, "content": c} for r, c in conv]}
+
+
+def write_json(path, records):
+    path.write_text(json.dumps(records, indent=1))
+    return path
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def masked_runs(tok, sample):
+    """Decoded text of each contiguous run of loss-mask ones."""
+    runs, cur = [], []
+    for i, m in zip(sample.input_ids, sample.loss_mask):
+        if m:
+            cur.append(int(i))
+        elif cur:
+            runs.append(cur)
+            cur = []
+    runs += [cur] if cur else []
+    return [tok.decode(r, skip_special_tokens=False) for r in runs]
+
+
+# ---------------------------------------------------------------- formats and masks
+
+def test_both_formats_parse_the_same(tok, tmp_path):
+    a = write_json(tmp_path / "a.json", [sharegpt(CONV), sharegpt(CONV[1:3])])
+    b = write_jsonl(tmp_path / "b.jsonl", [messages(CONV), messages(CONV[1:3])])
+    assert data.normalise_record(sharegpt(CONV)) == data.normalise_record(messages(CONV))
+    sa, _ = data.load_samples(a, tok, 512)
+    sb, _ = data.load_samples(b, tok, 512)
+    assert len(sa) == len(sb) == 2
+    for x, y in zip(sa, sb):
+        assert x.input_ids.dtype == np.int32 and x.loss_mask.dtype == np.int32
+        np.testing.assert_array_equal(x.input_ids, y.input_ids)
+        np.testing.assert_array_equal(x.loss_mask, y.loss_mask)
+
+
+def test_loss_mask_is_assistant_content_plus_end_token(tok):
+    msgs = data.normalise_record(messages(CONV))
+    s = data.encode_messages(msgs, tok, 512)
+    assert masked_runs(tok, s) == ["the cat sat<|im_end|>", "on the mat<|im_end|>"]
+    # the token before each run is the end of the role header, never masked
+    text = tok.decode(s.input_ids[:np.argmax(s.loss_mask)], skip_special_tokens=False)
+    assert text.endswith("<|im_start|>assistant\n")
+    # and the ids are exactly those of the rendered conversation
+    full = tok.apply_chat_template(msgs, tokenize=False)
+    assert s.input_ids.tolist() == tok(full, add_special_tokens=False)["input_ids"]
+
+
+def test_empty_assistant_reply_trains_only_the_end_token(tok):
+    s = data.encode_messages([{"role": "user", "content": "hello"},
+                              {"role": "assistant", "content": ""}], tok, 512)
+    assert masked_runs(tok, s) == ["<|im_end|>"]
+
+
+def test_vicuna_template_is_explicit(vicuna_tok, tmp_path):
+    path = write_jsonl(tmp_path / "v.jsonl", [sharegpt(CONV[1:])])
+    with pytest.raises(ValueError, match="template='vicuna'"):
+        data.load_samples(path, vicuna_tok, 512)
+    (s,), _ = data.load_samples(path, vicuna_tok, 512, template="vicuna")
+    text = vicuna_tok.decode(s.input_ids, skip_special_tokens=False)
+    assert text == ("<s>" + data.VICUNA_SYSTEM + " USER: hello there ASSISTANT: the cat sat</s>"
+                    "USER: how are you ASSISTANT: on the mat</s>")
+    assert masked_runs(vicuna_tok, s) == [" the cat sat</s>", " on the mat</s>"]
+
+
+def test_history_rewriting_template_is_skipped_not_mislabelled(tmp_path):
+    tok = _tokenizer("{{ messages|length }}" + CHATML)   # every prefix renders differently
+    path = write_jsonl(tmp_path / "a.jsonl", [messages(CONV)])
+    with pytest.raises(data.DataError, match="template_not_prefix_stable"):
+        data.load_samples(path, tok, 512)
+
+
+# ---------------------------------------------------------------- truncation and bad data
+
+def test_truncation(tok):
+    msgs = data.normalise_record(messages(CONV))
+    full = data.encode_messages(msgs, tok, 10_000)
+    n = len(full) - 3
+    cut = data.encode_messages(msgs, tok, n)
+    assert len(cut) == n
+    np.testing.assert_array_equal(cut.input_ids, full.input_ids[:n])
+    np.testing.assert_array_equal(cut.loss_mask, full.loss_mask[:n])
+    first_loss = int(np.argmax(full.loss_mask))
+    with pytest.raises(data.SkipRecord) as e:
+        data.encode_messages(msgs, tok, first_loss)   # cut right before the first reply
+    assert e.value.reason == "no_loss_tokens"
+
+
+def test_bad_records_are_skipped_and_counted(tok, tmp_path):
+    good = sharegpt(CONV[1:3])
+    records = [good, "a string", {"id": 1}, {"conversations": []},
+               {"conversations": [{"from": "human"}]},
+               {"messages": [{"role": "robot", "content": "hi"}]},
+               {"messages": [{"role": "user", "content": "hi"}]},
+               sharegpt(CONV), messages(CONV)]
+    path = write_jsonl(tmp_path / "mixed.jsonl", records)
+    samples, report = data.load_samples(path, tok, 512)
+    assert len(samples) == report.kept == 3 and report.total == len(records)
+    assert report.skipped == Counter(not_an_object=1, no_messages_field=1, empty_conversation=1,
+                                     bad_message=1, unknown_role=1, no_assistant_turn=1)
+    assert report.examples["unknown_role"].startswith("record 5:")
+    # truncation that leaves no assistant token is a skip reason too (here: of every record)
+    with pytest.raises(data.DataError, match="kept 0/9; skipped no_loss_tokens=3"):
+        data.load_samples(path, tok, 6)
+
+
+def test_unusable_file_is_an_error_naming_it(tok, tmp_path):
+    path = write_json(tmp_path / "bad.json", [{"id": 1}, {"conversations": []}])
+    with pytest.raises(data.DataError, match=r"bad\.json.*no_messages_field=1.*record 0"):
+        data.load_samples(path, tok, 512)
+
+
+def test_malformed_json_names_file_and_line(tok, tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text(json.dumps(messages(CONV)) + "\n\n" + '{"messages": [}\n')
+    with pytest.raises(data.DataError, match=r"broken\.jsonl: line 3 \(record 1\)"):
+        data.load_samples(path, tok, 512)
+    path = tmp_path / "broken.json"
+    path.write_text('[\n {"messages": []},\n {"messages": [,]}\n]')
+    with pytest.raises(data.DataError, match=r"broken\.json: malformed JSON at line 3"):
+        data.read_records(path)
+
+
+# ---------------------------------------------------------------- collate and head targets
+
+def test_collate_pads_right_to_longest(tok):
+    a = data.encode_messages(data.normalise_record(messages(CONV[1:3])), tok, 512)
+    b = data.encode_messages(data.normalise_record(messages(CONV)), tok, 512)
+    batch = data.collate([a, b], pad_id=0)
+    T = max(len(a), len(b))
+    for key in ("input_ids", "attention_mask", "loss_mask"):
+        assert batch[key].shape == (2, T) and batch[key].dtype == np.int32
+    assert batch["attention_mask"][0].tolist() == [1] * len(a) + [0] * (T - len(a))
+    assert (batch["input_ids"][0, len(a):] == 0).all() and (batch["loss_mask"][0, len(a):] == 0).all()
+    assert data.collate([a], pad_id=0)["input_ids"].shape == (1, len(a))   # never a fixed length
+
+
+def test_head_targets_alignment():
+    ids = np.array([[10, 11, 12, 13, 14, 15], [20, 21, 22, 23, 0, 0]], np.int32)
+    loss = np.array([[0, 0, 1, 1, 1, 1], [0, 1, 1, 1, 0, 0]], np.int32)
+    targets, valid = data.head_targets(ids, loss, num_heads=3)
+    assert targets.shape == valid.shape == (3, 2, 6)
+    # head 0 at t predicts t+2; head 2 at t predicts t+4
+    assert targets[0, 0].tolist() == [12, 13, 14, 15, 0, 0]
+    assert valid[0, 0].tolist() == [1, 1, 1, 1, 0, 0]
+    assert targets[2, 0].tolist() == [14, 15, 0, 0, 0, 0]
+    assert valid[0, 1].tolist() == [1, 1, 0, 0, 0, 0]   # t+2 = 3 is the last loss token
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 100, (3, 9)).astype(np.int32)
+    loss = rng.integers(0, 2, (3, 9)).astype(np.int32)
+    targets, valid = data.head_targets(ids, loss, num_heads=4)
+    for k, b, t in np.ndindex(4, 3, 9):
+        ok = t + k + 2 < 9 and loss[b, t + k + 2] == 1
+        assert valid[k, b, t] == ok
+        assert targets[k, b, t] == (ids[b, t + k + 2] if ok else 0)
+
+
+def test_head_targets_more_heads_than_tokens():
+    targets, valid = data.head_targets(np.ones((1, 3), np.int32), np.ones((1, 3), np.int32), 5)
+    assert valid[:, 0].sum(axis=1).tolist() == [1, 0, 0, 0, 0]
+
+
+def test_padding_does_not_change_per_sample_targets(tok):
+    samples = [data.encode_messages(data.normalise_record(messages(c)), tok, 512)
+               for c in (CONV[1:3], CONV, CONV[3:])]
+    for i, s in enumerate(samples):
+        alone = data.collate([s], pad_id=0)
+        batch = data.collate(samples, pad_id=0)
+        ta, va = data.head_targets(alone["input_ids"], alone["loss_mask"], 3)
+        tb, vb = data.head_targets(batch["input_ids"], batch["loss_mask"], 3)
+        n = len(s)
+        np.testing.assert_array_equal(ta[:, 0], tb[:, i, :n])
+        np.testing.assert_array_equal(va[:, 0], vb[:, i, :n])
+        assert not vb[:, i, n:].any() and not tb[:, i, n:].any()
+
+
+# ---------------------------------------------------------------- split and prompts
+
+def test_train_val_split_is_deterministic():
+    items = list(range(100))
+    train, val = data.train_val_split(items, 0.1, seed=3)
+    assert (train, val) == data.train_val_split(items, 0.1, seed=3)
+    assert len(val) == 10 and sorted(train + val) == items
+    assert train == sorted(train) and val == sorted(val)
+    assert val != data.train_val_split(items, 0.1, seed=4)[1]
+    assert data.train_val_split(items, 0.0, seed=3) == (items, [])
+    assert len(data.train_val_split([1, 2], 0.01, seed=0)[1]) == 1
+    with pytest.raises(ValueError):
+        data.train_val_split(items, 1.0, seed=0)
+
+
+def test_project_prompt_sets():
+    train = data.load_prompts(PROMPTS_DIR / "smollm2_prompts.jsonl")
+    bench = data.load_prompts(PROMPTS_DIR / "bench_prompts.jsonl")
+    assert 200 <= len(train) <= 300 and len(bench) == 20
+    assert set(p["category"] for p in train) == set(data.PROMPT_CATEGORIES)
+    assert Counter(p["category"] for p in bench) == {c: 2 for c in data.PROMPT_CATEGORIES}
+    assert min(Counter(p["category"] for p in train).values()) >= 15
+    norm = lambda p: " ".join(p["prompt"].lower().split())
+    assert len({norm(p) for p in train}) == len(train)
+    assert not {norm(p) for p in train} & {norm(p) for p in bench}
+    assert not {p["id"] for p in train} & {p["id"] for p in bench}
+
+
+def test_load_prompts_names_the_bad_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    good = json.dumps({"id": 1, "category": "math", "prompt": "What is 2 + 2?"})
+    for bad, why in [("{not json", "malformed JSON"),
+                     (json.dumps({"id": "2", "category": "math", "prompt": "x"}), "'id'"),
+                     (json.dumps({"id": 2, "category": "poetry", "prompt": "x"}), "'category'"),
+                     (json.dumps({"id": 2, "category": "math", "prompt": " "}), "'prompt'"),
+                     (json.dumps({"id": 1, "category": "math", "prompt": "x"}), "duplicate id")]:
+        path.write_text(good + "\n" + bad + "\n")
+        with pytest.raises(data.DataError, match=rf"p\.jsonl: line 2: .*{why}"):
+            data.load_prompts(path)
