@@ -1,0 +1,312 @@
+"""Draft-head families behind one interface, looked up by name in `HEAD_FAMILIES`.
+
+References: Medusa (Cai et al. 2024, FasterDecoding/Medusa `medusa_model.py`: ResBlock heads
+on the last hidden state), Hydra (Ankner et al. 2024: heads that read the tokens drafted so far),
+Switch Transformer (Fedus et al. 2021: top-k routing and its load-balancing loss).
+
+Every family is called the same way:
+
+    logits, aux_loss = heads(hidden, tokens, lm_head_weight, embed_weight)
+    # hidden [B, T, H] final-normed base states; tokens [B, T, K] int32, tokens[..., k] is token
+    # t+k+1; logits [K, B, T, V] fp32, head k predicts token t+k+2; aux_loss a scalar Var.
+
+The base weights (lm_head, embeddings, both [V, H]) are passed in at call time, frozen, and are
+never parameters of the heads. Parameter names follow one convention that head_io.py relies on:
+per-head parameters live in top-level ModuleLists indexed by head (`blocks.{k}.{j}.linear.weight`,
+`lm_heads.{k}.weight`), shared ones under a plain name (`cell.gates.weight`).
+"""
+import dataclasses
+import math
+
+from medusa.runtime import jt
+
+HEAD_FAMILIES = {}
+
+
+def register_family(name):
+    def add(cls):
+        cls.family = name
+        HEAD_FAMILIES[name] = cls
+        return cls
+    return add
+
+
+@dataclasses.dataclass
+class HeadConfig:
+    family: str = "medusa"        # a key of HEAD_FAMILIES
+    num_heads: int = 4            # K: head k predicts token t+k+2
+    num_layers: int = 1           # ResBlocks (moe: mixture layers) per head before the vocab projection
+    hidden_size: int = 0          # H of the base model; must be set
+    vocab_size: int = 0           # V of the base model; must be set
+    share_lm_head: bool = False   # True: project with the base lm_head passed at call time
+    moe_num_experts: int = 4      # E (moe only)
+    moe_top_k: int = 2            # experts mixed per token (moe only); == E means soft routing
+
+    def __post_init__(self):
+        if self.family not in HEAD_FAMILIES:
+            raise ValueError(f"unknown head family {self.family!r}; known: {sorted(HEAD_FAMILIES)}")
+        for name in ("num_heads", "hidden_size", "vocab_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"HeadConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_layers < 0:
+            raise ValueError(f"HeadConfig.num_layers must be >= 0, got {self.num_layers}")
+        if self.family == "moe" and not 2 <= self.moe_top_k <= self.moe_num_experts:
+            raise ValueError(f"moe needs 2 <= moe_top_k <= moe_num_experts, got top_k={self.moe_top_k}, "
+                             f"experts={self.moe_num_experts} (top-1 gives the router no gradient)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HeadConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown HeadConfig key(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def build_heads(cfg: HeadConfig) -> "DraftHeads":
+    """The DraftHeads module of family `cfg.family`, freshly initialised."""
+    return HEAD_FAMILIES[cfg.family](cfg)
+
+
+# ---------------------------------------------------------------- building blocks
+class Linear(jt.nn.Module):
+    """y = x W^T (+ b), W ~ U(-a, a) with a = init_scale / sqrt(n_in) (torch's default at 1)."""
+
+    def __init__(self, n_in, n_out, bias=True, init_scale=1.0, bias_init=0.0):
+        a = init_scale / math.sqrt(n_in)
+        self.weight = (jt.rand((n_out, n_in), "float32") * 2 - 1) * a if a else jt.zeros((n_out, n_in), "float32")
+        self.bias = jt.full((n_out,), bias_init, "float32") if bias else None
+
+    def execute(self, x):
+        y = jt.nn.matmul_transpose(x, self.weight)
+        return y + self.bias if self.bias is not None else y
+
+
+class ResBlock(jt.nn.Module):
+    """x + SiLU(W x + b). With init_scale=0 (Medusa's choice) the block starts as the identity;
+    W still gets gradient at once (dL/dW = silu'(0) g x^T = g x^T / 2)."""
+
+    def __init__(self, hidden_size, init_scale=0.0):
+        self.linear = Linear(hidden_size, hidden_size, bias=True, init_scale=init_scale)
+
+    def delta(self, x):
+        return jt.nn.silu(self.linear(x))
+
+    def execute(self, x):
+        return x + self.delta(x)
+
+
+def resblocks(hidden_size, num_layers, init_scale=0.0):
+    return jt.nn.ModuleList([ResBlock(hidden_size, init_scale) for _ in range(num_layers)])
+
+
+# ---------------------------------------------------------------- the interface
+class DraftHeads(jt.nn.Module):
+    """Base of every family: owns the vocab projections (unless shared) and the call contract.
+
+    Subclasses implement `features(h, tokens, embed_weight) -> ([K x [B, T, H]], aux_loss)`.
+    """
+
+    sequential = False  # True when head k reads tokens[..., k] (candidates go depth by depth)
+
+    def __init__(self, cfg: HeadConfig):
+        self.config = cfg
+        H, V = cfg.hidden_size, cfg.vocab_size
+        self.lm_heads = None if cfg.share_lm_head else jt.nn.ModuleList(
+            [Linear(H, V, bias=False) for _ in range(cfg.num_heads)])
+
+    def execute(self, hidden, tokens=None, lm_head_weight=None, embed_weight=None):
+        cfg = self.config
+        if hidden.ndim != 3 or hidden.shape[-1] != cfg.hidden_size:
+            raise ValueError(f"hidden must be [B, T, {cfg.hidden_size}], got {list(hidden.shape)}")
+        if cfg.share_lm_head:
+            if lm_head_weight is None:
+                raise ValueError("share_lm_head=True: pass the base lm_head_weight [V, H]")
+            lm_head_weight = lm_head_weight.float32().detach()  # detach: never mark the caller's Var
+        feats, aux = self.features(hidden.float32(), tokens, embed_weight)
+        logits = [self._project(k, f, lm_head_weight) for k, f in enumerate(feats)]
+        return jt.stack(logits, dim=0), aux  # [K, B, T, V], scalar
+
+    def _project(self, k, x, lm_head_weight):
+        if self.lm_heads is None:
+            return jt.nn.matmul_transpose(x, lm_head_weight)
+        return self.lm_heads[k](x)
+
+    def init_from_base(self, lm_head_weight):
+        """Copy the base lm_head [V, H] into every own vocab projection (no-op when shared)."""
+        if self.lm_heads is None:
+            return self
+        w = jt.array(lm_head_weight).float32() if not isinstance(lm_head_weight, jt.Var) \
+            else lm_head_weight.float32()
+        expected = (self.config.vocab_size, self.config.hidden_size)
+        if tuple(w.shape) != expected:
+            raise ValueError(f"lm_head_weight has shape {tuple(w.shape)}, expected {expected}")
+        for head in self.lm_heads:
+            head.weight.assign(w.detach())
+        return self
+
+    def num_parameters(self) -> int:
+        """Trainable parameters of the heads (the shared base weights are not counted)."""
+        return sum(math.prod(p.shape) for p in self.parameters())
+
+    def features(self, h, tokens, embed_weight):
+        raise NotImplementedError
+
+
+def _zero_aux():
+    return jt.zeros((1,), "float32")
+
+
+# ---------------------------------------------------------------- medusa
+@register_family("medusa")
+class MedusaHeads(DraftHeads):
+    """Medusa-1: head k = num_layers zero-initialised ResBlocks on the hidden state, then a vocab
+    projection. At init (own projection copied from the base) every head predicts like lm_head."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__(cfg)
+        self.blocks = jt.nn.ModuleList(
+            [resblocks(cfg.hidden_size, cfg.num_layers) for _ in range(cfg.num_heads)])
+
+    def features(self, h, tokens, embed_weight):
+        feats = []
+        for layers in self.blocks:
+            x = h
+            for block in layers:
+                x = block(x)
+            feats.append(x)
+        return feats, _zero_aux()
+
+
+# ---------------------------------------------------------------- rnn
+class GatedCell(jt.nn.Module):
+    """GRU-like update of the draft state s [.., H] with the embedding e [.., H] of one token.
+
+        x = P e;  z, r = sigmoid(G [s; x]);  n = C [x; r * s];  s' = z * s + (1 - z) * n
+
+    The candidate n is linear (no tanh): s lives on the scale of the base model's final-normed
+    states, which the vocab projection expects, and tanh would squash it. The update-gate bias
+    starts at +2 (z ~ 0.88) so s' stays close to s; every weight is random (not zero), so every
+    parameter has a gradient from the first step.
+    """
+
+    def __init__(self, hidden_size, keep_bias=2.0):
+        H = hidden_size
+        self.hidden_size = H
+        self.in_proj = Linear(H, H)
+        self.gates = Linear(2 * H, 2 * H)
+        self.gates.bias = jt.concat([jt.full((H,), keep_bias, "float32"), jt.zeros((H,), "float32")])
+        self.cand = Linear(2 * H, H)
+
+    def execute(self, s, e):
+        H = self.hidden_size
+        x = self.in_proj(e)
+        g = jt.sigmoid(self.gates(jt.concat([s, x], dim=-1)))  # [B, T, 2H]
+        z, r = g[..., :H], g[..., H:]
+        n = self.cand(jt.concat([x, r * s], dim=-1))
+        return z * s + (1 - z) * n
+
+
+@register_family("rnn")
+class RNNHeads(DraftHeads):
+    """Recurrent heads (Hydra-style): s_0 = hidden, s_{k+1} = cell(s_k, embed(tokens[..., k])),
+    head k reads out lm(ResBlocks_k(s_{k+1})), so it depends on tokens[..., :k+1] only.
+
+    One cell is shared by all depths: "append the next token to the draft state" is the same
+    operation at every depth, sharing lets each depth's data train it (K times the examples of a
+    per-depth cell) and keeps the size independent of K. Depth-specific behaviour lives in the
+    per-head readout ResBlocks and vocab projections.
+    """
+
+    sequential = True
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__(cfg)
+        self.cell = GatedCell(cfg.hidden_size)
+        self.blocks = jt.nn.ModuleList(
+            [resblocks(cfg.hidden_size, cfg.num_layers) for _ in range(cfg.num_heads)])
+
+    def features(self, h, tokens, embed_weight):
+        K = self.config.num_heads
+        if tokens is None or embed_weight is None:
+            raise ValueError("rnn heads read the drafted tokens: pass tokens [B, T, K] and embed_weight [V, H]")
+        if tuple(tokens.shape) != (*h.shape[:2], K):
+            raise ValueError(f"tokens must be [B, T, K] = {[*h.shape[:2], K]}, got {list(tokens.shape)}")
+        emb = embed_weight.float32().detach()
+        s, feats = h, []
+        for k in range(K):
+            s = self.cell(s, emb[tokens[:, :, k]])
+            x = s
+            for block in self.blocks[k]:
+                x = block(x)
+            feats.append(x)
+        return feats, _zero_aux()
+
+
+# ---------------------------------------------------------------- moe
+def route(probs, top_k):
+    """Top-k routing: (weights, mask), both [.., E]. Weights are the router probabilities of the
+    k best experts renormalised to sum to 1 (soft routing when top_k == E); gradient flows into
+    the router through the kept probabilities, the selection mask is a constant."""
+    E = probs.shape[-1]
+    if top_k >= E:
+        return probs, jt.ones(probs.shape, "float32").stop_grad()
+    kth = jt.topk(probs, top_k, dim=-1)[0][..., top_k - 1:top_k]
+    mask = (probs >= kth).float32().stop_grad()
+    kept = probs * mask
+    return kept / kept.sum(-1, keepdims=True), mask
+
+
+class MoEBlock(jt.nn.Module):
+    """x + sum_e w_e(x) SiLU(W_e x + b_e) over the top-k of E expert ResBlocks.
+
+    Experts start small and random (not zero): zero experts would give the router no gradient
+    (dL/dw_e = g . delta_e = 0) and identical experts could never specialise. All experts are
+    computed densely (E is small; the [V, H] projection dominates the cost anyway).
+    """
+
+    def __init__(self, hidden_size, num_experts, top_k, expert_init_scale=0.1):
+        self.top_k = top_k
+        self.experts = jt.nn.ModuleList([ResBlock(hidden_size, expert_init_scale) for _ in range(num_experts)])
+        self.router = Linear(hidden_size, num_experts, bias=False)
+
+    def execute(self, x):
+        """-> (y [B, T, H], Switch load-balancing loss E * sum_e f_e * p_e, 1 when balanced)."""
+        E = len(self.experts)
+        probs = jt.nn.softmax(self.router(x), dim=-1)                     # [B, T, E]
+        weights, mask = route(probs, self.top_k)
+        deltas = jt.stack([expert.delta(x) for expert in self.experts], dim=-2)  # [B, T, E, H]
+        y = x + (weights.unsqueeze(-1) * deltas).sum(-2)
+        f = mask.reshape(-1, E).mean(0) / self.top_k   # fraction of assignments per expert
+        p = probs.reshape(-1, E).mean(0)               # mean router probability per expert
+        return y, E * (f * p).sum()
+
+
+@register_family("moe")
+class MoEHeads(DraftHeads):
+    """Medusa heads whose ResBlocks are mixtures of experts, one router per head and layer.
+
+    Experts are per head, not shared: shared experts with per-head routers would leave heads that
+    share the base lm_head only K routing vectors apart. aux_loss is the load-balancing loss
+    averaged over all K * num_layers mixtures (unscaled: the trainer picks its coefficient).
+    """
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__(cfg)
+        H, E, k = cfg.hidden_size, cfg.moe_num_experts, cfg.moe_top_k
+        self.blocks = jt.nn.ModuleList(
+            [jt.nn.ModuleList([MoEBlock(H, E, k) for _ in range(cfg.num_layers)])
+             for _ in range(cfg.num_heads)])
+
+    def features(self, h, tokens, embed_weight):
+        feats, aux = [], []
+        for layers in self.blocks:
+            x = h
+            for block in layers:
+                x, a = block(x)
+                aux.append(a)
+            feats.append(x)
+        return feats, (sum(aux) / len(aux) if aux else _zero_aux())
