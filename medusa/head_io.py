@@ -1,0 +1,194 @@
+"""Draft-head weights on disk: our `.jtr` files and FasterDecoding's released Medusa heads.
+
+Our format: `heads.jtr` is a pickled {parameter name: fp32 numpy array} (the names of
+`DraftHeads.named_parameters()`), and `heads_config.json` beside it (the .jtr's stem +
+`_config.json`, so several head files and a base model's own config.json can share a folder)
+holds `HeadConfig.to_dict()`. Loading rebuilds the heads from that config and requires exactly
+their names and shapes: anything missing, unexpected or mis-shaped is a ValueError naming the
+file and the tensor. Nothing loads partially.
+
+FasterDecoding/Medusa saves `medusa_lm_head.pt` / `.safetensors` from
+`ModuleList([Sequential(ResBlock * num_layers, Linear(H, V, bias=False))] * num_heads)`:
+
+    {i}.{j}.linear.weight / .bias   ResBlock j of head i      -> blocks.{i}.{j}.linear.*
+    {i}.{num_layers}.weight         vocab projection of head i -> lm_heads.{i}.weight
+
+Files without the projection keys use the base lm_head (share_lm_head=True). The head and layer
+counts come from the keys: the config.json files released beside them are known to be wrong.
+"""
+import json
+import os
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+
+from medusa.heads import HeadConfig, build_heads
+from medusa.runtime import jt
+
+CONFIG_SUFFIX = "_config.json"
+FASTERDECODING_NAMES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
+
+
+def config_path(path) -> Path:
+    """`dir/heads.jtr` -> `dir/heads_config.json`."""
+    path = Path(path)
+    return path.with_name(path.stem + CONFIG_SUFFIX)
+
+
+def _atomic_write(path: Path, data: bytes):
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def save_heads(heads, path) -> Path:
+    """Write the heads' fp32 parameters to `path` (.jtr) and their HeadConfig beside it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {name: np.ascontiguousarray(p.numpy(), dtype=np.float32)
+               for name, p in heads.named_parameters()}
+    _atomic_write(path, pickle.dumps(tensors, protocol=4))
+    _atomic_write(config_path(path), json.dumps(heads.config.to_dict(), indent=2).encode())
+    return path
+
+
+def load_heads(path):
+    """Rebuild the DraftHeads saved at `path` from its config, loading every tensor strictly."""
+    path = Path(path)
+    cfg_file = config_path(path)
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{path}: no head config {cfg_file.name} beside it (save_heads writes one)")
+    try:
+        cfg = HeadConfig.from_dict(json.loads(cfg_file.read_text()))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{cfg_file}: bad head config: {e}") from e
+    try:
+        with open(path, "rb") as f:
+            tensors = pickle.load(f)
+    except (OSError, pickle.UnpicklingError, EOFError) as e:
+        raise ValueError(f"cannot read head weights {path}: {e}") from e
+    if not isinstance(tensors, dict):
+        raise ValueError(f"{path}: expected a pickled dict of arrays, found {type(tensors).__name__}")
+    heads = build_heads(cfg)
+    load_state(heads, tensors, source=path)
+    return heads
+
+
+def _head_count(names):
+    """Heads present in `names`: per-head parameters are `<list>.{k}.…` (see heads.py)."""
+    ks = {int(n.split(".")[1]) for n in names if len(n.split(".")) > 2 and n.split(".")[1].isdigit()}
+    return max(ks) + 1 if ks else None
+
+
+def load_state(heads, tensors: dict, source):
+    """Assign `tensors` to `heads`, requiring exactly their parameter names and shapes."""
+    params = dict(heads.named_parameters())
+    found_k, want_k = _head_count(tensors), heads.config.num_heads
+    if found_k is not None and _head_count(params) is not None and found_k != want_k:
+        raise ValueError(f"{source}: holds weights for {found_k} heads, the config has num_heads={want_k}")
+    missing = sorted(set(params) - set(tensors))
+    unexpected = sorted(set(tensors) - set(params))
+    if missing:
+        raise ValueError(f"{source}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} "
+                         f"({len(missing)} in all) for {heads.config.family} heads")
+    if unexpected:
+        raise ValueError(f"{source}: unexpected tensor(s) {unexpected[:5]}"
+                         f"{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)} in all) "
+                         f"for {heads.config.family} heads")
+    for name, p in params.items():
+        if tuple(tensors[name].shape) != tuple(p.shape):
+            raise ValueError(f"{source}: tensor {name} has shape {tuple(tensors[name].shape)}, "
+                             f"expected {tuple(p.shape)}")
+    for name, p in params.items():
+        p.assign(jt.array(np.asarray(tensors[name], dtype=np.float32)))
+    return heads
+
+
+# ---------------------------------------------------------------- FasterDecoding Medusa heads
+_RESBLOCK_KEY = re.compile(r"^(\d+)\.(\d+)\.linear\.(weight|bias)$")
+_VOCAB_KEY = re.compile(r"^(\d+)\.(\d+)\.weight$")
+
+
+def _read_torch_tensors(path: Path) -> dict:
+    import torch  # lazily: only FasterDecoding imports need torch
+    from safetensors.torch import load_file  # handles bf16, which numpy cannot hold
+
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch and safetensors raise many types for a bad file
+        raise ValueError(f"cannot read Medusa heads {path}: {e}") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return {k.removeprefix("medusa_head."): v.float().numpy() for k, v in state.items()}
+
+
+def _medusa_layout(tensors: dict, source):
+    """(num_heads, num_layers, has_vocab_projection) read from the key names alone."""
+    layers, vocab = {}, {}
+    for key in tensors:
+        if m := _RESBLOCK_KEY.match(key):
+            layers.setdefault(int(m[1]), set()).add(int(m[2]))
+        elif m := _VOCAB_KEY.match(key):
+            vocab[int(m[1])] = int(m[2])
+        else:
+            raise ValueError(f"{source}: unexpected tensor {key} for FasterDecoding Medusa heads")
+    heads = sorted(set(layers) | set(vocab))
+    if not heads:
+        raise ValueError(f"{source}: no Medusa head tensors found")
+    if heads != list(range(len(heads))):
+        raise ValueError(f"{source}: head indices {heads} are not 0..{len(heads) - 1}")
+    num_layers = len(layers.get(0, ()))
+    for i in heads:
+        if layers.get(i, set()) != set(range(num_layers)):
+            raise ValueError(f"{source}: head {i} has ResBlocks {sorted(layers.get(i, ()))}, "
+                             f"head 0 has {list(range(num_layers))}")
+    if vocab and (set(vocab) != set(heads) or set(vocab.values()) != {num_layers}):
+        raise ValueError(f"{source}: vocab projections {sorted(vocab.items())} do not match "
+                         f"{len(heads)} heads of {num_layers} ResBlocks")
+    return len(heads), num_layers, bool(vocab)
+
+
+def import_fasterdecoding_heads(src, base_lm_head_weight=None):
+    """Medusa heads from a FasterDecoding `medusa_lm_head.pt` / `.safetensors` (or its folder).
+
+    `base_lm_head_weight` [V, H] is required for files without a vocab projection (they become
+    share_lm_head=True heads) and, when given, must match the file's sizes.
+    """
+    path = Path(src)
+    if path.is_dir():
+        found = [path / n for n in FASTERDECODING_NAMES if (path / n).is_file()]
+        if not found:
+            raise FileNotFoundError(f"{path}: none of {list(FASTERDECODING_NAMES)}")
+        path = found[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"Medusa heads {path} do not exist")
+    tensors = _read_torch_tensors(path)
+    num_heads, num_layers, own_vocab = _medusa_layout(tensors, path)
+    if num_layers:
+        hidden = tensors["0.0.linear.weight"].shape[1]
+    else:
+        hidden = tensors["0.0.weight"].shape[1]
+    base = None if base_lm_head_weight is None else tuple(base_lm_head_weight.shape)
+    if own_vocab:
+        vocab = tensors[f"0.{num_layers}.weight"].shape[0]
+    elif base is None:
+        raise ValueError(f"{path}: heads without a vocab projection need base_lm_head_weight [V, H]")
+    else:
+        vocab = base[0]
+    if base is not None and base != (vocab, hidden):
+        raise ValueError(f"{path}: base_lm_head_weight has shape {base}, the heads expect {(vocab, hidden)}")
+    cfg = HeadConfig(family="medusa", num_heads=num_heads, num_layers=num_layers, hidden_size=hidden,
+                     vocab_size=vocab, share_lm_head=not own_vocab)
+    renamed = {}
+    for key, value in tensors.items():
+        if m := _RESBLOCK_KEY.match(key):
+            renamed[f"blocks.{m[1]}.{m[2]}.linear.{m[3]}"] = value
+        else:
+            renamed[f"lm_heads.{key.split('.')[0]}.weight"] = value
+    return load_state(build_heads(cfg), renamed, source=path)
