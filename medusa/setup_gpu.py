@@ -187,14 +187,14 @@ def prepare(check_only: bool = False, force: bool = False) -> dict:
     problem = numpy_problem(np.__version__)
     if problem:
         raise SetupError(problem)
+    root = jittor_dir()
     info["jittor"] = importlib.metadata.version("jittor")
     if info["jittor"] != JITTOR_VERSION:
         print(f"warning: jittor {info['jittor']} installed, patches written for {JITTOR_VERSION}")
     nvcc = find_nvcc()
     cuda, cccl = nvcc_version(nvcc), cccl_major(nvcc)
-    info.update(nvcc=nvcc, cuda=".".join(map(str, cuda)) if cuda else None, cccl_major=cccl)
-    root = jittor_dir()
-    info["jittor_dir"] = str(root)
+    info.update(nvcc=nvcc, cuda=".".join(map(str, cuda)) if cuda else None, cccl_major=cccl,
+                jittor_dir=str(root))
     needed = force or patches_needed(cuda, cccl)
     info["patches"] = {p.name: apply_patch(root, p, write=not check_only) if needed
                        else "not-needed" for p in PATCHES}
