@@ -21,14 +21,19 @@ NEG_INF = -1e9  # additive mask value; scores are accumulated in fp32, so this n
 
 
 class Linear(jt.nn.Module):
-    """y = x W^T (+ b). Zero-initialised: weights always come from a checkpoint."""
+    """y = x W (+ b) with W stored [in, out], the transpose of the checkpoint's [out, in]
+    (weights.py transposes on load): Jittor's CPU matmul is ~6x slower on a transposed
+    operand (x @ W^T), measured on [1,576]x[576,1536]. Zero-initialised: weights come from a
+    checkpoint."""
+
+    transposed = True
 
     def __init__(self, n_in, n_out, bias=False, dtype="float32"):
-        self.weight = jt.zeros((n_out, n_in), dtype)
+        self.weight = jt.zeros((n_in, n_out), dtype)
         self.bias = jt.zeros((n_out,), dtype) if bias else None
 
     def execute(self, x):
-        y = jt.nn.matmul_transpose(x, self.weight)
+        y = jt.matmul(x, self.weight)
         return y + self.bias if self.bias is not None else y
 
 
@@ -129,6 +134,7 @@ class Transformer(jt.nn.Module):
         self.config, self.dtype = cfg, dtype
         self.model = Backbone(cfg, dtype)
         self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, False, dtype)
+        self._tied_lm_t = None
         self.max_positions = max_positions or min(cfg.max_position_embeddings, 8192)
         freqs = np.outer(np.arange(self.max_positions), np.asarray(rope_inv_freq(cfg)))  # [P, D/2]
         angles = np.concatenate([freqs, freqs], axis=-1)
@@ -140,13 +146,22 @@ class Transformer(jt.nn.Module):
         """Token embeddings [B, T, H] in the compute dtype."""
         return self.model.embed_tokens(tokens)
 
-    def lm_head_weight(self):
-        """The vocab projection [V, H] (the embedding matrix when tied)."""
-        return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+    def lm_head_t(self):
+        """The vocab projection as [H, V] (logits = hidden @ it). With tied embeddings this is a
+        transposed copy of the embedding matrix, made once after loading (see Linear)."""
+        if self.lm_head is not None:
+            return self.lm_head.weight
+        if self._tied_lm_t is None:
+            self._tied_lm_t = self.model.embed_tokens.weight.transpose(1, 0).clone().stop_grad()
+        return self._tied_lm_t
+
+    def embed_weight(self):
+        """The token embedding matrix [V, H]."""
+        return self.model.embed_tokens.weight
 
     def logits(self, hidden):
         """hidden [B, T, H] -> fp32 logits [B, T, V]."""
-        return jt.nn.matmul_transpose(hidden, self.lm_head_weight()).float32()
+        return jt.matmul(hidden, self.lm_head_t()).float32()
 
     def execute(self, tokens, positions, mask=None, cache=None):
         """tokens, positions: int32 [B, T]; mask: additive fp32 [B, 1, T, S] or None (attend to

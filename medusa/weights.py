@@ -96,7 +96,7 @@ def _gguf_tensor_name(name):
 def _unpermute_rope(w, n_heads):
     """llama.cpp stores Llama q/k rows interleaved for its RoPE kernel; undo that permutation."""
     rows = w.shape[0]
-    return w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def read_gguf(path):
@@ -152,11 +152,19 @@ def _gguf_config(meta, arch, tensors):
 
 
 # ---------------------------------------------------------------- checks
+def transposed_names(model):
+    """Names of parameters stored as the transpose of their checkpoint layout (Linear weights)."""
+    return {f"{name}.weight" for name, m in model.named_modules() if getattr(m, "transposed", False)}
+
+
 def expected_shapes(cfg):
-    """{name: shape} of every parameter the model built from `cfg` has."""
+    """{name: shape in checkpoint layout} of every parameter of the model built from `cfg`."""
     from medusa.model import Transformer
 
-    return {name: tuple(p.shape) for name, p in Transformer(cfg, max_positions=1).named_parameters()}
+    model = Transformer(cfg, max_positions=1)
+    flip = transposed_names(model)
+    return {name: tuple(p.shape)[::-1] if name in flip else tuple(p.shape)
+            for name, p in model.named_parameters()}
 
 
 def check_tensors(cfg, tensors, source):
@@ -292,8 +300,10 @@ def load_model(src, dtype=None, max_positions=None):
     tensors = check_tensors(cfg, tensors, src)
     dtype = dtype or default_compute_dtype()
     model = Transformer(cfg, dtype, max_positions)
+    flip = transposed_names(model)
     for name, p in model.named_parameters():
-        p.assign(jt.array(np.ascontiguousarray(tensors[name], dtype=dtype)))
+        array = tensors[name].T if name in flip else tensors[name]
+        p.assign(jt.array(np.ascontiguousarray(array, dtype=dtype)))
         p.stop_grad()
     model.eval()
     return model
