@@ -7,6 +7,12 @@ holds `HeadConfig.to_dict()`. Loading rebuilds the heads from that config and re
 their names and shapes: anything missing, unexpected or mis-shaped is a ValueError naming the
 file and the tensor. Nothing loads partially.
 
+Layout: in memory every head Linear stores W as [in, out] (heads.py: y = x @ W, the fast
+Jittor matmul); on disk Linear weights keep torch's / FasterDecoding's [out, in], so a .jtr's
+tensors are a torch state dict of the same module. `save_heads` and `load_state` transpose
+(the names are found from the heads' Linear modules, see `linear_weight_names`); shapes in
+error messages are the on-disk [out, in] ones.
+
 FasterDecoding/Medusa saves `medusa_lm_head.pt` / `.safetensors` from
 `ModuleList([Sequential(ResBlock * num_layers, Linear(H, V, bias=False))] * num_heads)`:
 
@@ -24,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medusa.heads import HeadConfig, build_heads
+from medusa.heads import HeadConfig, Linear, build_heads
 from medusa.runtime import jt
 
 CONFIG_SUFFIX = "_config.json"
@@ -44,12 +50,24 @@ def _atomic_write(path: Path, data: bytes):
     os.replace(tmp, path)
 
 
+def linear_weight_names(heads) -> set:
+    """Names of the parameters that are Linear weights: [in, out] in memory, [out, in] on disk."""
+    return {f"{name}.weight" for name, m in heads.named_modules() if isinstance(m, Linear)}
+
+
+def _to_disk(heads) -> dict:
+    """{name: fp32 array} in the on-disk (torch) layout."""
+    transposed = linear_weight_names(heads)
+    return {name: np.ascontiguousarray(p.numpy().T if name in transposed else p.numpy(), dtype=np.float32)
+            for name, p in heads.named_parameters()}
+
+
 def save_heads(heads, path) -> Path:
-    """Write the heads' fp32 parameters to `path` (.jtr) and their HeadConfig beside it."""
+    """Write the heads' fp32 parameters to `path` (.jtr, Linear weights as [out, in]) and their
+    HeadConfig beside it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {name: np.ascontiguousarray(p.numpy(), dtype=np.float32)
-               for name, p in heads.named_parameters()}
+    tensors = _to_disk(heads)
     _atomic_write(path, pickle.dumps(tensors, protocol=4))
     _atomic_write(config_path(path), json.dumps(heads.config.to_dict(), indent=2).encode())
     return path
@@ -84,8 +102,12 @@ def _head_count(names):
 
 
 def load_state(heads, tensors: dict, source):
-    """Assign `tensors` to `heads`, requiring exactly their parameter names and shapes."""
+    """Assign `tensors` (on-disk layout: Linear weights [out, in]) to `heads`, requiring exactly
+    their parameter names and shapes; Linear weights are transposed to [in, out] on the way in."""
     params = dict(heads.named_parameters())
+    transposed = linear_weight_names(heads)
+    disk_shape = {name: tuple(p.shape)[::-1] if name in transposed else tuple(p.shape)
+                  for name, p in params.items()}
     found_k, want_k = _head_count(tensors), heads.config.num_heads
     if found_k is not None and _head_count(params) is not None and found_k != want_k:
         raise ValueError(f"{source}: holds weights for {found_k} heads, the config has num_heads={want_k}")
@@ -98,12 +120,13 @@ def load_state(heads, tensors: dict, source):
         raise ValueError(f"{source}: unexpected tensor(s) {unexpected[:5]}"
                          f"{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)} in all) "
                          f"for {heads.config.family} heads")
-    for name, p in params.items():
-        if tuple(tensors[name].shape) != tuple(p.shape):
+    for name in params:
+        if tuple(tensors[name].shape) != disk_shape[name]:
             raise ValueError(f"{source}: tensor {name} has shape {tuple(tensors[name].shape)}, "
-                             f"expected {tuple(p.shape)}")
+                             f"expected {disk_shape[name]}")
     for name, p in params.items():
-        p.assign(jt.array(np.asarray(tensors[name], dtype=np.float32)))
+        value = np.asarray(tensors[name], dtype=np.float32)
+        p.assign(jt.array(np.ascontiguousarray(value.T if name in transposed else value)))
     return heads
 
 
@@ -154,11 +177,12 @@ def _medusa_layout(tensors: dict, source):
     return len(heads), num_layers, bool(vocab)
 
 
-def import_fasterdecoding_heads(src, base_lm_head_weight=None):
+def import_fasterdecoding_heads(src, base_lm_head_t=None):
     """Medusa heads from a FasterDecoding `medusa_lm_head.pt` / `.safetensors` (or its folder).
 
-    `base_lm_head_weight` [V, H] is required for files without a vocab projection (they become
-    share_lm_head=True heads) and, when given, must match the file's sizes.
+    `base_lm_head_t` [H, V] (`model.lm_head_t()`) is required for files without a vocab
+    projection (they become share_lm_head=True heads) and, when given, must match the file's
+    sizes. The file's tensors are torch [out, in], i.e. already our on-disk layout.
     """
     path = Path(src)
     if path.is_dir():
@@ -174,15 +198,15 @@ def import_fasterdecoding_heads(src, base_lm_head_weight=None):
         hidden = tensors["0.0.linear.weight"].shape[1]
     else:
         hidden = tensors["0.0.weight"].shape[1]
-    base = None if base_lm_head_weight is None else tuple(base_lm_head_weight.shape)
+    base = None if base_lm_head_t is None else tuple(base_lm_head_t.shape)
     if own_vocab:
         vocab = tensors[f"0.{num_layers}.weight"].shape[0]
     elif base is None:
-        raise ValueError(f"{path}: heads without a vocab projection need base_lm_head_weight [V, H]")
+        raise ValueError(f"{path}: heads without a vocab projection need base_lm_head_t [H, V]")
     else:
-        vocab = base[0]
-    if base is not None and base != (vocab, hidden):
-        raise ValueError(f"{path}: base_lm_head_weight has shape {base}, the heads expect {(vocab, hidden)}")
+        vocab = base[1]
+    if base is not None and base != (hidden, vocab):
+        raise ValueError(f"{path}: base_lm_head_t has shape {base}, the heads expect {(hidden, vocab)} ([H, V])")
     cfg = HeadConfig(family="medusa", num_heads=num_heads, num_layers=num_layers, hidden_size=hidden,
                      vocab_size=vocab, share_lm_head=not own_vocab)
     renamed = {}

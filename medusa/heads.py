@@ -6,12 +6,14 @@ Switch Transformer (Fedus et al. 2021: top-k routing and its load-balancing loss
 
 Every family is called the same way:
 
-    logits, aux_loss = heads(hidden, tokens, lm_head_weight, embed_weight)
+    logits, aux_loss = heads(hidden, tokens, lm_head_t, embed_weight)
     # hidden [B, T, H] final-normed base states; tokens [B, T, K] int32, tokens[..., k] is token
     # t+k+1; logits [K, B, T, V] fp32, head k predicts token t+k+2; aux_loss a scalar Var.
 
-The base weights (lm_head, embeddings, both [V, H]) are passed in at call time, frozen, and are
-never parameters of the heads. Parameter names follow one convention that head_io.py relies on:
+The base weights (`model.lm_head_t()` [H, V], `model.embed_weight()` [V, H]) are passed in at
+call time, frozen, and are never parameters of the heads. Like the base model's, every Linear
+stores its weight [in, out] (y = x @ W): Jittor's CPU matmul is ~6x slower on a transposed
+operand. head_io.py keeps torch's [out, in] on disk. Parameter names follow one convention that head_io.py relies on:
 per-head parameters live in top-level ModuleLists indexed by head (`blocks.{k}.{j}.linear.weight`,
 `lm_heads.{k}.weight`), shared ones under a plain name (`cell.gates.weight`).
 """
@@ -73,15 +75,16 @@ def build_heads(cfg: HeadConfig) -> "DraftHeads":
 
 # ---------------------------------------------------------------- building blocks
 class Linear(jt.nn.Module):
-    """y = x W^T (+ b), W ~ U(-a, a) with a = init_scale / sqrt(n_in) (torch's default at 1)."""
+    """y = x W (+ b) with W stored [in, out] (the transpose of torch's [out, in], see the module
+    docstring), W ~ U(-a, a) with a = init_scale / sqrt(n_in) (torch's default at 1)."""
 
     def __init__(self, n_in, n_out, bias=True, init_scale=1.0, bias_init=0.0):
         a = init_scale / math.sqrt(n_in)
-        self.weight = (jt.rand((n_out, n_in), "float32") * 2 - 1) * a if a else jt.zeros((n_out, n_in), "float32")
+        self.weight = (jt.rand((n_in, n_out), "float32") * 2 - 1) * a if a else jt.zeros((n_in, n_out), "float32")
         self.bias = jt.full((n_out,), bias_init, "float32") if bias else None
 
     def execute(self, x):
-        y = jt.nn.matmul_transpose(x, self.weight)
+        y = jt.matmul(x, self.weight)
         return y + self.bias if self.bias is not None else y
 
 
@@ -118,32 +121,32 @@ class DraftHeads(jt.nn.Module):
         self.lm_heads = None if cfg.share_lm_head else jt.nn.ModuleList(
             [Linear(H, V, bias=False) for _ in range(cfg.num_heads)])
 
-    def execute(self, hidden, tokens=None, lm_head_weight=None, embed_weight=None):
+    def execute(self, hidden, tokens=None, lm_head_t=None, embed_weight=None):
         cfg = self.config
         if hidden.ndim != 3 or hidden.shape[-1] != cfg.hidden_size:
             raise ValueError(f"hidden must be [B, T, {cfg.hidden_size}], got {list(hidden.shape)}")
         if cfg.share_lm_head:
-            if lm_head_weight is None:
-                raise ValueError("share_lm_head=True: pass the base lm_head_weight [V, H]")
-            lm_head_weight = lm_head_weight.float32().detach()  # detach: never mark the caller's Var
+            if lm_head_t is None:
+                raise ValueError("share_lm_head=True: pass the base lm_head_t [H, V] (model.lm_head_t())")
+            lm_head_t = lm_head_t.float32().detach()  # detach: never mark the caller's Var
         feats, aux = self.features(hidden.float32(), tokens, embed_weight)
-        logits = [self._project(k, f, lm_head_weight) for k, f in enumerate(feats)]
+        logits = [self._project(k, f, lm_head_t) for k, f in enumerate(feats)]
         return jt.stack(logits, dim=0), aux  # [K, B, T, V], scalar
 
-    def _project(self, k, x, lm_head_weight):
+    def _project(self, k, x, lm_head_t):
         if self.lm_heads is None:
-            return jt.nn.matmul_transpose(x, lm_head_weight)
+            return jt.matmul(x, lm_head_t)
         return self.lm_heads[k](x)
 
-    def init_from_base(self, lm_head_weight):
-        """Copy the base lm_head [V, H] into every own vocab projection (no-op when shared)."""
+    def init_from_base(self, lm_head_t):
+        """Copy the base vocab projection [H, V] (`model.lm_head_t()`) into every own vocab
+        projection (no-op when shared)."""
         if self.lm_heads is None:
             return self
-        w = jt.array(lm_head_weight).float32() if not isinstance(lm_head_weight, jt.Var) \
-            else lm_head_weight.float32()
-        expected = (self.config.vocab_size, self.config.hidden_size)
+        w = jt.array(lm_head_t).float32() if not isinstance(lm_head_t, jt.Var) else lm_head_t.float32()
+        expected = (self.config.hidden_size, self.config.vocab_size)
         if tuple(w.shape) != expected:
-            raise ValueError(f"lm_head_weight has shape {tuple(w.shape)}, expected {expected}")
+            raise ValueError(f"lm_head_t has shape {tuple(w.shape)}, expected {expected} ([H, V])")
         for head in self.lm_heads:
             head.weight.assign(w.detach())
         return self
@@ -265,7 +268,7 @@ class MoEBlock(jt.nn.Module):
 
     Experts start small and random (not zero): zero experts would give the router no gradient
     (dL/dw_e = g . delta_e = 0) and identical experts could never specialise. All experts are
-    computed densely (E is small; the [V, H] projection dominates the cost anyway).
+    computed densely (E is small; the [H, V] vocab projection dominates the cost anyway).
     """
 
     def __init__(self, hidden_size, num_experts, top_k, expert_init_scale=0.1):

@@ -22,7 +22,7 @@ def inputs(seed=0):
     rng = np.random.default_rng(seed)
     hidden = rng.standard_normal((B, T, H)).astype("float32")
     tokens = rng.integers(0, V, (B, T, K)).astype("int32")
-    lm = (rng.standard_normal((V, H)) / np.sqrt(H)).astype("float32")
+    lm = (rng.standard_normal((H, V)) / np.sqrt(H)).astype("float32")
     emb = rng.standard_normal((V, H)).astype("float32")
     return jt.array(hidden), jt.array(tokens), jt.array(lm), jt.array(emb)
 
@@ -146,7 +146,7 @@ def test_import_fasterdecoding_safetensors_without_vocab_projection(tmp_path):
     state = {k: v.to(torch.bfloat16) for k, v in ref.state_dict().items() if not k.endswith(".1.weight")}
     save_file(state, tmp_path / "medusa_lm_head.safetensors")
     hidden, _, lm, _ = inputs()
-    with pytest.raises(ValueError, match="need base_lm_head_weight"):
+    with pytest.raises(ValueError, match="need base_lm_head_t"):
         import_fasterdecoding_heads(tmp_path / "medusa_lm_head.safetensors")
     heads = import_fasterdecoding_heads(tmp_path / "medusa_lm_head.safetensors", lm)
     cfg = heads.config
@@ -154,8 +154,8 @@ def test_import_fasterdecoding_safetensors_without_vocab_projection(tmp_path):
     h = torch.from_numpy(hidden.numpy())
     with torch.no_grad():
         blocks = [block.to(torch.bfloat16).float() for block in (head[0] for head in ref)]
-        expected = torch.stack([b(h) @ torch.from_numpy(lm.numpy()).T for b in blocks]).numpy()
-    np.testing.assert_allclose(heads(hidden, lm_head_weight=lm)[0].numpy(), expected, rtol=1e-4, atol=1e-4)
+        expected = torch.stack([b(h) @ torch.from_numpy(lm.numpy()) for b in blocks]).numpy()
+    np.testing.assert_allclose(heads(hidden, lm_head_t=lm)[0].numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
 @needs_torch
@@ -169,5 +169,5 @@ def test_import_rejects_inconsistent_files(tmp_path):
     with pytest.raises(ValueError, match=r"extra\.pt: unexpected tensor extra\.weight"):
         import_fasterdecoding_heads(tmp_path / "extra.pt")
     torch.save(state, tmp_path / "ok.pt")
-    with pytest.raises(ValueError, match=r"base_lm_head_weight has shape"):
-        import_fasterdecoding_heads(tmp_path / "ok.pt", np.zeros((V + 1, H), "float32"))
+    with pytest.raises(ValueError, match=r"base_lm_head_t has shape"):
+        import_fasterdecoding_heads(tmp_path / "ok.pt", np.zeros((H, V + 1), "float32"))

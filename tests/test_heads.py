@@ -21,7 +21,7 @@ def batch(seed=0):
     hidden = jt.array(rng.standard_normal((B, T, H)).astype("float32"))
     tokens = jt.array(rng.integers(0, V, (B, T, K)).astype("int32"))
     targets = jt.array(rng.integers(0, V, (K, B, T)).astype("int32"))
-    lm = jt.array(rng.standard_normal((V, H)).astype("float32") / np.sqrt(H))
+    lm = jt.array(rng.standard_normal((H, V)).astype("float32") / np.sqrt(H))
     emb = jt.array(rng.standard_normal((V, H)).astype("float32"))
     return hidden, tokens, targets, lm, emb
 
@@ -42,14 +42,14 @@ def test_shapes_and_dtypes(family, share):
     assert aux.numel() == 1 and aux.dtype == "float32"
     assert heads.config.family == family and heads.sequential == (family == "rnn")
     assert heads.num_parameters() == sum(int(np.prod(p.shape)) for p in heads.parameters())
-    has_vocab = any(p.shape[0] == V for p in heads.parameters())
+    has_vocab = any(p.shape[-1] == V for p in heads.parameters())
     assert has_vocab == (not share)
 
 
 def test_shared_head_requires_base_weight():
     heads = make("medusa", share=True)
     hidden, *_ = batch()
-    with pytest.raises(ValueError, match="lm_head_weight"):
+    with pytest.raises(ValueError, match="lm_head_t"):
         heads(hidden)
 
 
@@ -91,17 +91,17 @@ def test_medusa_at_init_equals_base_lm_head():
     hidden, _, _, lm, _ = batch()
     heads.init_from_base(lm.numpy())
     logits, aux = heads(hidden)
-    expected = hidden.numpy() @ lm.numpy().T
+    expected = hidden.numpy() @ lm.numpy()
     for k in range(K):
         np.testing.assert_allclose(logits.numpy()[k], expected, rtol=1e-5, atol=1e-5)
     assert aux.item() == 0
-    shared, _ = make("medusa", share=True)(hidden, lm_head_weight=lm)
+    shared, _ = make("medusa", share=True)(hidden, lm_head_t=lm)
     np.testing.assert_allclose(shared.numpy()[0], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_init_from_base_rejects_wrong_shape():
     with pytest.raises(ValueError, match="expected"):
-        make("medusa").init_from_base(np.zeros((V + 1, H), "float32"))
+        make("medusa").init_from_base(np.zeros((H, V + 1), "float32"))
 
 
 def test_rnn_is_causal_over_depth():
