@@ -1,0 +1,82 @@
+"""Compare benchmark result files side by side.
+
+    python -m medusa.compare results/a.json results/b.json          # one column per run
+    python -m medusa.compare results/*.json --markdown              # one row per run (README table)
+
+Summaries are recomputed from each file's samples with `bench.summarize`, so a table never
+shows numbers its file does not support.
+"""
+import argparse
+import json
+from pathlib import Path
+
+from medusa.bench import STAGES, summarize
+
+# (label, getter of (config, summary, environment)) for every metric shown; a getter may
+# raise KeyError/TypeError when the run lacks it (base-only runs have no Medusa numbers).
+METRICS = [
+    ("heads", lambda c, s, e: c["head_config"]["family"] if c.get("head_config") else "-"),
+    ("tree", lambda c, s, e: f"{Path(c['medusa_choices']).stem} ({len(c['tree'])} nodes)"),
+    ("mode", lambda c, s, e: "greedy" if c["greedy"] else f"{c['sampling_mode']} T={c['temperature']:g}"),
+    ("samples", lambda c, s, e: f"{s['num_samples']} x {c['max_new_token']}"),
+    ("base tokens/s", lambda c, s, e: f"{s['base']['tokens_per_second']:.2f}"),
+    ("medusa tokens/s", lambda c, s, e: f"{s['medusa']['tokens_per_second']:.2f}"),
+    ("speedup", lambda c, s, e: f"{s['speedup']:.2f}x"),
+    ("compression", lambda c, s, e: f"{s['medusa']['compression_ratio']:.2f}"),
+    ("identical", lambda c, s, e: f"{s['identical_outputs']}/{s['num_samples']}"),
+    *[(f"wall_time_{st}", lambda c, s, e, st=st: f"{s['medusa'][f'wall_time_{st}']:.3f}") for st in STAGES],
+    ("device", lambda c, s, e: e["device"] + (f" ({e['gpu']})" if e.get("gpu") else "")),
+    ("load avg", lambda c, s, e: f"{e['load_average'][0]:.1f}"),
+    ("commit", lambda c, s, e: (e["git_commit"] or "?")[:8] + ("+" if e.get("git_dirty") else "")),
+]
+README_METRICS = ("heads", "tree", "base tokens/s", "medusa tokens/s", "speedup", "compression", "identical")
+
+
+def load_run(path):
+    """(name, config, summary recomputed from the samples, environment) of a results file."""
+    results = json.loads(Path(path).read_text())
+    summary = summarize(results["samples"], results["config"]["greedy"])
+    return Path(path).stem, results["config"], summary, results["environment"]
+
+
+def cells(run, labels):
+    _, config, summary, env = run
+    row = []
+    for label, get in METRICS:
+        if label in labels:
+            try:
+                row.append(get(config, summary, env))
+            except (KeyError, TypeError):
+                row.append("-")
+    return row
+
+
+def text_table(runs):
+    """Metrics down, runs across."""
+    labels = [label for label, _ in METRICS]
+    columns = [cells(run, labels) for run in runs]
+    table = [["run", *[run[0] for run in runs]],
+             *[[label, *[column[i] for column in columns]] for i, label in enumerate(labels)]]
+    widths = [max(len(row[j]) for row in table) for j in range(len(table[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in table)
+
+
+def markdown_table(runs, labels=README_METRICS):
+    """Runs down, the README metrics across, as a Markdown table."""
+    labels = [label for label, _ in METRICS if label in labels]
+    lines = ["| run | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 1)]
+    lines += ["| " + " | ".join([run[0], *cells(run, labels)]) + " |" for run in runs]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", help="results JSON files of test_medusa_benchmark.py")
+    p.add_argument("--markdown", action="store_true", help="one row per run, Markdown")
+    args = p.parse_args(argv)
+    runs = [load_run(path) for path in args.results]
+    print(markdown_table(runs) if args.markdown else text_table(runs))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Benchmark library: prompt-set formats, summary recomputation, resume, greedy identity."""
+import json
+
+import pytest
+
+from medusa import bench
+from medusa.data import DataError
+from medusa.tree import load_choices
+
+# ---------------------------------------------------------------- prompt sets
+MT_BENCH = [{"question_id": 81, "category": "writing", "turns": ["Write a blog post.", "Now make it rhyme."]},
+            {"question_id": 82, "category": "math", "turns": ["What is 2 + 2?"]}]
+SHAREGPT = [{"id": "a1", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"},
+                                           {"from": "human", "value": "How are you?"}, {"from": "gpt", "value": "Fine"}]},
+            {"id": "a2", "conversations": []},   # empty: skipped, as in real ShareGPT dumps
+            {"id": "a3", "messages": [{"role": "system", "content": "Be brief."},
+                                      {"role": "user", "content": "Name a colour."},
+                                      {"role": "assistant", "content": "Red."}]}]
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_mt_bench_all_turns(tmp_path):
+    path = write_jsonl(tmp_path / "question.jsonl", MT_BENCH)
+    for fmt in ("auto", "mt_bench"):
+        prompts = bench.load_prompt_set(path, fmt)
+        assert [p.id for p in prompts] == [81, 82]
+        assert prompts[0].turns == MT_BENCH[0]["turns"] and prompts[0].category == "writing"
+
+
+@pytest.mark.parametrize("as_array", [False, True])
+def test_sharegpt_user_turns_and_system(tmp_path, as_array):
+    path = tmp_path / "sharegpt.json"
+    if as_array:
+        path.write_text(json.dumps(SHAREGPT, indent=2))
+    else:
+        write_jsonl(path, SHAREGPT)
+    prompts = bench.load_prompt_set(path)
+    assert [p.id for p in prompts] == ["a1", "a3"]
+    assert prompts[0].turns == ["Hi", "How are you?"] and prompts[0].category == "sharegpt"
+    assert prompts[1].turns == ["Name a colour."] and prompts[1].system == "Be brief."
+
+
+def test_shipped_prompts_load():
+    prompts = bench.load_prompt_set(bench.DEFAULT_PROMPTS)
+    assert len(prompts) == 20 and all(len(p.turns) == 1 for p in prompts)
+
+
+@pytest.mark.parametrize("lines, fmt, message", [
+    (['{"question_id": 1, "turns": ["a"]}', '{"question_id": 2, "turns": ["b"'], "auto", "line 2: malformed JSON"),
+    (['{"question_id": 1, "turns": ["a"]}', '', '{"question_id": 2, "turns": []}'], "mt_bench", "line 3: 'turns'"),
+    (['{"question_id": true, "turns": ["a"]}'], "mt_bench", "line 1: 'question_id'"),
+    (['{"question_id": 1, "turns": ["a"]}', '{"question_id": 1, "turns": ["b"]}'], "mt_bench", "duplicate ids"),
+    (['{"conversations": [{"from": "alien", "value": "x"}]}'], "sharegpt", "line 1: unknown_role"),
+    (['{"text": "no known key"}'], "auto", "line 1: cannot tell the format"),
+    (['{"id": 1, "category": "nonsense", "prompt": "x"}'], "jsonl", "line 1: 'category'"),
+])
+def test_malformed_lines_are_named(tmp_path, lines, fmt, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=message):
+        bench.load_prompt_set(path, fmt)
+
+
+def test_malformed_json_array_names_the_line(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('[\n {"conversations": []},\n {"conversations": [}\n]')
+    with pytest.raises(DataError, match="line 3"):
+        bench.load_prompt_set(path)
+
+
+# ---------------------------------------------------------------- summary
+def turn(base_tokens, base_time, medusa_tokens, medusa_time, accepts, text="x", medusa_text=None):
+    return {"prompt": "p",
+            "base": {"text": text, "new_tokens": base_tokens, "wall_time": base_time},
+            "medusa": {"text": text if medusa_text is None else medusa_text, "new_tokens": medusa_tokens,
+                       "wall_time": medusa_time, "steps": len(accepts), "accept_lengths": accepts,
+                       "times": {s: 0.1 * (i + 1) for i, s in enumerate(bench.STAGES)}}}
+
+
+def test_summary_by_hand():
+    samples = [{"id": 1, "category": "math", "turns": [turn(10, 2.0, 10, 1.0, [3, 3, 4])]},
+               {"id": 2, "category": "code", "turns": [turn(6, 1.0, 6, 1.0, [2, 2, 1, 1]),
+                                                       turn(4, 1.0, 4, 0.5, [4], medusa_text="y")]}]
+    s = bench.summarize(samples, greedy=True)
+    assert s["base"]["tokens_per_second"] == pytest.approx(20 / 4.0)
+    assert s["medusa"]["tokens_per_second"] == pytest.approx(20 / 2.5)
+    assert s["speedup"] == pytest.approx((20 / 2.5) / (20 / 4.0))
+    assert s["medusa"]["compression_ratio"] == pytest.approx(20 / 8)
+    assert s["medusa"]["wall_time_init"] == pytest.approx(0.1 * 3 / 2)   # 3 turns over 2 samples
+    assert s["identical_outputs"] == 1   # sample 2 differs in its second turn
+    assert s["per_category"]["math"]["speedup"] == pytest.approx(2.0)
+    assert s["per_category"]["code"]["compression_ratio"] == pytest.approx(10 / 5)
+    assert "identical_outputs" not in bench.summarize(samples, greedy=False)
+
+
+def test_summary_of_one_side():
+    samples = [{"id": 1, "category": "math", "turns": [{"prompt": "p", "base": turn(5, 1.0, 0, 0, [])["base"]}]}]
+    s = bench.summarize(samples, greedy=True)
+    assert s["base"]["tokens_per_second"] == 5.0 and "medusa" not in s and "speedup" not in s
+
+
+# ---------------------------------------------------------------- runs on a tiny model
+@pytest.fixture(scope="module")
+def tiny_run(tiny_pkl, tmp_path_factory):
+    """(make_config, setup): a tiny Llama with random 4-head Medusa heads saved for the CLI."""
+    from medusa.head_io import save_heads
+    from medusa.heads import HeadConfig, build_heads
+    from medusa.runtime import jt
+    from medusa.weights import load_model
+
+    pkl = tiny_pkl("llama")
+    cfg = load_model(pkl).config
+    jt.set_global_seed(0)
+    heads = build_heads(HeadConfig(family="medusa", num_heads=4, num_layers=1, hidden_size=cfg.hidden_size,
+                                   vocab_size=cfg.vocab_size, share_lm_head=True))
+    heads_path = save_heads(heads, tmp_path_factory.mktemp("heads") / "heads.jtr")
+    out_dir = tmp_path_factory.mktemp("results")
+
+    def make_config(name, **kw):
+        settings = dict(jittor_base_weights=str(pkl), medusa_weights=str(heads_path), num_samples=3,
+                        max_new_token=12, warmup_tokens=4, output=str(out_dir / f"{name}.json"), plot=False)
+        return bench.BenchConfig(**{**settings, **kw})
+
+    setup = bench.load_setup(make_config("setup"))
+    return make_config, setup
+
+
+def test_greedy_medusa_matches_base_and_summary_recomputes(tiny_run):
+    make_config, setup = tiny_run
+    cfg = make_config("greedy", plot=True)
+    results, out = bench.run(cfg, setup, progress=False)
+    saved = json.loads(out.read_text())
+    assert saved["summary"]["identical_outputs"] == len(saved["samples"]) == 3
+    assert saved["summary"] == bench.summarize(saved["samples"], saved["config"]["greedy"])
+    for t in (t for s in saved["samples"] for t in s["turns"]):
+        assert t["base"]["text"] == t["medusa"]["text"]
+        assert sum(t["medusa"]["accept_lengths"]) <= t["medusa"]["new_tokens"]
+        assert set(t["medusa"]["times"]) == set(bench.STAGES)
+    assert saved["config"]["tree"] == load_choices("8_node", 4)
+    assert {"jittor", "device", "cpu", "git_commit", "date"} <= set(saved["environment"])
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_interrupted_run_resumes_without_duplicates(tiny_run, monkeypatch):
+    make_config, setup = tiny_run
+    cfg = make_config("resume", base_only=True)
+    real = bench.run_sample
+    calls = []
+
+    def interrupt_third(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(bench, "run_sample", interrupt_third)
+    with pytest.raises(KeyboardInterrupt):
+        bench.run(cfg, setup, progress=False)
+    out = bench.Path(cfg.output)
+    assert len(json.loads(out.read_text())["samples"]) == 2   # finished samples survive
+    monkeypatch.setattr(bench, "run_sample", real)
+    with pytest.raises(ValueError, match="max_new_token"):
+        bench.run(make_config("resume", base_only=True, resume=True, max_new_token=5), setup, progress=False)
+    results, _ = bench.run(make_config("resume", base_only=True, resume=True, num_samples=4), setup, progress=False)
+    ids = [s["id"] for s in results["samples"]]
+    assert len(ids) == len(set(ids)) == 4
+    assert results["summary"]["num_samples"] == 4 and len(results["resumed"]) == 1
