@@ -79,10 +79,13 @@ def load_reference(folder):
 
 
 def reference_greedy(ref, prompt_ids, max_new_tokens):
-    """transformers' own greedy generate: the new token ids (no EOS stop)."""
+    """transformers' own greedy generate: the new token ids, without stopping at EOS."""
+    import copy
+
     import torch
 
+    config = copy.deepcopy(ref.generation_config)
+    config.update(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=None, pad_token_id=0)
     with torch.no_grad():
-        out = ref.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
-                           min_new_tokens=max_new_tokens, pad_token_id=0)
+        out = ref.generate(torch.tensor([prompt_ids]), generation_config=config)
     return out[0, len(prompt_ids):].tolist()

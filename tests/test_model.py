@@ -1,0 +1,152 @@
+"""The Jittor base models against Hugging Face transformers (torch, CPU, fp32): logits at prefill and
+at every cached decode step, greedy ids, padded batches, KV cache compaction."""
+import numpy as np
+import pytest
+import torch
+
+import tiny
+from medusa import weights
+from medusa.generate import generate
+from medusa.kvcache import KVCache
+from medusa.model import build_mask
+from medusa.runtime import jt
+
+PROMPT = [4, 17, 42, 99, 7, 123, 250, 61, 8, 300]
+ATOL = 2e-4
+
+
+def run(model, tokens, positions, mask=None, cache=None):
+    ids = jt.array(np.asarray(tokens, dtype=np.int32))
+    pos = jt.array(np.asarray(positions, dtype=np.int32))
+    return model.logits(model(ids, pos, mask, cache)).numpy()
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_hf, tiny_pkl):
+    """(jittor model, transformers model) per family, loaded once per module."""
+    loaded = {}
+
+    def get(family):
+        if family not in loaded:
+            loaded[family] = (weights.load_model(tiny_pkl(family), "float32"),
+                              tiny.load_reference(tiny_hf(family)))
+        return loaded[family]
+    return get
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_logits_match_transformers_at_prefill_and_each_cached_step(pair, family):
+    model, ref = pair(family)
+    steps = 8
+    with torch.no_grad():
+        full = ref(torch.tensor([PROMPT])).logits[0].numpy()
+    T = len(PROMPT)
+    cache = KVCache(model.config, 1, T + steps, "float32")
+    got = run(model, [PROMPT], [np.arange(T)], build_mask(1, T), cache)[0]
+    np.testing.assert_allclose(got, full, atol=ATOL, rtol=0)
+    ids = list(PROMPT)
+    for _ in range(steps):  # feed the reference's own greedy tokens, compare every step's logits
+        ids.append(int(np.argmax(full[-1])))
+        with torch.no_grad():
+            full = ref(torch.tensor([ids])).logits[0].numpy()
+        step = run(model, [[ids[-1]]], [[len(ids) - 1]], None, cache)[0, 0]
+        np.testing.assert_allclose(step, full[-1], atol=ATOL, rtol=0)
+    assert cache.length == T + steps
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_greedy_ids_match_transformers_generate(pair, family):
+    model, ref = pair(family)
+    expected = tiny.reference_greedy(ref, PROMPT, 32)
+    assert generate(model, PROMPT, 32).output_ids == expected
+
+
+def test_padded_batch_equals_unpadded_samples(pair):
+    model, _ = pair("qwen2")
+    a, b = PROMPT, PROMPT[3:8]
+    T = len(a)
+    tokens = [a, b + [0] * (T - len(b))]                # right-padded
+    padding = [[1] * T, [1] * len(b) + [0] * (T - len(b))]
+    batch = run(model, tokens, [np.arange(T)] * 2, build_mask(2, T, padding=padding))
+    alone_a = run(model, [a], [np.arange(T)], build_mask(1, T))
+    alone_b = run(model, [b], [np.arange(len(b))], build_mask(1, len(b)))
+    np.testing.assert_allclose(batch[0], alone_a[0], atol=1e-5)
+    np.testing.assert_allclose(batch[1, :len(b)], alone_b[0], atol=1e-5)
+
+
+def test_tree_mask_with_explicit_positions_equals_separate_branches(pair):
+    """Two branches after a shared prefix, verified in one forward with a tree mask, give the
+    same logits as running each branch on its own (what Medusa's tree verification relies on)."""
+    model, _ = pair("llama")
+    prefix, br1, br2 = PROMPT[:6], [11, 12], [21, 22]
+    P = len(prefix)
+    cache = KVCache(model.config, 1, P + 4, "float32")
+    run(model, [prefix], [np.arange(P)], build_mask(1, P), cache)
+    tree = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]], bool)
+    got = run(model, [br1 + br2], [[P, P + 1, P, P + 1]], build_mask(1, 4, P, tree=tree), cache)[0]
+    for i, br in enumerate((br1, br2)):
+        alone = run(model, [prefix + br], [np.arange(P + 2)], build_mask(1, P + 2))[0, P:]
+        np.testing.assert_allclose(got[2 * i:2 * i + 2], alone, atol=1e-5)
+
+
+def test_kv_cache_compaction_keeps_exactly_the_chosen_positions(pair):
+    model, _ = pair("qwen3")
+    cfg = model.config
+    cache = KVCache(cfg, 1, 16, "float32")
+    run(model, [PROMPT], [np.arange(len(PROMPT))], build_mask(1, len(PROMPT)), cache)
+    before_k = [k.numpy().copy() for k in cache.keys]
+    before_v = [v.numpy().copy() for v in cache.values]
+    keep = [5, 7, 8]
+    cache.compact(4, keep)
+    assert cache.length == 4 + len(keep)
+    for layer in range(cfg.num_hidden_layers):
+        k, v = cache.keys[layer].numpy(), cache.values[layer].numpy()
+        np.testing.assert_array_equal(k[:, :, :4], before_k[layer][:, :, :4])
+        np.testing.assert_array_equal(k[:, :, 4:7], before_k[layer][:, :, keep])
+        np.testing.assert_array_equal(v[:, :, 4:7], before_v[layer][:, :, keep])
+    with pytest.raises(ValueError, match="outside"):
+        cache.compact(4, [3])
+
+
+def test_compacted_cache_continues_like_the_kept_sequence(pair):
+    """Verify two branches as a tree, keep the second: decoding then continues exactly as if
+    only prefix + that branch had ever been fed."""
+    model, _ = pair("llama")
+    prefix, junk, kept = PROMPT[:5], [30, 31], [40, 41]
+    P = len(prefix)
+    cache = KVCache(model.config, 1, 16, "float32")
+    run(model, [prefix], [np.arange(P)], build_mask(1, P), cache)
+    tree = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]], bool)
+    run(model, [junk + kept], [[P, P + 1, P, P + 1]], build_mask(1, 4, P, tree=tree), cache)
+    cache.compact(P, [P + 2, P + 3])
+    nxt = run(model, [[7]], [[P + 2]], None, cache)[0, 0]
+    ref = run(model, [prefix + kept + [7]], [np.arange(P + 3)], build_mask(1, P + 3))[0, -1]
+    np.testing.assert_allclose(nxt, ref, atol=1e-5)
+
+
+def test_prompt_longer_than_cache_is_a_clear_error(pair):
+    model, _ = pair("llama")
+    cache = KVCache(model.config, 1, 4, "float32")
+    with pytest.raises(ValueError, match=r"KV cache overflow: 0 cached \+ 10 new tokens > max_len 4"):
+        run(model, [PROMPT], [np.arange(len(PROMPT))], build_mask(1, len(PROMPT)), cache)
+    with pytest.raises(ValueError, match="KV cache overflow"):
+        generate(model, PROMPT, 8, max_len=12)
+
+
+@pytest.mark.slow
+def test_smollm2_matches_transformers(smollm2_pkl):
+    """The real embedded default: logits and greedy ids against transformers reading the same GGUF."""
+    import transformers
+
+    gguf = weights.default_gguf_path()
+    ref = transformers.AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
+    tok = weights.load_tokenizer(smollm2_pkl)
+    model = weights.load_model(smollm2_pkl, "float32")
+    for prompt in ["The capital of France is", "def fibonacci(n):"]:
+        ids = tok(prompt)["input_ids"]
+        with torch.no_grad():
+            expected = ref(torch.tensor([ids])).logits[0].numpy()
+        got = run(model, [ids], [np.arange(len(ids))], build_mask(1, len(ids)))[0]
+        np.testing.assert_allclose(got, expected, atol=2e-3, rtol=0)
+        assert generate(model, ids, 16).output_ids == tiny.reference_greedy(ref, ids, 16)
