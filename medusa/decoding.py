@@ -1,0 +1,396 @@
+"""Medusa tree decoding: draft a tree of candidates with the heads, verify it in one base-model
+call, keep the longest accepted path.
+
+Reference: FasterDecoding/Medusa, medusa/model/utils.py (generate_candidates, tree_decoding,
+evaluate_posterior, update_inference_inputs) and the Medusa paper (Cai et al. 2024, 3.3.1
+typical acceptance). One step reads like the paper:
+
+    tree tokens  = propose(...)              # root token + per-depth top-k of the heads
+    hidden, sc   = tree_decode(...)          # base model on all N tree nodes, KV cache
+    path, bonus  = evaluate_posterior(...)   # accepted node ids (root first), next token
+    hidden_last  = update_inputs(...)        # keep exactly the accepted path in the cache
+
+State between steps: the cache holds every token before the root; the root (last emitted
+token) is not cached yet and is node 0 of the next tree. `hidden_last` [1, 1, H] is the base
+state whose logits chose the root; head k on it proposes the nodes at depth k + 1.
+
+Acceptance modes (`Sampling.mode`):
+- greedy:  a node is accepted when its token is the argmax of its parent's base logits; the
+  output equals plain greedy decoding (lossless).
+- typical: Medusa's typical acceptance, p(token) > min(threshold, alpha * exp(-entropy)) of
+  the parent's temperature-scaled distribution; longest accepted path, ties broken by
+  likelihood; the bonus token is the argmax (root="argmax", Medusa's fast variant) or sampled
+  from the typical set (root="sample").
+- sample:  speculative sampling over the tree (SpecInfer-style, drafts are deterministic):
+  at each node the children are tried in rank order, child x is accepted with probability
+  r(x) where r is the residual distribution (temperature + top-p filtered base distribution
+  with rejected siblings removed and renormalised); when all children fail the bonus token is
+  drawn from r. The tokens are distributed exactly as plain sampling with the same settings.
+With temperature <= 0, typical and sample behave like greedy.
+
+Host/device traffic per step: the heads' top-k indices (one transfer per tree depth for
+sequential heads) and the tree's argmax (+ two small float vectors for typical). Sample mode
+also reads the logits rows of the nodes it visits.
+"""
+import functools
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from medusa.kvcache import KVCache
+from medusa.model import NEG_INF, build_mask
+from medusa.runtime import jt
+from medusa.sampling import softmax, top_p_filter
+from medusa.tree import build_tree_buffers, load_choices
+
+STAT_NAMES = ("init", "medusa", "tree", "posterior", "update")  # wall-time buckets
+MODES = ("greedy", "typical", "sample")
+
+
+@dataclass
+class Sampling:
+    """How candidates are accepted (see the module docstring)."""
+    mode: str = "greedy"        # "greedy" (lossless), "typical", "sample" (speculative sampling)
+    temperature: float = 0.0
+    top_p: float = 1.0          # sample mode only
+    posterior_threshold: float = 0.09   # typical: Medusa's epsilon
+    posterior_alpha: float = 0.3        # typical: Medusa's delta (sqrt of epsilon in the paper)
+    root: str = "argmax"        # typical: bonus token by "argmax" (fast) or "sample"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"Sampling.mode must be one of {MODES}, got {self.mode!r}")
+        if self.root not in ("argmax", "sample"):
+            raise ValueError(f"Sampling.root must be 'argmax' or 'sample', got {self.root!r}")
+
+    @property
+    def kind(self) -> str:
+        """The acceptance rule actually used: temperature <= 0 means greedy."""
+        return "greedy" if self.temperature <= 0 else self.mode
+
+
+@dataclass
+class MedusaResult:
+    output_ids: list                 # new tokens only (EOS included if hit)
+    accept_lengths: list = field(default_factory=list)  # tokens added per step (prefill excluded)
+    times: dict = field(default_factory=lambda: dict.fromkeys(STAT_NAMES, 0.0))  # seconds
+
+    @property
+    def steps(self):
+        return len(self.accept_lengths)
+
+    @property
+    def wall_time(self):
+        return sum(self.times.values())
+
+
+# ---------------------------------------------------------------- the tree, once per spec
+@dataclass(frozen=True, eq=False)
+class Tree:
+    """TreeBuffers plus what the loop reads every step, built once per tree spec."""
+    buffers: object             # tree.TreeBuffers
+    children: tuple             # children[n]: child node ids, in rank order
+    ancestry: tuple             # ancestry[n]: node ids root..n
+    rank: np.ndarray            # [N] rank of each node among its siblings (root 0)
+    mask_block: object          # jt [1, 1, N, N] additive tree mask
+    positions: object           # jt [1, N] int32 node depths
+    parents: object             # jt [N - 1] int32 parent of nodes 1..N-1
+
+    @property
+    def num_nodes(self):
+        return self.buffers.num_nodes
+
+    def mask(self, past_len):
+        """Additive mask [1, 1, N, past_len + N]: every cached position plus the tree block."""
+        if past_len == 0:
+            return self.mask_block
+        return jt.concat([jt.zeros((1, 1, self.num_nodes, past_len), "float32"), self.mask_block], dim=3)
+
+
+def _spec_key(choices):
+    if isinstance(choices, (list, tuple)):
+        return tuple(tuple(int(c) for c in p) for p in choices)
+    return str(choices)
+
+
+@functools.lru_cache(maxsize=32)
+def _tree_for(key, num_heads):
+    spec = [list(p) for p in key] if isinstance(key, tuple) else key
+    buf = build_tree_buffers(load_choices(spec, num_heads))
+    n = buf.num_nodes
+    children = [[] for _ in range(n)]
+    for node in range(1, n):
+        children[buf.parent[node]].append(node)  # nodes are sorted by path, so by rank
+    ancestry = [(0,)]
+    for node in range(1, n):
+        ancestry.append(ancestry[buf.parent[node]] + (node,))
+    rank = np.array([0] + [p[-1] for p in buf.choices], dtype=np.int64)
+    block = np.where(buf.attn_mask, 0.0, NEG_INF).astype(np.float32)[None, None]
+    return Tree(buffers=buf, children=tuple(tuple(c) for c in children), ancestry=tuple(ancestry),
+                rank=rank, mask_block=jt.array(block).stop_grad(),
+                positions=jt.array(buf.position_ids.astype(np.int32)[None]).stop_grad(),
+                parents=jt.array(buf.parent[1:].astype(np.int32)).stop_grad())
+
+
+def resolve_tree(choices, num_heads) -> Tree:
+    """The (cached) Tree of a preset name, JSON file path or list of paths."""
+    return _tree_for(_spec_key(choices), int(num_heads))
+
+
+# ---------------------------------------------------------------- token choice on the host
+def _probs(row, sampling):
+    """Temperature + top-p filtered distribution of one logits row (fp64)."""
+    return top_p_filter(softmax(row, sampling.temperature), sampling.top_p)
+
+
+def _typical_threshold(entropy, sampling):
+    """min(epsilon, delta * exp(-H)), H the entropy as Medusa computes it (log(p + 1e-5))."""
+    return np.minimum(sampling.posterior_threshold, sampling.posterior_alpha * np.exp(-entropy))
+
+
+def _typical_sample(row, sampling, rng):
+    """Sample from the tokens whose probability passes the typical threshold (Medusa's
+    get_typical_one_token)."""
+    p = softmax(row, sampling.temperature)
+    entropy = -np.sum(p * np.log(p + 1e-5))
+    p = np.where(p >= _typical_threshold(entropy, sampling), p, 0.0)  # the argmax always survives
+    return int(rng.choice(len(p), p=p / p.sum()))
+
+
+def _root_token(argmax, row_of, sampling, rng):
+    """The next token at a node where no candidate is tried: argmax, typical or plain sample."""
+    kind = sampling.kind
+    if kind == "greedy" or (kind == "typical" and sampling.root == "argmax"):
+        return int(argmax)
+    if kind == "typical":
+        return _typical_sample(row_of(), sampling, rng)
+    p = _probs(row_of(), sampling)
+    return int(rng.choice(len(p), p=p))
+
+
+# ---------------------------------------------------------------- the steps
+def prefill(model, cache, prompt_ids, sampling, rng):
+    """Run the prompt into the cache -> (hidden_last [1, 1, H], first new token)."""
+    T = len(prompt_ids)
+    tokens = jt.array(np.asarray(prompt_ids, dtype=np.int32)[None])
+    positions = jt.array(np.arange(T, dtype=np.int32)[None])
+    hidden = model(tokens, positions, build_mask(1, T) if T > 1 else None, cache)[:, -1:]
+    logits = model.logits(hidden)[0, 0]                            # [V]
+    argmax = jt.argmax(logits, 0)[0]
+    argmax.sync()
+    token = _root_token(argmax.item(), lambda: logits.numpy(), sampling, rng)
+    return hidden, token
+
+
+def propose(model, heads, tree, hidden_last, root):
+    """generate_candidates: the tree's tokens [N] (numpy int64), node 0 = root."""
+    if getattr(heads, "sequential", False):
+        return _propose_sequential(model, heads, tree, hidden_last, root)
+    buf = tree.buffers
+    logits, _ = heads(hidden_last, None, model.lm_head_t(), model.embed_weight())  # [K, 1, 1, V]
+    top = jt.topk(logits[:buf.depth, 0, 0], max(buf.topk), dim=-1)[1].numpy()      # [depth, k]
+    flat = np.concatenate([[root]] + [top[d, :k] for d, k in enumerate(buf.topk)])
+    return flat[buf.tree_indices].astype(np.int64)
+
+
+def _propose_sequential(model, heads, tree, hidden_last, root):
+    """Heads that read the drafted tokens (rnn): depth by depth, head d runs once per node at
+    depth d, fed that node's root-to-node tokens, and its top-k become the node's children."""
+    buf, K = tree.buffers, heads.config.num_heads
+    tokens = np.zeros(tree.num_nodes, dtype=np.int64)
+    tokens[0] = root
+    for d in range(buf.depth):
+        parents = [n for n in buf.nodes_at_depth[d] if tree.children[n]]
+        drafted = np.zeros((1, len(parents), K), dtype=np.int32)   # tokens t+1..t+d+1, 0-padded
+        for i, p in enumerate(parents):
+            drafted[0, i, :d + 1] = tokens[list(tree.ancestry[p])]
+        hidden = hidden_last.broadcast((1, len(parents), hidden_last.shape[-1]))
+        logits, _ = heads(hidden, jt.array(drafted), model.lm_head_t(), model.embed_weight())
+        top = jt.topk(logits[d, 0], buf.topk[d], dim=-1)[1].numpy()  # [parents, topk[d]]
+        for i, p in enumerate(parents):
+            for c in tree.children[p]:
+                tokens[c] = top[i, tree.rank[c]]
+    return tokens
+
+
+@dataclass
+class TreeScores:
+    """What the posterior reads from the tree's base logits."""
+    argmax: np.ndarray          # [N] argmax of each node's logits
+    logits: object              # jt [N, V] fp32, rows read on demand (sample mode)
+    cand_logp: np.ndarray = None  # [N] typical: log p(token[n] | parent), node 0 unused
+    entropy: np.ndarray = None    # [N] typical: entropy of each node's distribution
+
+    def row(self, node):
+        return self.logits[node].numpy().astype(np.float64)
+
+
+def tree_decode(model, cache, tree, tokens, sampling):
+    """The base model on all tree nodes at positions past_len + depth -> (hidden [1, N, H],
+    TreeScores). Forces the scores, so the timing of this step is honest."""
+    past = cache.length
+    tokens_var = jt.array(tokens.astype(np.int32)[None])
+    hidden = model(tokens_var, tree.positions + past, tree.mask(past), cache)
+    logits = model.logits(hidden)[0]                                # [N, V]
+    argmax = jt.argmax(logits, 1)[0]
+    if sampling.kind != "typical":
+        jt.sync([argmax, logits])
+        return hidden, TreeScores(argmax.numpy(), logits)
+    z = logits / sampling.temperature
+    z = z - z.max(1, keepdims=True)
+    logp = z - jt.log(jt.exp(z).sum(1, keepdims=True))              # [N, V]
+    entropy = -(jt.exp(logp) * jt.log(jt.exp(logp) + 1e-5)).sum(1)  # [N]
+    cand = logp[tree.parents, tokens_var[0, 1:]]                    # [N - 1]
+    jt.sync([argmax, entropy, cand])
+    return hidden, TreeScores(argmax.numpy(), logits, np.concatenate([[0.0], cand.numpy()]), entropy.numpy())
+
+
+def _best_path(tree, ok, score=None):
+    """Longest root-to-node run of accepted nodes over the leaf paths (padding never counts);
+    ties go to the highest summed `score`, else the first. -> node ids, root first."""
+    buf = tree.buffers
+    rows = np.where(buf.valid_mask, buf.retrieve_indices, 0)
+    accepted = ok[rows] & buf.valid_mask
+    accepted[:, 0] = True
+    lengths = np.cumprod(accepted, axis=1).sum(axis=1)
+    best = np.flatnonzero(lengths == lengths.max())
+    if score is not None and len(best) > 1:
+        best = best[np.argmax([score[rows[b, 1:lengths[b]]].sum() for b in best])]
+    else:
+        best = best[0]
+    return [int(n) for n in rows[best, :lengths[best]]]
+
+
+def _speculative_walk(tree, tokens, scores, sampling, rng):
+    """Sample mode: try the children of each reached node in rank order (see the docstring)."""
+    node, path = 0, [0]
+    r = _probs(scores.row(0), sampling)
+    while True:
+        for child in tree.children[node]:
+            x = tokens[child]
+            if rng.random() < r[x]:
+                node = child
+                path.append(child)
+                r = _probs(scores.row(child), sampling)
+                break
+            r[x] = 0.0
+            r /= r.sum()
+        else:
+            return path, int(rng.choice(len(r), p=r))
+
+
+def evaluate_posterior(tree, tokens, scores, sampling, rng):
+    """-> (accepted node ids, root first; the bonus token from the last accepted node)."""
+    kind, parent = sampling.kind, tree.buffers.parent
+    if kind == "sample":
+        return _speculative_walk(tree, tokens, scores, sampling, rng)
+    if kind == "greedy":
+        ok = np.concatenate([[True], tokens[1:] == scores.argmax[parent[1:]]])
+        path = _best_path(tree, ok)
+    else:
+        with np.errstate(divide="ignore"):  # threshold 0 -> log 0 = -inf: accept everything
+            log_threshold = np.log(_typical_threshold(scores.entropy, sampling))
+        ok = np.concatenate([[True], scores.cand_logp[1:] > log_threshold[parent[1:]]])
+        path = _best_path(tree, ok, scores.cand_logp)
+    last = path[-1]
+    return path, _root_token(scores.argmax[last], lambda: scores.row(last), sampling, rng)
+
+
+def update_inputs(cache, tree, path, hidden):
+    """Keep exactly the accepted path in the cache -> hidden_last [1, 1, H] of its last node."""
+    past = cache.length - tree.num_nodes
+    cache.compact(past, past + np.asarray(path))
+    hidden_last = hidden[:, path[-1]:path[-1] + 1]
+    jt.sync(cache.keys + cache.values + [hidden_last])
+    return hidden_last
+
+
+def _clip(new, eos_ids, room):
+    """Truncate a step's tokens after the first EOS and to the `room` left."""
+    for i, t in enumerate(new):
+        if t in eos_ids:
+            new = new[:i + 1]
+            break
+    return new[:room]
+
+
+# ---------------------------------------------------------------- the loop
+def medusa_stream(model, heads, prompt_ids, max_new_tokens, choices="8_node", eos_ids=(), sampling=None,
+                  max_len=None):
+    """Yield (new_token_ids, {bucket: seconds}) for the prefill ("init") and each Medusa step.
+
+    Stops after an EOS token (included) or max_new_tokens. The cache holds max_len positions
+    (default: prompt + max_new_tokens + tree nodes)."""
+    sampling = sampling or Sampling()
+    tree = resolve_tree(choices, heads.config.num_heads)
+    eos_ids, rng = set(eos_ids), np.random.default_rng(sampling.seed)
+    if max_new_tokens < 1:
+        return
+    cache = KVCache(model.config, 1, max_len or len(prompt_ids) + max_new_tokens + tree.num_nodes, model.dtype)
+    start = time.perf_counter()
+    with jt.no_grad():
+        hidden_last, root = prefill(model, cache, prompt_ids, sampling, rng)
+        done = root in eos_ids or max_new_tokens == 1
+        tokens = None if done else propose(model, heads, tree, hidden_last, root)
+    yield [root], {"init": time.perf_counter() - start}
+    emitted = 1
+    while not done:
+        stats, clock = {}, time.perf_counter()
+
+        def lap(name):
+            nonlocal clock
+            now = time.perf_counter()
+            stats[name], clock = now - clock, now
+
+        with jt.no_grad():
+            hidden, scores = tree_decode(model, cache, tree, tokens, sampling)
+            lap("tree")
+            path, bonus = evaluate_posterior(tree, tokens, scores, sampling, rng)
+            new = _clip([int(tokens[n]) for n in path[1:]] + [bonus], eos_ids, max_new_tokens - emitted)
+            lap("posterior")
+            emitted += len(new)
+            done = new[-1] in eos_ids or emitted >= max_new_tokens
+            if not done:
+                hidden_last = update_inputs(cache, tree, path, hidden)
+                lap("update")
+                tokens = propose(model, heads, tree, hidden_last, new[-1])
+                lap("medusa")
+        yield new, stats
+
+
+def medusa_generate(model, heads, prompt_ids, max_new_tokens, choices="8_node", eos_ids=(), sampling=None,
+                    max_len=None) -> MedusaResult:
+    """Medusa decoding to completion; see medusa_stream."""
+    result = MedusaResult(output_ids=[])
+    stream = medusa_stream(model, heads, prompt_ids, max_new_tokens, choices, eos_ids, sampling, max_len)
+    for i, (new, stats) in enumerate(stream):
+        result.output_ids.extend(new)
+        if i > 0:
+            result.accept_lengths.append(len(new))
+        for name, seconds in stats.items():
+            result.times[name] += seconds
+    return result
+
+
+def run_cli_medusa(model, prompt_ids, args, eos_ids, sampling: dict) -> dict:
+    """The `--medusa_weights` branch of `python -m medusa.generate` (see generate.main)."""
+    from medusa import head_io
+
+    heads = head_io.load_heads(args.medusa_weights)
+    cfg, base = heads.config, model.config
+    if (cfg.hidden_size, cfg.vocab_size) != (base.hidden_size, base.vocab_size):
+        raise ValueError(f"{args.medusa_weights}: heads for hidden {cfg.hidden_size} / vocab {cfg.vocab_size}, "
+                         f"the base model has {base.hidden_size} / {base.vocab_size}")
+    if sampling["greedy"]:
+        mode = Sampling("greedy", seed=sampling["seed"])
+    else:
+        mode = Sampling("sample", temperature=sampling["temperature"], top_p=sampling["top_p"],
+                        seed=sampling["seed"])
+    result = medusa_generate(model, heads, prompt_ids, args.max_new_token, args.medusa_choices, eos_ids, mode)
+    n = len(result.output_ids)
+    return {"output_ids": result.output_ids, "accept_lengths": result.accept_lengths,
+            "tokens_per_second": n / max(result.wall_time, 1e-9),
+            "compression_ratio": n / (result.steps + 1),   # tokens per base-model call, prefill included
+            "times": result.times}

@@ -1,0 +1,218 @@
+"""Medusa tree decoding: greedy Medusa == plain greedy for every head family and tree, oracle
+heads (long accepted paths, KV compaction, non-zero branches), typical and sampled acceptance,
+EOS and max_new_tokens stops."""
+import numpy as np
+import pytest
+
+from medusa import weights
+from medusa.decoding import (STAT_NAMES, Sampling, _speculative_walk, medusa_generate, medusa_stream,
+                             resolve_tree)
+from medusa.generate import generate
+from medusa.heads import HeadConfig, build_heads
+from medusa.model import build_mask
+from medusa.runtime import jt
+
+N_NEW = 24
+K = 4
+PRESETS = ("chain", "8_node", "8_node_2", "16_node", "mc_sim_7b_63")
+
+
+@pytest.fixture(scope="module")
+def models(tiny_pkl):
+    loaded = {}
+
+    def get(family):
+        if family not in loaded:
+            loaded[family] = weights.load_model(tiny_pkl(family), "float32")
+        return loaded[family]
+    return get
+
+
+def prompt(seed=0, n=8):
+    return [int(t) for t in np.random.default_rng(seed).integers(6, 320, n)]
+
+
+_plain = {}
+
+
+def plain_greedy(model, family, ids, n=N_NEW):
+    key = (family, tuple(ids), n)
+    if key not in _plain:
+        _plain[key] = generate(model, ids, n).output_ids
+    return _plain[key]
+
+
+def random_heads(model, family, share=False):
+    jt.set_global_seed(0)
+    cfg = HeadConfig(family=family, num_heads=K, hidden_size=model.config.hidden_size,
+                     vocab_size=model.config.vocab_size, share_lm_head=share)
+    return build_heads(cfg).init_from_base(model.lm_head_t())
+
+
+# ---------------------------------------------------------------- greedy == plain greedy
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("head_family", ["medusa", "rnn", "moe"])
+def test_greedy_matches_plain_every_head_family_and_tree(models, head_family, preset):
+    model = models("qwen2")
+    heads = random_heads(model, head_family, share=(preset == "16_node"))
+    out = medusa_generate(model, heads, prompt(1), N_NEW, preset)
+    assert out.output_ids == plain_greedy(model, "qwen2", prompt(1))
+    assert all(a >= 1 for a in out.accept_lengths) and sum(out.accept_lengths) + 1 == N_NEW
+    assert set(out.times) == set(STAT_NAMES)
+
+
+@pytest.mark.parametrize("model_family", ["llama", "qwen3"])
+@pytest.mark.parametrize("head_family,preset", [("medusa", "mc_sim_7b_63"), ("rnn", "8_node"), ("moe", "16_node")])
+def test_greedy_matches_plain_every_model_family(models, model_family, head_family, preset):
+    model = models(model_family)
+    out = medusa_generate(model, random_heads(model, head_family), prompt(2), N_NEW, preset)
+    assert out.output_ids == plain_greedy(model, model_family, prompt(2))
+
+
+# ---------------------------------------------------------------- oracle heads
+class OracleHeads:
+    """Fake heads that know the model's greedy continuation `ref` (prompt + new tokens).
+
+    The position is found as the reference hidden state nearest to the given one; head k puts
+    the true token t+k+2 at rank `rank` (rank 1: a wrong token first). Sequential oracles also
+    check the drafted tokens they are fed and propose garbage for a wrong path."""
+
+    def __init__(self, model, ref, rank=0, sequential=False, num_heads=K):
+        self.config = HeadConfig(num_heads=num_heads, hidden_size=model.config.hidden_size,
+                                 vocab_size=model.config.vocab_size)
+        self.ref, self.rank, self.sequential = list(ref), rank, sequential
+        T = len(ref)
+        tokens = jt.array(np.asarray(ref, dtype=np.int32)[None])
+        positions = jt.array(np.arange(T, dtype=np.int32)[None])
+        self.states = model(tokens, positions, build_mask(1, T)).numpy()[0]   # [T, H]
+        self.calls = 0
+
+    def __call__(self, hidden, tokens, lm_head_t, embed_weight):
+        self.calls += 1
+        h = hidden.numpy()[0]                                                  # [T, H]
+        drafted = None if tokens is None else tokens.numpy()[0]
+        V, out = self.config.vocab_size, np.zeros((K, 1, h.shape[0], self.config.vocab_size), np.float32)
+        for t, state in enumerate(h):
+            i = int(np.argmin(((self.states - state) ** 2).sum(-1)))
+            for k in range(K):
+                target = self.ref[i + k + 2] if i + k + 2 < len(self.ref) else 0
+                if self.sequential and list(drafted[t, :k + 1]) != self.ref[i + 1:i + k + 2]:
+                    target = (target + 7) % V  # wrong path fed: propose a wrong token
+                out[k, 0, t, (target + 1) % V] = 9.0 if self.rank == 1 else 1.0
+                out[k, 0, t, target] = 10.0 if self.rank == 0 else 5.0
+        return jt.array(out), jt.zeros((1,))
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_oracle_heads_accept_full_depth(models, sequential):
+    model = models("llama")
+    ids = prompt(3)
+    ref = plain_greedy(model, "llama", ids, 40)
+    heads = OracleHeads(model, ids + ref, sequential=sequential)
+    out = medusa_generate(model, heads, ids, 31, "8_node")
+    assert out.output_ids == ref[:31]
+    assert out.accept_lengths == [5] * 6      # every step: 4 drafted + 1 bonus (depth + 1)
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_oracle_heads_right_at_top2_take_the_branches(models, sequential):
+    model = models("llama")
+    ids = prompt(4)
+    ref = plain_greedy(model, "llama", ids, 40)
+    heads = OracleHeads(model, ids + ref, rank=1, sequential=sequential)
+    branch = [[1], [1, 1], [1, 1, 1], [0], [0, 0]]    # only rank-1 branches reach depth 3
+    out = medusa_generate(model, heads, ids, 29, branch)
+    assert out.output_ids == ref[:29]
+    assert out.accept_lengths == [4] * 7
+    # 8_node reaches rank 1 at depth 1 only: [1] accepted, then its child [1, 0] (rank 0) fails
+    out = medusa_generate(model, heads, ids, 25, "8_node")
+    assert out.output_ids == ref[:25] and out.accept_lengths == [2] * 12
+
+
+def test_eos_and_max_new_tokens_stop_exactly(models):
+    model = models("llama")
+    ids = prompt(3)
+    ref = plain_greedy(model, "llama", ids, 40)
+    heads = OracleHeads(model, ids + ref)
+    for n in (1, 2, 7, 13):
+        out = medusa_generate(model, heads, ids, n, "8_node")
+        assert out.output_ids == ref[:n] and sum(out.accept_lengths) + 1 == n
+    j = next(i for i in range(3, 40) if ref[i] not in ref[:i])      # first occurrence mid-step
+    out = medusa_generate(model, heads, ids, 40, "8_node", eos_ids=(ref[j],))
+    assert out.output_ids == ref[:j + 1]
+    first = medusa_generate(model, heads, ids, 40, "8_node", eos_ids=(ref[0],))
+    assert first.output_ids == ref[:1] and first.steps == 0
+
+
+def test_stream_yields_prefill_then_steps(models):
+    model = models("llama")
+    ids = prompt(3)
+    ref = plain_greedy(model, "llama", ids, 40)
+    chunks = list(medusa_stream(model, OracleHeads(model, ids + ref), ids, 11, "8_node"))
+    assert [len(c) for c, _ in chunks] == [1, 5, 5]
+    assert set(chunks[0][1]) == {"init"} and set(chunks[1][1]) == {"tree", "posterior", "update", "medusa"}
+
+
+# ---------------------------------------------------------------- typical and sampled acceptance
+def test_typical_with_zero_threshold_accepts_every_full_path(models):
+    model = models("qwen2")
+    heads = random_heads(model, "medusa")
+    s = Sampling("typical", temperature=0.7, posterior_threshold=0.0, posterior_alpha=0.0)
+    for preset in ("8_node", "mc_sim_7b_63"):
+        out = medusa_generate(model, heads, prompt(5), 21, preset, sampling=s)
+        assert out.accept_lengths == [5] * 4
+
+
+def test_typical_with_threshold_one_rejects_every_draft(models):
+    model = models("qwen2")
+    heads = random_heads(model, "medusa")
+    s = Sampling("typical", temperature=0.7, posterior_threshold=1.0, posterior_alpha=1e9)
+    out = medusa_generate(model, heads, prompt(5), 12, "8_node", sampling=s)
+    assert out.accept_lengths == [1] * 11       # p(x) > min(1, 1e9 exp(-H)) = 1 never holds
+
+
+@pytest.mark.parametrize("sampling", [Sampling("sample", temperature=0.8, top_p=0.9, seed=3),
+                                      Sampling("typical", temperature=0.8, root="sample", seed=3)])
+def test_sampling_runs_and_is_reproducible(models, sampling):
+    model = models("qwen3")
+    heads = random_heads(model, "rnn")
+    a = medusa_generate(model, heads, prompt(6), 16, "8_node", sampling=sampling)
+    b = medusa_generate(model, heads, prompt(6), 16, "8_node", sampling=sampling)
+    assert a.output_ids == b.output_ids and len(a.output_ids) == 16
+    other = Sampling(**{**sampling.__dict__, "seed": 4})
+    c = medusa_generate(model, heads, prompt(6), 16, "8_node", sampling=other)
+    assert c.output_ids != a.output_ids
+
+
+class _FixedScores:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def row(self, node):
+        return self.rows[node]
+
+
+def test_speculative_walk_keeps_the_base_distribution():
+    """The first emitted token of the tree walk is distributed as p, whatever the drafts."""
+    tree = resolve_tree([[0], [1], [2], [0, 0]], 2)
+    rng = np.random.default_rng(0)
+    V = 6
+    rows = np.log(rng.dirichlet(np.ones(V), size=tree.num_nodes))
+    tokens = np.array([0, 2, 0, 5, 1])             # drafts: node 1..3 = tokens 2, 0, 5
+    s = Sampling("sample", temperature=1.0)
+    counts = np.zeros(V)
+    for _ in range(10000):
+        path, bonus = _speculative_walk(tree, tokens, _FixedScores(rows), s, rng)
+        counts[tokens[path[1]] if len(path) > 1 else bonus] += 1
+    p = np.exp(rows[0]) / np.exp(rows[0]).sum()
+    assert np.abs(counts / counts.sum() - p).max() < 0.02
+
+
+def test_padded_paths_and_bad_inputs():
+    tree = resolve_tree("8_node", K)
+    assert tree is resolve_tree("8_node", K)                         # cached per spec
+    assert (tree.buffers.retrieve_indices == -1).any()
+    with pytest.raises(ValueError, match="mode"):
+        Sampling("beam")
+    with pytest.raises(ValueError, match="exceeds the number of Medusa heads"):
+        resolve_tree("mc_sim_7b_63", 2)
