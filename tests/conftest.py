@@ -7,15 +7,9 @@
 Models are built once per session under pytest's tmp dir; SmolLM2 is converted into
 $MEDUSA_JITTOR_HOME (default ~/.cache/medusa-jittor), where later sessions find it.
 """
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))          # `import tiny`
-sys.path.insert(0, str(Path(__file__).parent.parent))   # the top-level scripts (weight_convert.py)
-
-import tiny  # noqa: E402
+import tiny  # tests/ and the repo root (top-level scripts) are on pytest's pythonpath (pyproject.toml)
 
 
 @pytest.fixture(scope="session")
