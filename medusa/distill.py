@@ -38,6 +38,7 @@ class DistillArgs:
     limit: int = 0                     # first N prompts only (0 = all)
     system: str = ""                   # optional system message in the chat template
     device: str = "auto"               # auto | cpu | cuda
+    dtype: str = ""                    # compute dtype; "" = fp16 on GPU, fp32 on CPU
 
 
 def left_pad(prompts, pad_id):
@@ -112,7 +113,7 @@ def distill(args: DistillArgs):
 
     use_device(args.device)
     src = args.base_model_path or weights.ensure_default_model("float32")
-    model = weights.load_model(src)
+    model = weights.load_model(src, args.dtype or None)
     tok = weights.load_tokenizer(src)
     eos_ids = set(model.config.eos_token_id) | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0

@@ -1,0 +1,395 @@
+"""Training draft heads on a frozen base model: one trainer for every head family.
+
+train_ddp.py (medusa), train_rnn.py (rnn) and train_moe.py (moe) only pick the family and call
+`main`. References: FasterDecoding/Medusa `train_legacy.py` (loss = sum_k lambda^k CE_k with
+lambda = 0.8, head k at position t learns token t+k+2) and nanoGPT's `train.py` (the loop:
+warmup + cosine schedule, gradient accumulation, clipping, resumable checkpoints).
+
+    python train_ddp.py --epochs 2                          # heads for the embedded SmolLM2
+    mpirun -np 2 python train_ddp.py --batch_size 4         # Jittor MPI data parallel
+
+The base model never gets a gradient. Its final-normed hidden states are computed once per
+batch, or, with --cache_hidden (the default), once for the whole data set and kept on disk in
+fp16 (hidden_cache.py): every epoch after the first then costs only the heads.
+Only the positions where some head has a target (the assistant tokens, see data.head_targets)
+are fed to the heads, as one flat row list: the [rows, H] x [H, V] vocab projections dominate the
+cost and every family is position-wise, so the prompt and padding positions would be waste.
+
+Data parallel: under `mpirun`, Jittor's optimizer all-reduces (averages) every gradient in
+`backward` (jittor/optim.py: `g.mpi_all_reduce("mean")`) and broadcasts rank 0's parameters at
+the first step. Each rank takes its slice of every global batch; the loss is normalised by the
+target count of the whole global batch (and multiplied by world_size to undo the mean), so N
+ranks compute exactly the gradient one process computes on the same global batch of
+batch_size x gradient_accumulation_steps x world_size samples. Only rank 0 writes files.
+"""
+import argparse
+import dataclasses
+import json
+import math
+import os
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medusa import data, hidden_cache
+from medusa.runtime import jt
+
+MOE_ONLY = ("moe_num_experts", "moe_top_k", "aux_loss_weight")
+
+
+@dataclasses.dataclass
+class TrainArgs:
+    base_model_path: str = ""               # HF folder / .gguf / .pkl; "" = the embedded default
+    jittor_base_weights: str = ""           # a converted .pkl (weight_convert.py)
+    data_path: str = "data/smollm2_selfdistill.jsonl"
+    output_dir: str = ""                    # "" = checkpoints/<family>
+    medusa_num_heads: int = 4
+    medusa_num_layers: int = 1
+    share_lm_head: bool = True              # project with the frozen base lm_head (small heads)
+    moe_num_experts: int = 4
+    moe_top_k: int = 2
+    aux_loss_weight: float = 0.01           # coefficient of the MoE load-balancing loss
+    epochs: int = 3
+    batch_size: int = 8                     # samples per rank per micro-batch
+    gradient_accumulation_steps: int = 1
+    lr: float = 1e-3                        # Medusa's default for 1-layer heads
+    warmup_ratio: float = 0.05
+    max_length: int = 1024                  # tokens per sample (truncated)
+    seed: int = 42
+    loss_decay: float = 0.8                 # lambda: head k's CE is weighted lambda^k
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    val_ratio: float = 0.1
+    template: str = "tokenizer"             # chat template: tokenizer | vicuna
+    cache_hidden: bool = True               # offline mode: base hidden states cached on disk
+    cache_dir: str = "cache/hidden"
+    resume: bool = False                    # continue from output_dir/last_state.pkl
+    max_steps: int = 0                      # stop (and save) after this many steps; 0 = all epochs
+    device: str = "auto"
+    base_dtype: str = ""                    # compute dtype of the base; "" = fp16 on GPU, fp32 on CPU
+    family: str = "medusa"                  # set by the calling script, not a flag
+
+    def out_dir(self) -> Path:
+        return Path(self.output_dir or f"checkpoints/{self.family}")
+
+
+# ---------------------------------------------------------------- optimisation
+class AdamW(jt.optim.Optimizer):
+    """AdamW with decoupled weight decay and bias correction counted in optimizer steps.
+
+    jt.optim.AdamW adds the decay to the gradient (L2, not AdamW) and counts `backward` calls
+    for the bias correction, which is wrong under gradient accumulation. Gradient accumulation,
+    MPI all-reduce and clipping come from jt.optim.Optimizer unchanged.
+    """
+
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr)
+        self.betas, self.eps, self.weight_decay, self.steps = betas, eps, weight_decay, 0
+        pg = self.param_groups[0]
+        pg["m"] = [jt.zeros(p.shape, "float32").stop_grad() for p in pg["params"]]
+        pg["v"] = [jt.zeros(p.shape, "float32").stop_grad() for p in pg["params"]]
+
+    def step(self, loss=None, retain_graph=False):
+        self.pre_step(loss, retain_graph)
+        self.steps += 1
+        (b0, b1), lr, pg = self.betas, self.lr, self.param_groups[0]
+        c0, c1 = 1 - b0 ** self.steps, 1 - b1 ** self.steps
+        for p, g, m, v in zip(pg["params"], pg["grads"], pg["m"], pg["v"]):
+            m.update(b0 * m + (1 - b0) * g)
+            v.update(b1 * v + (1 - b1) * g * g)
+            p.update(p * (1 - lr * self.weight_decay) - lr * (m / c0) / (jt.sqrt(v / c1) + self.eps))
+        self.post_step()
+
+    def state(self) -> dict:
+        pg = self.param_groups[0]
+        return {"steps": self.steps, "m": [m.numpy() for m in pg["m"]], "v": [v.numpy() for v in pg["v"]]}
+
+    def load(self, state: dict):
+        pg = self.param_groups[0]
+        if len(state["m"]) != len(pg["m"]):
+            raise ValueError(f"optimizer state has {len(state['m'])} tensors, the heads {len(pg['m'])}")
+        self.steps = state["steps"]
+        for dst, src in zip(pg["m"] + pg["v"], state["m"] + state["v"]):
+            dst.assign(jt.array(src))
+
+
+def lr_at(step, total, peak, warmup_ratio):
+    """Linear warmup over warmup_ratio * total steps, then cosine decay to 0."""
+    warmup = max(1, int(round(total * warmup_ratio))) if warmup_ratio > 0 else 0
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+# ---------------------------------------------------------------- batches and loss
+def flat_rows(samples, hiddens, num_heads, pad_id):
+    """One micro-batch as the flat rows the heads see.
+
+    hiddens: per-sample [T_i, H] arrays (or one jt.Var [B, T, H]). Returns (hidden [1, N, H],
+    drafted tokens [1, N, K] (tokens[..., k] = token t+k+1, what rnn heads read), targets
+    [K, N], valid [K, N]) over the N positions where at least one head has a target.
+    """
+    batch = data.collate(samples, pad_id)
+    ids = batch["input_ids"]
+    targets, valid = data.head_targets(ids, batch["loss_mask"], num_heads)
+    bi, ti = np.nonzero(valid.any(0))
+    B, T = ids.shape
+    padded = np.concatenate([ids, np.full((B, num_heads + 1), pad_id, np.int32)], axis=1)
+    drafted = np.stack([padded[bi, ti + k + 1] for k in range(num_heads)], axis=-1)
+    if isinstance(hiddens, jt.Var):
+        h = hiddens[jt.array(bi.astype(np.int32)), jt.array(ti.astype(np.int32))]
+    else:
+        h = jt.array(np.concatenate([hiddens[b][ti[bi == b]] for b in range(B)]).astype(np.float32))
+    return h.float32().unsqueeze(0), jt.array(drafted[None].astype(np.int32)), targets[:, bi, ti], valid[:, bi, ti]
+
+
+def head_losses(logits, targets, valid):
+    """Per-head sums over the valid rows: (nll [K] Var, top1 [K], top5 [K] numpy).
+
+    logits [K, N, V] fp32, targets / valid [K, N] numpy."""
+    K, N, V = logits.shape
+    flat = logits.reshape(K * N, V)
+    target_logit = flat[jt.arange(K * N), jt.array(targets.reshape(-1).astype(np.int32))].reshape(K, N)
+    top = logits.max(-1, keepdims=True).detach()                                 # jt.nn.logsumexp overflows
+    nll = (logits - top).exp().sum(-1).log() + top.squeeze(-1) - target_logit    # [K, N]
+    w = jt.array(valid.astype(np.float32))
+    # rank of the target = how many logits beat it (ties count for the target)
+    rank = (logits.detach() > target_logit.detach().unsqueeze(-1)).int32().sum(-1).numpy()
+    hit1 = ((rank < 1) * valid).sum(-1)
+    hit5 = ((rank < 5) * valid).sum(-1)
+    return (nll * w).sum(-1), hit1, hit5
+
+
+class Totals:
+    """Per-head sums of loss, top-1, top-5 and target counts (all-reduced across ranks)."""
+
+    def __init__(self, K):
+        self.sums = np.zeros((4, K))
+        self.aux = 0.0
+
+    def add(self, nll, hit1, hit5, count):
+        self.sums += np.stack([nll, hit1, hit5, count])
+
+    def reduced(self):
+        sums = self.sums
+        if jt.in_mpi:
+            sums = jt.array(sums.astype(np.float32)).mpi_all_reduce("add").numpy().astype(np.float64)
+        return sums
+
+    def metrics(self, lambdas):
+        nll, hit1, hit5, count = self.reduced()
+        n = np.maximum(count, 1)
+        out = {"loss": float((lambdas * nll / n).sum()), "tokens": int(count[0])}
+        for k in range(len(n)):
+            out.update({f"head{k}_loss": float(nll[k] / n[k]), f"head{k}_top1": float(hit1[k] / n[k]),
+                        f"head{k}_top5": float(hit5[k] / n[k])})
+        return out
+
+
+# ---------------------------------------------------------------- the trainer
+class Trainer:
+    def __init__(self, args: TrainArgs):
+        from medusa import weights
+        from medusa.generate import resolve_model
+        from medusa.heads import HeadConfig, build_heads
+        from medusa.runtime import default_compute_dtype, use_device
+
+        use_device(args.device)
+        self.args, self.rank, self.world = args, jt.rank, jt.world_size
+        jt.set_global_seed(args.seed, different_seed_for_mpi=False)
+        dtype = args.base_dtype or default_compute_dtype()
+        src, tok_dir = resolve_model(args.base_model_path or None, args.jittor_base_weights or None, dtype)
+        self.model = weights.load_model(src, dtype)
+        self.tok = weights.load_tokenizer(tok_dir)
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        samples, self.report = data.load_samples(args.data_path, self.tok, args.max_length, args.template)
+        self.train_set, self.val_set = data.train_val_split(list(range(len(samples))), args.val_ratio, args.seed)
+        self.samples = samples
+        cfg = self.model.config
+        self.heads = build_heads(HeadConfig(
+            family=args.family, num_heads=args.medusa_num_heads, num_layers=args.medusa_num_layers,
+            hidden_size=cfg.hidden_size, vocab_size=cfg.vocab_size, share_lm_head=args.share_lm_head,
+            moe_num_experts=args.moe_num_experts, moe_top_k=args.moe_top_k))
+        self.heads.init_from_base(self.model.lm_head_t())
+        self.opt = AdamW(self.heads.parameters(), args.lr, weight_decay=args.weight_decay)
+        self.hidden = (hidden_cache.load_or_build(self.model, samples, self._cache_file(src), self.pad_id)
+                       if args.cache_hidden else None)
+        self.K = args.medusa_num_heads
+        self.lambdas = args.loss_decay ** np.arange(self.K)
+        self.global_batch = args.batch_size * args.gradient_accumulation_steps * self.world
+        self.steps_per_epoch = len(self.train_set) // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(self.train_set)} training samples < one global batch of {self.global_batch} "
+                             f"(batch_size x gradient_accumulation_steps x world_size)")
+        self.total_steps = args.epochs * self.steps_per_epoch          # the schedule's length
+        self.stop_at = min(args.max_steps or self.total_steps, self.total_steps)
+        self.step, self.best = 0, float("inf")
+
+    def _cache_file(self, src):
+        a = self.args
+        key = hidden_cache.cache_key(a.data_path, src, a.max_length, a.template, self.model.dtype)
+        return Path(a.cache_dir) / f"{key}.npz"
+
+    # -- data
+    def hiddens_of(self, idx):
+        if self.hidden is not None:
+            return [self.hidden[i] for i in idx]
+        return hidden_cache.base_hidden(self.model, [self.samples[i] for i in idx], self.pad_id)
+
+    def micro_batches(self, step):
+        """This rank's micro-batches (lists of sample indices) of global step `step`."""
+        a = self.args
+        epoch, i = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng(a.seed + epoch).permutation(self.train_set)
+        glob = order[i * self.global_batch:(i + 1) * self.global_batch]
+        per_micro = a.batch_size * self.world
+        return [glob[j:j + per_micro][self.rank * a.batch_size:(self.rank + 1) * a.batch_size]
+                for j in range(0, len(glob), per_micro)]
+
+    def target_counts(self, step):
+        """Targets per head in the whole global batch of `step` (every rank computes the same)."""
+        a = self.args
+        epoch, i = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng(a.seed + epoch).permutation(self.train_set)
+        glob = order[i * self.global_batch:(i + 1) * self.global_batch]
+        return sum(data.head_targets(s.input_ids[None], s.loss_mask[None], self.K)[1].sum((1, 2))
+                   for s in (self.samples[j] for j in glob))
+
+    # -- one step
+    def forward(self, idx):
+        h, drafted, targets, valid = flat_rows([self.samples[i] for i in idx], self.hiddens_of(idx), self.K, self.pad_id)
+        logits, aux = self.heads(h, drafted, self.model.lm_head_t(), self.model.embed_weight())
+        nll, hit1, hit5 = head_losses(logits[:, 0], targets, valid)
+        return nll, aux, hit1, hit5, valid.sum(-1)
+
+    def train_step(self, totals):
+        a = self.args
+        counts = np.maximum(self.target_counts(self.step), 1)
+        scale = jt.array((self.lambdas / counts * self.world).astype(np.float32))
+        for idx in self.micro_batches(self.step):
+            nll, aux, hit1, hit5, n = self.forward(idx)
+            loss = (nll * scale).sum() + aux.sum() * (a.aux_loss_weight * self.world / a.gradient_accumulation_steps)
+            self.opt.backward(loss)
+            totals.add(nll.numpy(), hit1, hit5, n)
+            totals.aux += float(aux.sum().numpy()) / a.gradient_accumulation_steps
+        if a.max_grad_norm > 0:
+            self.opt.clip_grad_norm(a.max_grad_norm)
+        self.opt.lr = lr_at(self.step, self.total_steps, a.lr, a.warmup_ratio)
+        self.opt.step()
+        self.step += 1
+
+    def evaluate(self):
+        return self.evaluate_on(self.val_set)
+
+    def evaluate_on(self, indices):
+        """Metrics of the heads on the samples `indices` (split across ranks, no gradient)."""
+        totals = Totals(self.K)
+        mine = list(indices)[self.rank::self.world]
+        with jt.no_grad():
+            for j in range(0, len(mine), self.args.batch_size):
+                nll, _, hit1, hit5, n = self.forward(mine[j:j + self.args.batch_size])
+                totals.add(nll.numpy(), hit1, hit5, n)
+        return totals.metrics(self.lambdas)
+
+    # -- files (rank 0 only)
+    def log(self, record):
+        if self.rank == 0:
+            with open(self.args.out_dir() / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def save(self, name):
+        from medusa.head_io import save_heads
+
+        if self.rank == 0:
+            save_heads(self.heads, self.args.out_dir() / name)
+
+    def save_state(self):
+        if self.rank != 0:
+            return
+        self.save("last.jtr")
+        state = {"step": self.step, "best": self.best, "optimizer": self.opt.state(),
+                 "args": dataclasses.asdict(self.args)}
+        path = self.args.out_dir() / "last_state.pkl"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(pickle.dumps(state, protocol=4))
+        os.replace(tmp, path)
+
+    def load_state(self):
+        from medusa.head_io import load_heads
+
+        out = self.args.out_dir()
+        state = pickle.loads((out / "last_state.pkl").read_bytes())
+        saved = load_heads(out / "last.jtr")
+        if saved.config != self.heads.config:
+            raise ValueError(f"{out}: checkpoint heads {saved.config} differ from the requested {self.heads.config}")
+        for p, q in zip(self.heads.parameters(), saved.parameters()):
+            p.assign(q)
+        self.opt.load(state["optimizer"])
+        self.step, self.best = state["step"], state["best"]
+
+    # -- the loop
+    def fit(self):
+        from tqdm import tqdm
+
+        a, out = self.args, self.args.out_dir()
+        if self.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "train_args.json").write_text(json.dumps(
+                dict(dataclasses.asdict(a), world_size=self.world, global_batch=self.global_batch,
+                     samples=self.report.kept, skipped=dict(self.report.skipped)), indent=2))
+        if a.resume:
+            self.load_state()
+        bar = tqdm(total=self.stop_at, initial=self.step, desc=f"train {a.family}", disable=self.rank != 0)
+        totals, t0 = Totals(self.K), time.time()
+        while self.step < self.stop_at:
+            self.train_step(totals)
+            bar.update(1)
+            epoch_end = self.step % self.steps_per_epoch == 0 or self.step == self.stop_at
+            if self.step % 10 == 0 or epoch_end:
+                record = dict(split="train", step=self.step, lr=self.opt.lr, aux=totals.aux,
+                              seconds=round(time.time() - t0, 1), **totals.metrics(self.lambdas))
+                bar.set_postfix(loss=f"{record['loss']:.3f}", top1_0=f"{record['head0_top1']:.3f}")
+                self.log(record)
+                totals = Totals(self.K)
+            if epoch_end:
+                self.end_of_epoch()
+        bar.close()
+        return self.best
+
+    def end_of_epoch(self):
+        val = self.evaluate() if self.val_set else None
+        if val is not None:
+            self.log(dict(split="val", step=self.step, epoch=self.step / self.steps_per_epoch, **val))
+        score = val["loss"] if val is not None else -self.step
+        if score < self.best:
+            self.best = score
+            self.save("best.jtr")
+        self.save_state()
+
+
+# ---------------------------------------------------------------- command line
+def parse_args(argv=None, family="medusa") -> TrainArgs:
+    defaults = TrainArgs(family=family)
+    p = argparse.ArgumentParser(description=f"Train {family} draft heads on a frozen base model "
+                                            f"(effective batch = batch_size x gradient_accumulation_steps x world_size).")
+    for f in dataclasses.fields(TrainArgs):
+        if f.name == "family" or (f.name in MOE_ONLY and family != "moe"):
+            continue
+        value = getattr(defaults, f.name)
+        if isinstance(value, bool):
+            p.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=value)
+        else:
+            p.add_argument(f"--{f.name}", type=type(value), default=value)
+    return dataclasses.replace(defaults, **vars(p.parse_args(argv)))
+
+
+def main(argv=None, family="medusa"):
+    args = parse_args(argv, family)
+    trainer = Trainer(args)
+    best = trainer.fit()
+    if trainer.rank == 0:
+        print(f"best val loss {best:.4f}; heads in {args.out_dir() / 'best.jtr'}")
+    return trainer
