@@ -29,7 +29,8 @@ METRICS = [
     ("load avg", lambda c, s, e: f"{e['load_average'][0]:.1f}"),
     ("commit", lambda c, s, e: (e["git_commit"] or "?")[:8] + ("+" if e.get("git_dirty") else "")),
 ]
-README_METRICS = ("heads", "tree", "base tokens/s", "medusa tokens/s", "speedup", "compression", "identical")
+README_METRICS = ("heads", "tree", "samples", "base tokens/s", "medusa tokens/s", "speedup", "compression",
+                  "identical", "load avg")
 
 
 def load_run(path):

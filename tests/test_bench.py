@@ -169,3 +169,25 @@ def test_interrupted_run_resumes_without_duplicates(tiny_run, monkeypatch):
     ids = [s["id"] for s in results["samples"]]
     assert len(ids) == len(set(ids)) == 4
     assert results["summary"]["num_samples"] == 4 and len(results["resumed"]) == 1
+
+
+def test_compare_tables(tmp_path, capsys):
+    from medusa import compare
+
+    env = {"device": "cpu", "load_average": [1.5, 1.0, 1.0], "git_commit": "0123456789abcdef", "git_dirty": False}
+    config = {"greedy": True, "max_new_token": 8, "medusa_choices": "8_node", "tree": load_choices("8_node"),
+              "head_config": {"family": "rnn"}, "sampling_mode": "typical", "temperature": 0.0}
+    full = [{"id": 1, "category": "math", "turns": [turn(10, 2.0, 10, 1.0, [3, 3, 4])]}]
+    base_only = [{"id": 1, "category": "math", "turns": [{"prompt": "p", "base": full[0]["turns"][0]["base"]}]}]
+    paths = []
+    for name, samples in (("full", full), ("base_only", base_only)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps({"config": config, "environment": env, "samples": samples,
+                                         "summary": {"stale": True}}))
+    compare.main([str(p) for p in paths])
+    text = capsys.readouterr().out
+    assert "speedup" in text and "2.00x" in text and "rnn" in text
+    compare.main([str(p) for p in paths] + ["--markdown"])
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert len(rows) == 4 and rows[2].startswith("| full |") and "| 2.00x |" in rows[2]
+    assert "| - |" in rows[3]   # no Medusa numbers in a base-only run
