@@ -28,6 +28,7 @@ import platform
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from medusa.data import DataError, SkipRecord, load_prompts, normalise_record
@@ -37,7 +38,9 @@ TRAINED_DIR = Path(__file__).parent / "trained"
 DEFAULT_HEADS = TRAINED_DIR / "smollm2_medusa.jtr"
 RESULTS_DIR = Path("results")
 DATA_FORMATS = ("auto", "jsonl", "mt_bench", "sharegpt")
-STAGES = ("init", "medusa", "tree", "posterior", "update")   # = medusa.decoding.STAT_NAMES
+# = medusa.decoding.STAT_NAMES (test_bench checks); not imported so that reading results
+# (summaries, compare.py) needs no Jittor
+STAGES = ("init", "medusa", "tree", "posterior", "update")
 SIDES = ("base", "medusa")
 # settings that may change between an interrupted run and its --resume
 RESUMABLE_KEYS = ("num_samples", "resume", "output", "plot")
@@ -388,8 +391,6 @@ def default_output(cfg: BenchConfig, setup: Setup) -> Path:
 def decode_turn(side, setup: Setup, cfg: BenchConfig, prompt_ids, max_new_tokens, seed):
     """One reply of `side` ("base" or "medusa") -> its record. wall_time is measured around the
     whole call, prefill included, the same way for both sides."""
-    import time
-
     start = time.perf_counter()
     if side == "base":
         from medusa.generate import generate

@@ -97,6 +97,12 @@ def test_summary_by_hand():
     assert "identical_outputs" not in bench.summarize(samples, greedy=False)
 
 
+def test_stages_are_the_decoders():
+    from medusa.decoding import STAT_NAMES
+
+    assert bench.STAGES == STAT_NAMES
+
+
 def test_summary_of_one_side():
     samples = [{"id": 1, "category": "math", "turns": [{"prompt": "p", "base": turn(5, 1.0, 0, 0, [])["base"]}]}]
     s = bench.summarize(samples, greedy=True)
