@@ -1,32 +1,38 @@
 #!/usr/bin/env bash
-# Regenerate the committed CPU benchmark results: results/*.json + *.png, the tuned tree in
-# results/trees/, and results/table.md (the table of results/README.md).
+# Regenerate the committed CPU benchmark results (greedy, embedded SmolLM2, shipped heads):
+#   results/<default name>.json + .png   the default command, 10 samples x 96 tokens
+#   results/trees/tuned_medusa.json      the tree tuned for the Medusa heads on this machine
+#   results/sweep/<family>_<tree>.json   head families x trees, N samples x TOKENS tokens
+#   results/table.md                     the table of results/README.md
 #
-#   scripts/run_cpu_results.sh              # N=10 samples x TOKENS=96 new tokens, greedy
-#   N=5 TOKENS=64 scripts/run_cpu_results.sh
+#   scripts/run_cpu_results.sh               # sweep at N=5 samples x TOKENS=64 new tokens
+#   N=10 TOKENS=96 scripts/run_cpu_results.sh
 #
-# Every run passes --resume: an interrupted script continues where it stopped, and runs that
-# are complete are only re-summarised. Delete results/*.json to measure from scratch.
-# Run it on an otherwise idle machine: base and Medusa alternate per sample inside each run,
-# so the speedup is fair under load, but absolute tokens/s are not.
+# Every run passes --resume: an interrupted script continues where it stopped, and complete
+# runs are only re-summarised. Delete the result files to measure from scratch. Base and
+# Medusa alternate per sample inside each run, so a speedup is measured under the same load;
+# absolute tokens/s want an otherwise idle machine (each file records the load average).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${N:-10}
-TOKENS=${TOKENS:-96}
+N=${N:-5}
+TOKENS=${TOKENS:-64}
 HEADS=medusa/trained
-bench() {  # bench FAMILY TREE
-    python test_medusa_benchmark.py --greedy --device cpu --num_samples "$N" --max_new_token "$TOKENS" \
-        --medusa_weights "$HEADS/smollm2_$1.jtr" --medusa_choices "$2" --resume
-}
+common=(--greedy --device cpu --resume)
 
-# The tree tuned for the Medusa heads on this machine (head accuracy + measured step times).
+python test_medusa_benchmark.py "${common[@]}"       # the default: medusa heads, 8_node, 10 x 96
+
 [ -f results/trees/tuned_medusa.json ] || \
     python -m medusa.tune --device cpu --medusa_weights "$HEADS/smollm2_medusa.jtr" \
-        --max_new_token "$TOKENS" --output results/trees/tuned_medusa.json
-bench medusa 8_node
-bench medusa results/trees/tuned_medusa.json
-for family in rnn moe; do bench "$family" 8_node; done
-for family in medusa rnn moe; do bench "$family" mc_sim_7b_63; done
+        --output results/trees/tuned_medusa.json
 
-python -m medusa.compare results/*.json --markdown > results/table.md
+sweep() {  # sweep FAMILY TREE
+    python test_medusa_benchmark.py "${common[@]}" --num_samples "$N" --max_new_token "$TOKENS" \
+        --medusa_weights "$HEADS/smollm2_$1.jtr" --medusa_choices "$2" \
+        --output "results/sweep/$1_$(basename "${2%.json}").json"
+}
+for family in medusa rnn moe; do sweep "$family" 8_node; done
+sweep medusa results/trees/tuned_medusa.json
+for family in medusa rnn moe; do sweep "$family" mc_sim_7b_63; done   # 64 nodes: slow on a CPU
+
+python -m medusa.compare results/*.json results/sweep/*.json --markdown > results/table.md
 cat results/table.md

@@ -197,3 +197,16 @@ def test_compare_tables(tmp_path, capsys):
     rows = capsys.readouterr().out.strip().splitlines()
     assert len(rows) == 4 and rows[2].startswith("| full |") and "| 2.00x |" in rows[2]
     assert "| - |" in rows[3]   # no Medusa numbers in a base-only run
+
+
+def test_multi_turn_sampling_run(tiny_run, tmp_path):
+    """MT-bench: every turn is decoded, with the side's own earlier answers in its prompt."""
+    make_config, setup = tiny_run
+    data = write_jsonl(tmp_path / "question.jsonl", MT_BENCH)
+    cfg = make_config("mt_bench", data_path=str(data), greedy=False, temperature=0.7, max_new_token=6)
+    results, _ = bench.run(cfg, setup, progress=False)
+    first = results["samples"][0]["turns"]
+    assert [t["prompt"] for t in first] == MT_BENCH[0]["turns"]
+    for side in bench.SIDES:
+        assert first[1][side]["prompt_tokens"] > first[0][side]["prompt_tokens"] + first[0][side]["new_tokens"]
+    assert results["summary"]["num_turns"] == 3 and "identical_outputs" not in results["summary"]
