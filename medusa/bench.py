@@ -12,275 +12,29 @@ machine's load from favouring one side. `results/<name>.json` holds
     environment  jittor version, device, CUDA, CPU, load, git commit, date
     samples      per sample and turn: prompt; for base and medusa the text, token count, wall
                  time; for medusa the tokens accepted per step and the time per stage
-    summary      `summarize(samples, greedy)`: computed only from `samples`, so anyone can redo it
+    summary      `results.summarize(samples, greedy)`: computed only from `samples`, so anyone
+                 can redo it
 
 and is rewritten atomically after every sample, so an interrupted run keeps what it finished and
 `--resume` goes on from there. A PNG beside it shows the accepted-length histogram, per-category
-speedup and the time breakdown. References: FasterDecoding/Medusa llm_judge/gen_model_answer_medusa.py
+speedup and the time breakdown. Prompt sets are read by prompt_sets.py, result files written,
+summarised and plotted by results.py. References: FasterDecoding/Medusa llm_judge/gen_model_answer_medusa.py
 (MT-bench answers), the experiment report's wall_time_* / compression_ratio / tokens_per_second.
 """
 import argparse
 import dataclasses
-import datetime
-import json
-import os
-import platform
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from medusa.data import DataError, SkipRecord, load_prompts, normalise_record
+from medusa.prompt_sets import DATA_FORMATS, DEFAULT_PROMPTS, BenchPrompt, load_prompt_set
+from medusa.results import SIDES, STAGES, plot_results, print_summary, start_results, write_results
 
-DEFAULT_PROMPTS = Path(__file__).parent / "prompts" / "bench_prompts.jsonl"
 TRAINED_DIR = Path(__file__).parent / "trained"
 DEFAULT_HEADS = TRAINED_DIR / "smollm2_medusa.jtr"
 RESULTS_DIR = Path("results")
-DATA_FORMATS = ("auto", "jsonl", "mt_bench", "sharegpt")
-# = medusa.decoding.STAT_NAMES (test_bench checks); not imported so that reading results
-# (summaries, compare.py) needs no Jittor
-STAGES = ("init", "medusa", "tree", "posterior", "update")
-SIDES = ("base", "medusa")
-# settings that may change between an interrupted run and its --resume
-RESUMABLE_KEYS = ("num_samples", "resume", "output", "plot")
 
 
-# ---------------------------------------------------------------- prompt sets
-@dataclasses.dataclass
-class BenchPrompt:
-    id: object            # int or str, unique within a set
-    category: str
-    turns: list           # user messages, in order
-    system: str = ""      # optional system message
-
-
-def load_prompt_set(path, data_format="auto"):
-    """BenchPrompts of a file: our JSONL ({"id", "category", "prompt"}), MT-bench
-    ({"question_id", "category", "turns"}) or ShareGPT (JSON array or JSONL of {"conversations"}).
-    Raises DataError naming the file and line (JSONL) or record (JSON array) of a bad entry."""
-    if data_format not in DATA_FORMATS:
-        raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
-    records = read_located(path)
-    if not records:
-        raise DataError(f"{path}: no records")
-    if data_format == "auto":
-        data_format = detect_format(path, *records[0])
-    if data_format == "jsonl":
-        return [BenchPrompt(p["id"], p["category"], [p["prompt"]]) for p in load_prompts(path)]
-    parse = _mt_bench_prompt if data_format == "mt_bench" else _sharegpt_prompt
-    prompts = [p for where, rec in records if (p := parse(f"{path}: {where}", rec)) is not None]
-    if not prompts:
-        raise DataError(f"{path}: no usable {data_format} records")
-    ids = [p.id for p in prompts]
-    if len(set(map(str, ids))) != len(ids):
-        raise DataError(f"{path}: duplicate ids; every record needs its own id")
-    return prompts
-
-
-def read_located(path):
-    """[(where, record)] of a JSON array ("record i") or JSONL file ("line n")."""
-    text = Path(path).read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            return [(f"record {i}", r) for i, r in enumerate(json.loads(text))]
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {e.lineno} column {e.colno}: malformed JSON: {e.msg}") from e
-    located = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                located.append((f"line {lineno}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {lineno}: malformed JSON: {e.msg}") from e
-    return located
-
-
-def detect_format(path, where, record):
-    if isinstance(record, dict):
-        if "turns" in record:
-            return "mt_bench"
-        if "conversations" in record or "messages" in record:
-            return "sharegpt"
-        if "prompt" in record:
-            return "jsonl"
-    raise DataError(f"{path}: {where}: cannot tell the format (expected a 'turns', 'conversations', "
-                    "'messages' or 'prompt' key); pass --data_format")
-
-
-def _mt_bench_prompt(where, rec):
-    if not isinstance(rec, dict):
-        raise DataError(f"{where}: expected an object")
-    qid, turns = rec.get("question_id"), rec.get("turns")
-    if not isinstance(qid, (int, str)) or isinstance(qid, bool):
-        raise DataError(f"{where}: 'question_id' must be an integer or string")
-    if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
-        raise DataError(f"{where}: 'turns' must be a non-empty list of non-empty strings")
-    category = rec.get("category", "mt_bench")
-    if not isinstance(category, str):
-        raise DataError(f"{where}: 'category' must be a string")
-    return BenchPrompt(qid, category, list(turns))
-
-
-# An empty or one-sided conversation is common in ShareGPT dumps: skipped, not an error.
-SHAREGPT_SKIPPED = ("empty_conversation", "no_assistant_turn")
-
-
-def _sharegpt_prompt(where, rec):
-    try:
-        messages = normalise_record(rec)
-    except SkipRecord as err:
-        if err.reason in SHAREGPT_SKIPPED:
-            return None
-        raise DataError(f"{where}: {err}") from err
-    turns = [m["content"] for m in messages if m["role"] == "user"]
-    if not turns:
-        return None
-    system = messages[0]["content"] if messages[0]["role"] == "system" else ""
-    return BenchPrompt(rec.get("id", where), str(rec.get("category", "sharegpt")), turns, system)
-
-
-# ---------------------------------------------------------------- summary
-def summarize(samples, greedy):
-    """Summary of the per-sample records (the only input, so a reader can recompute it).
-
-    tokens_per_second = all new tokens / all wall time of that side; compression_ratio = Medusa's
-    new tokens / its decoding steps; wall_time_<stage> = seconds per sample; speedup = medusa / base
-    tokens per second; identical_outputs (greedy) = samples whose every turn has the same text.
-    """
-    summary = {"num_samples": len(samples), "num_turns": sum(len(s["turns"]) for s in samples),
-               **_sides_summary(samples)}
-    if "speedup" in summary:
-        summary["per_category"] = _per_category(samples)
-        if greedy:
-            summary["identical_outputs"] = sum(_identical(s) for s in samples)
-    return summary
-
-
-def _sides_summary(samples):
-    """{"base": ..., "medusa": ..., "speedup": ...} for the sides present in `samples`."""
-    out = {}
-    for side in SIDES:
-        runs = [t[side] for s in samples for t in s["turns"] if side in t]
-        if runs:
-            out[side] = _side_summary(runs, len(samples), side == "medusa")
-    if len(out) == 2:
-        out["speedup"] = _ratio(out["medusa"]["tokens_per_second"], out["base"]["tokens_per_second"])
-    return out
-
-
-def _side_summary(runs, num_samples, medusa):
-    tokens = sum(r["new_tokens"] for r in runs)
-    wall = sum(r["wall_time"] for r in runs)
-    out = {"new_tokens": tokens, "wall_time": wall, "tokens_per_second": _ratio(tokens, wall)}
-    if medusa:
-        out["steps"] = sum(r["steps"] for r in runs)
-        out["compression_ratio"] = _ratio(tokens, out["steps"])
-        for stage in STAGES:
-            out[f"wall_time_{stage}"] = sum(r["times"][stage] for r in runs) / max(num_samples, 1)
-    return out
-
-
-def _per_category(samples):
-    groups = {}
-    for s in samples:
-        groups.setdefault(s["category"], []).append(s)
-    table = {}
-    for category, group in sorted(groups.items()):
-        sides = _sides_summary(group)
-        if "speedup" in sides:
-            table[category] = {"samples": len(group), "speedup": sides["speedup"],
-                               "base_tokens_per_second": sides["base"]["tokens_per_second"],
-                               "medusa_tokens_per_second": sides["medusa"]["tokens_per_second"],
-                               "compression_ratio": sides["medusa"]["compression_ratio"]}
-    return table
-
-
-def _identical(sample):
-    return all("base" in t and "medusa" in t and t["base"]["text"] == t["medusa"]["text"]
-               for t in sample["turns"])
-
-
-def _ratio(a, b):
-    return a / b if b else 0.0
-
-
-# ---------------------------------------------------------------- results file
-def environment():
-    """Where the numbers come from: software, device, CPU and its load, git commit, date."""
-    from medusa.runtime import jt
-
-    env = {"jittor": jt.__version__, "python": platform.python_version(),
-           "device": "cuda" if jt.flags.use_cuda else "cpu", "cuda": bool(jt.has_cuda),
-           "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-           "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-           "git_commit": _git("rev-parse", "HEAD"), "git_dirty": bool(_git("status", "--porcelain", "-uno")),
-           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    if jt.flags.use_cuda:
-        env["gpu"] = _run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"])
-    return env
-
-
-def _cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _git(*args):
-    return _run(["git", "-C", str(Path(__file__).resolve().parent), *args])
-
-
-def _run(cmd):
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def write_results(path, results):
-    """Recompute the summary from the samples and replace `path` atomically."""
-    results["summary"] = summarize(results["samples"], results["config"]["greedy"])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps_compact(results))
-    os.replace(tmp, path)
-    return results
-
-
-def dumps_compact(obj):
-    """Indented JSON with lists of numbers (and lists of those, e.g. trees) on one line. A raw
-    newline only occurs between JSON tokens (never inside a string), so patterns that start
-    with "[\\n" touch no text."""
-    text = json.dumps(obj, indent=1, ensure_ascii=False)
-    for pattern in (r"\[\n[\d\s,.eE+\-]*\]", r"\[\n(?:\s*\[[^\[\]\n]*\],?\n)+\s*\]"):
-        text = re.sub(pattern, lambda m: re.sub(r"\s+", "", m.group()).replace(",", ", "), text)
-    return text
-
-
-def start_results(path, config, resume):
-    """A fresh results dict, or the one at `path` when resuming (its config must match)."""
-    if not (resume and Path(path).is_file()):
-        return {"config": config, "environment": environment(), "samples": [], "summary": {}}
-    results = json.loads(Path(path).read_text())
-    old = {k: v for k, v in results["config"].items() if k not in RESUMABLE_KEYS}
-    new = {k: v for k, v in config.items() if k not in RESUMABLE_KEYS}
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if changed:
-        raise ValueError(f"{path}: cannot resume with different settings: "
-                         + ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
-    results["config"] = config
-    results.setdefault("resumed", []).append(environment())
-    return results
-
-
-# ---------------------------------------------------------------- running
 @dataclasses.dataclass
 class BenchConfig:
     greedy: bool = True                # False when a temperature is given
@@ -478,56 +232,6 @@ def run(cfg: BenchConfig, setup: Setup = None, progress=True):
     return results, out
 
 
-# ---------------------------------------------------------------- plot
-def plot_results(results, png):
-    """Accepted-length histogram, per-category speedup and time breakdown, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")   # files only; no display on CI machines
-    import matplotlib.pyplot as plt
-
-    summary, samples = results["summary"], results["samples"]
-    fig, (ax_hist, ax_cat, ax_time) = plt.subplots(1, 3, figsize=(15, 4.2))
-    accepts = [a for s in samples for t in s["turns"] if "medusa" in t for a in t["medusa"]["accept_lengths"]]
-    if accepts:
-        ax_hist.hist(accepts, bins=range(1, max(accepts) + 2), align="left", rwidth=0.8)
-        ax_hist.set_xticks(range(1, max(accepts) + 1))
-    ax_hist.set(title="tokens accepted per step", xlabel="accepted length", ylabel="steps")
-    categories = summary.get("per_category", {})
-    if categories:
-        ax_cat.bar(list(categories), [c["speedup"] for c in categories.values()])
-        ax_cat.axhline(summary["speedup"], color="k", ls="--", lw=1, label=f"all {summary['speedup']:.2f}x")
-        ax_cat.axhline(1.0, color="grey", lw=0.8)
-        ax_cat.legend()
-        ax_cat.tick_params(axis="x", rotation=45)
-    ax_cat.set(title="speedup per category", ylabel="medusa / base tokens/s")
-    stages, seconds = _time_bars(summary)
-    ax_time.barh(stages, seconds)
-    ax_time.set(title="wall time per sample", xlabel="seconds")
-    config = results["config"]
-    fig.suptitle(f"{Path(config['output']).stem}  ({results['environment'].get('device')}, "
-                 f"{summary['num_samples']} samples x {config['max_new_token']} tokens)")
-    fig.tight_layout()
-    fig.savefig(png, dpi=90)
-    plt.close(fig)
-    return png
-
-
-def _time_bars(summary):
-    stages, seconds = [], []
-    n = max(summary["num_samples"], 1)
-    if "base" in summary:
-        stages.append("base (all)")
-        seconds.append(summary["base"]["wall_time"] / n)
-    if "medusa" in summary:
-        stages.append("medusa (all)")
-        seconds.append(summary["medusa"]["wall_time"] / n)
-        for stage in STAGES:
-            stages.append(f"medusa: {stage}")
-            seconds.append(summary["medusa"][f"wall_time_{stage}"])
-    return stages[::-1], seconds[::-1]
-
-
 # ---------------------------------------------------------------- command line
 def parse_args(argv=None) -> BenchConfig:
     d = BenchConfig()
@@ -562,18 +266,6 @@ def parse_args(argv=None) -> BenchConfig:
     args["greedy"] = args["temperature"] is None
     args["temperature"] = args["temperature"] or 0.0
     return BenchConfig(**args)
-
-
-def print_summary(summary, out=sys.stdout):
-    for side in SIDES:
-        if side in summary:
-            s = summary[side]
-            extra = f", compression {s['compression_ratio']:.2f}" if side == "medusa" else ""
-            print(f"{side:>6}: {s['tokens_per_second']:.2f} tokens/s ({s['new_tokens']} tokens{extra})", file=out)
-    if "speedup" in summary:
-        print(f"speedup {summary['speedup']:.2f}x", file=out)
-    if "identical_outputs" in summary:
-        print(f"identical outputs {summary['identical_outputs']}/{summary['num_samples']}", file=out)
 
 
 def main(argv=None):

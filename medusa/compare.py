@@ -3,14 +3,14 @@
     python -m medusa.compare results/a.json results/b.json          # one column per run
     python -m medusa.compare results/*.json --markdown              # one row per run (README table)
 
-Summaries are recomputed from each file's samples with `bench.summarize`, so a table never
+Summaries are recomputed from each file's samples with `results.summarize`, so a table never
 shows numbers its file does not support.
 """
 import argparse
 import json
 from pathlib import Path
 
-from medusa.bench import STAGES, summarize
+from medusa.results import STAGES, summarize
 
 # (label, getter of (config, summary, environment)) for every metric shown; a getter may
 # raise KeyError/TypeError when the run lacks it (base-only runs have no Medusa numbers).

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from medusa import bench
+from medusa.prompt_sets import DEFAULT_PROMPTS, load_prompt_set
+from medusa.results import dumps_compact
 
 DEFAULT_SIZES = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
@@ -39,7 +41,7 @@ class TuneConfig:
     base_model_path: str = ""          # "" = the embedded default SmolLM2
     jittor_base_weights: str = ""
     medusa_weights: str = ""           # "" = the shipped heads of the default model
-    data_path: str = str(bench.DEFAULT_PROMPTS)
+    data_path: str = str(DEFAULT_PROMPTS)
     data_format: str = "auto"
     num_prompts: int = 10
     max_new_token: int = 96            # ground-truth continuation per prompt
@@ -146,7 +148,7 @@ def tune(cfg: TuneConfig, setup=None, log=print):
                              medusa_weights=cfg.medusa_weights, device=cfg.device, dtype=cfg.dtype)
     setup = setup or bench.load_setup(bcfg)
     model, heads = setup.model, setup.heads
-    prompts = bench.load_prompt_set(cfg.data_path, cfg.data_format)[:cfg.num_prompts]
+    prompts = load_prompt_set(cfg.data_path, cfg.data_format)[:cfg.num_prompts]
     prompt_ids = [bench.chat_ids(setup.tokenizer, [{"role": "user", "content": p.turns[0]}]) for p in prompts]
     ranks, continuations = [], []
     for ids in prompt_ids:
@@ -211,7 +213,7 @@ def write_tree(report, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report["tree"]) + "\n")
     report_path = path.with_name(path.stem + "_report.json")
-    report_path.write_text(bench.dumps_compact(report) + "\n")
+    report_path.write_text(dumps_compact(report) + "\n")
     return path, report_path
 
 

@@ -1,9 +1,10 @@
-"""Benchmark library: prompt-set formats, summary recomputation, resume, greedy identity."""
+"""Benchmark: prompt-set formats (prompt_sets.py), summaries and tables (results.py, compare.py),
+runs on a tiny model (bench.py): resume, greedy identity, multi-turn."""
 import json
 
 import pytest
 
-from medusa import bench
+from medusa import bench, prompt_sets, results
 from medusa.data import DataError
 from medusa.tree import load_choices
 
@@ -26,7 +27,7 @@ def write_jsonl(path, records):
 def test_mt_bench_all_turns(tmp_path):
     path = write_jsonl(tmp_path / "question.jsonl", MT_BENCH)
     for fmt in ("auto", "mt_bench"):
-        prompts = bench.load_prompt_set(path, fmt)
+        prompts = prompt_sets.load_prompt_set(path, fmt)
         assert [p.id for p in prompts] == [81, 82]
         assert prompts[0].turns == MT_BENCH[0]["turns"] and prompts[0].category == "writing"
 
@@ -38,14 +39,14 @@ def test_sharegpt_user_turns_and_system(tmp_path, as_array):
         path.write_text(json.dumps(SHAREGPT, indent=2))
     else:
         write_jsonl(path, SHAREGPT)
-    prompts = bench.load_prompt_set(path)
+    prompts = prompt_sets.load_prompt_set(path)
     assert [p.id for p in prompts] == ["a1", "a3"]
     assert prompts[0].turns == ["Hi", "How are you?"] and prompts[0].category == "sharegpt"
     assert prompts[1].turns == ["Name a colour."] and prompts[1].system == "Be brief."
 
 
 def test_shipped_prompts_load():
-    prompts = bench.load_prompt_set(bench.DEFAULT_PROMPTS)
+    prompts = prompt_sets.load_prompt_set(prompt_sets.DEFAULT_PROMPTS)
     assert len(prompts) == 20 and all(len(p.turns) == 1 for p in prompts)
 
 
@@ -62,14 +63,14 @@ def test_malformed_lines_are_named(tmp_path, lines, fmt, message):
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=message):
-        bench.load_prompt_set(path, fmt)
+        prompt_sets.load_prompt_set(path, fmt)
 
 
 def test_malformed_json_array_names_the_line(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text('[\n {"conversations": []},\n {"conversations": [}\n]')
     with pytest.raises(DataError, match="line 3"):
-        bench.load_prompt_set(path)
+        prompt_sets.load_prompt_set(path)
 
 
 # ---------------------------------------------------------------- summary
@@ -78,14 +79,14 @@ def turn(base_tokens, base_time, medusa_tokens, medusa_time, accepts, text="x", 
             "base": {"text": text, "new_tokens": base_tokens, "wall_time": base_time},
             "medusa": {"text": text if medusa_text is None else medusa_text, "new_tokens": medusa_tokens,
                        "wall_time": medusa_time, "steps": len(accepts), "accept_lengths": accepts,
-                       "times": {s: 0.1 * (i + 1) for i, s in enumerate(bench.STAGES)}}}
+                       "times": {s: 0.1 * (i + 1) for i, s in enumerate(results.STAGES)}}}
 
 
 def test_summary_by_hand():
     samples = [{"id": 1, "category": "math", "turns": [turn(10, 2.0, 10, 1.0, [3, 3, 4])]},
                {"id": 2, "category": "code", "turns": [turn(6, 1.0, 6, 1.0, [2, 2, 1, 1]),
                                                        turn(4, 1.0, 4, 0.5, [4], medusa_text="y")]}]
-    s = bench.summarize(samples, greedy=True)
+    s = results.summarize(samples, greedy=True)
     assert s["base"]["tokens_per_second"] == pytest.approx(20 / 4.0)
     assert s["medusa"]["tokens_per_second"] == pytest.approx(20 / 2.5)
     assert s["speedup"] == pytest.approx((20 / 2.5) / (20 / 4.0))
@@ -94,18 +95,18 @@ def test_summary_by_hand():
     assert s["identical_outputs"] == 1   # sample 2 differs in its second turn
     assert s["per_category"]["math"]["speedup"] == pytest.approx(2.0)
     assert s["per_category"]["code"]["compression_ratio"] == pytest.approx(10 / 5)
-    assert "identical_outputs" not in bench.summarize(samples, greedy=False)
+    assert "identical_outputs" not in results.summarize(samples, greedy=False)
 
 
 def test_stages_are_the_decoders():
     from medusa.decoding import STAT_NAMES
 
-    assert bench.STAGES == STAT_NAMES
+    assert results.STAGES == STAT_NAMES
 
 
 def test_summary_of_one_side():
     samples = [{"id": 1, "category": "math", "turns": [{"prompt": "p", "base": turn(5, 1.0, 0, 0, [])["base"]}]}]
-    s = bench.summarize(samples, greedy=True)
+    s = results.summarize(samples, greedy=True)
     assert s["base"]["tokens_per_second"] == 5.0 and "medusa" not in s and "speedup" not in s
 
 
@@ -138,14 +139,15 @@ def tiny_run(tiny_pkl, tmp_path_factory):
 def test_greedy_medusa_matches_base_and_summary_recomputes(tiny_run):
     make_config, setup = tiny_run
     cfg = make_config("greedy", plot=True)
-    results, out = bench.run(cfg, setup, progress=False)
+    bench.run(cfg, setup, progress=False)
+    out = bench.Path(cfg.output)
     saved = json.loads(out.read_text())
     assert saved["summary"]["identical_outputs"] == len(saved["samples"]) == 3
-    assert saved["summary"] == bench.summarize(saved["samples"], saved["config"]["greedy"])
+    assert saved["summary"] == results.summarize(saved["samples"], saved["config"]["greedy"])
     for t in (t for s in saved["samples"] for t in s["turns"]):
         assert t["base"]["text"] == t["medusa"]["text"]
         assert sum(t["medusa"]["accept_lengths"]) <= t["medusa"]["new_tokens"]
-        assert set(t["medusa"]["times"]) == set(bench.STAGES)
+        assert set(t["medusa"]["times"]) == set(results.STAGES)
     assert saved["config"]["tree"] == load_choices("8_node", 4)
     assert {"jittor", "device", "cpu", "git_commit", "date"} <= set(saved["environment"])
     assert out.with_suffix(".png").stat().st_size > 0
@@ -171,10 +173,10 @@ def test_interrupted_run_resumes_without_duplicates(tiny_run, monkeypatch):
     monkeypatch.setattr(bench, "run_sample", real)
     with pytest.raises(ValueError, match="max_new_token"):
         bench.run(make_config("resume", base_only=True, resume=True, max_new_token=5), setup, progress=False)
-    results, _ = bench.run(make_config("resume", base_only=True, resume=True, num_samples=4), setup, progress=False)
-    ids = [s["id"] for s in results["samples"]]
+    run, _ = bench.run(make_config("resume", base_only=True, resume=True, num_samples=4), setup, progress=False)
+    ids = [s["id"] for s in run["samples"]]
     assert len(ids) == len(set(ids)) == 4
-    assert results["summary"]["num_samples"] == 4 and len(results["resumed"]) == 1
+    assert run["summary"]["num_samples"] == 4 and len(run["resumed"]) == 1
 
 
 def test_compare_tables(tmp_path, capsys):
@@ -204,9 +206,9 @@ def test_multi_turn_sampling_run(tiny_run, tmp_path):
     make_config, setup = tiny_run
     data = write_jsonl(tmp_path / "question.jsonl", MT_BENCH)
     cfg = make_config("mt_bench", data_path=str(data), greedy=False, temperature=0.7, max_new_token=6)
-    results, _ = bench.run(cfg, setup, progress=False)
-    first = results["samples"][0]["turns"]
+    run, _ = bench.run(cfg, setup, progress=False)
+    first = run["samples"][0]["turns"]
     assert [t["prompt"] for t in first] == MT_BENCH[0]["turns"]
-    for side in bench.SIDES:
+    for side in results.SIDES:
         assert first[1][side]["prompt_tokens"] > first[0][side]["prompt_tokens"] + first[0][side]["new_tokens"]
-    assert results["summary"]["num_turns"] == 3 and "identical_outputs" not in results["summary"]
+    assert run["summary"]["num_turns"] == 3 and "identical_outputs" not in run["summary"]
