@@ -145,7 +145,8 @@ def tune(cfg: TuneConfig, setup=None, log=print):
     from medusa.generate import generate
 
     bcfg = bench.BenchConfig(base_model_path=cfg.base_model_path, jittor_base_weights=cfg.jittor_base_weights,
-                             medusa_weights=cfg.medusa_weights, device=cfg.device, dtype=cfg.dtype)
+                             medusa_weights=cfg.medusa_weights, device=cfg.device, dtype=cfg.dtype,
+                             medusa_choices="chain")   # any tree these heads can draft; unused here
     setup = setup or bench.load_setup(bcfg)
     model, heads = setup.model, setup.heads
     prompts = load_prompt_set(cfg.data_path, cfg.data_format)[:cfg.num_prompts]
@@ -172,7 +173,7 @@ def tune(cfg: TuneConfig, setup=None, log=print):
             f"{expected / seconds:.1f} tokens/s (base {1 / base_step:.1f})")
     best = max(candidates, key=lambda c: c["expected_tokens_per_second"])
     tree = order[:best["nodes"]]
-    resolved = {k: v for k, v in setup.resolved.items() if k != "tree"}   # bench's default tree, unused here
+    resolved = {k: v for k, v in setup.resolved.items() if k != "tree"}
     report = {"config": dataclasses.asdict(cfg), "resolved": resolved, "accuracy": acc.tolist(),
               "base_step_seconds": base_step, "candidates": candidates, "chosen": best, "tree": tree,
               "expected_accept_of_presets": _preset_expectations(acc, heads.config.num_heads)}

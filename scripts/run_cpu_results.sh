@@ -32,6 +32,7 @@ sweep() {  # sweep FAMILY TREE
 }
 for family in medusa rnn moe; do sweep "$family" 8_node; done
 sweep medusa results/trees/tuned_medusa.json
+sweep medusa chain                                                     # top-1 chain, one node per head
 for family in medusa rnn moe; do sweep "$family" mc_sim_7b_63; done   # 64 nodes: slow on a CPU
 
 python -m medusa.compare results/*.json results/sweep/*.json --markdown > results/table.md
