@@ -168,7 +168,7 @@ class Totals:
 
     def __init__(self, K):
         self.sums = np.zeros((4, K))
-        self.aux = 0.0
+        self.aux, self.steps = 0.0, 0   # MoE balance loss summed over `steps` optimizer steps
 
     def add(self, nll, hit1, hit5, count):
         self.sums += np.stack([nll, hit1, hit5, count])
@@ -275,10 +275,14 @@ class Trainer:
             self.opt.backward(loss)
             totals.add(nll.numpy(), hit1, hit5, n)
             totals.aux += float(aux.sum().numpy()) / a.gradient_accumulation_steps
+        totals.steps += 1
         if a.max_grad_norm > 0:
             self.opt.clip_grad_norm(a.max_grad_norm)
         self.opt.lr = lr_at(self.step, self.total_steps, a.lr, a.warmup_ratio)
         self.opt.step()
+        # Jittor is lazy: run this step's all-reduces now, on every rank, so that no rank waits
+        # in a collective that another rank only reaches later (or never, at exit).
+        jt.sync_all()
         self.step += 1
 
     def evaluate(self):
@@ -349,7 +353,7 @@ class Trainer:
             bar.update(1)
             epoch_end = self.step % self.steps_per_epoch == 0 or self.step == self.stop_at
             if self.step % 10 == 0 or epoch_end:
-                record = dict(split="train", step=self.step, lr=self.opt.lr, aux=totals.aux,
+                record = dict(split="train", step=self.step, lr=self.opt.lr, aux=totals.aux / totals.steps,
                               seconds=round(time.time() - t0, 1), **totals.metrics(self.lambdas))
                 bar.set_postfix(loss=f"{record['loss']:.3f}", top1_0=f"{record['head0_top1']:.3f}")
                 self.log(record)
