@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from medusa import data, hidden_cache, training, weights
+from medusa import data, hidden_cache, optim, training, weights
 from medusa.data import Sample
 
 WORDS = "hello there how are you the cat sat on mat one two three four five six sea".split()
@@ -118,3 +118,27 @@ def test_hidden_cache_matches_the_base_and_rejects_other_data(tiny_pkl, tmp_path
         np.testing.assert_allclose(h.astype(np.float32), ref, atol=2e-2, rtol=1e-2)   # fp16 storage
     with pytest.raises(ValueError, match="does not match"):
         hidden_cache.load(path, samples[:2])
+
+
+def test_lr_warms_up_then_decays_to_zero():
+    lrs = [optim.lr_at(s, 100, 1.0, 0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < 1e-3
+
+
+def test_adamw_counts_optimizer_steps_under_accumulation():
+    from medusa.runtime import jt
+
+    w = jt.array(np.array([1.0, -2.0], np.float32))
+    opt = optim.AdamW([w], lr=0.1, weight_decay=0.5)
+    ref_w, m, v = np.array([1.0, -2.0]), np.zeros(2), np.zeros(2)
+    for t in (1, 2):
+        g = np.zeros(2)
+        for scale in (1.0, 3.0):                   # two accumulated micro-batches
+            opt.backward((w * w).sum() * scale)
+            g += 2 * ref_w * scale
+        opt.step()
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        ref_w = ref_w * (1 - 0.1 * 0.5) - 0.1 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+        np.testing.assert_allclose(w.numpy(), ref_w, rtol=1e-5)
+    assert opt.steps == 2
