@@ -30,7 +30,8 @@ With temperature <= 0, typical and sample behave like greedy.
 
 Host/device traffic per step: the heads' top-k indices (one transfer per tree depth for
 sequential heads) and the tree's argmax (+ two small float vectors for typical). Sample mode
-also reads the logits rows of the nodes it visits.
+also reads the logits rows of the nodes it visits; on the CPU a leaf's logits are computed only
+when the accepted path ends there (see tree_decode).
 """
 import functools
 import time
@@ -96,7 +97,8 @@ class Tree:
     rank: np.ndarray            # [N] rank of each node among its siblings (root 0)
     mask_block: object          # jt [1, 1, N, N] additive tree mask
     positions: object           # jt [1, N] int32 node depths
-    parents: object             # jt [N - 1] int32 parent of nodes 1..N-1
+    all_nodes: "Scoring"        # every node scored (GPU)
+    internal: "Scoring"         # only nodes with children scored (CPU), see scored()
 
     @property
     def num_nodes(self):
@@ -107,6 +109,27 @@ class Tree:
         if past_len == 0:
             return self.mask_block
         return jt.concat([jt.zeros((1, 1, self.num_nodes, past_len), "float32"), self.mask_block], dim=3)
+
+    def scored(self, leaves: bool) -> "Scoring":
+        """The nodes whose base logits tree_decode computes: all, or (leaves=False) only those
+        with children, whose logits verify the children; a leaf's logits are needed only for
+        the bonus token when the whole path to it is accepted (computed then, one row)."""
+        return self.all_nodes if leaves else self.internal
+
+
+@dataclass(frozen=True)
+class Scoring:
+    nodes: np.ndarray           # [M] scored node ids, ascending
+    slot: np.ndarray            # [N] row of each node in the scored logits, -1 = not scored
+    nodes_var: object           # jt [M] int32
+    parent_slot_var: object     # jt [N - 1] int32 scored row of the parent of nodes 1..N-1
+
+
+def _scoring(buf, nodes):
+    slot = np.full(buf.num_nodes, -1, dtype=np.int64)
+    slot[nodes] = np.arange(len(nodes))
+    return Scoring(nodes=nodes, slot=slot, nodes_var=jt.array(nodes.astype(np.int32)).stop_grad(),
+                   parent_slot_var=jt.array(slot[buf.parent[1:]].astype(np.int32)).stop_grad())
 
 
 def _spec_key(choices):
@@ -128,10 +151,11 @@ def _tree_for(key, num_heads):
         ancestry.append(ancestry[buf.parent[node]] + (node,))
     rank = np.array([0] + [p[-1] for p in buf.choices], dtype=np.int64)
     block = np.where(buf.attn_mask, 0.0, NEG_INF).astype(np.float32)[None, None]
+    internal = np.array([node for node in range(n) if children[node]], dtype=np.int64)
     return Tree(buffers=buf, children=tuple(tuple(c) for c in children), ancestry=tuple(ancestry),
                 rank=rank, mask_block=jt.array(block).stop_grad(),
                 positions=jt.array(buf.position_ids.astype(np.int32)[None]).stop_grad(),
-                parents=jt.array(buf.parent[1:].astype(np.int32)).stop_grad())
+                all_nodes=_scoring(buf, np.arange(n)), internal=_scoring(buf, internal))
 
 
 def resolve_tree(choices, num_heads) -> Tree:
@@ -155,15 +179,18 @@ def _typical_sample(row, sampling, rng):
     get_typical_one_token)."""
     p = softmax(row, sampling.temperature)
     entropy = -np.sum(p * np.log(p + 1e-5))
-    p = np.where(p >= _typical_threshold(entropy, sampling), p, 0.0)  # the argmax always survives
+    keep = p >= _typical_threshold(entropy, sampling)
+    keep[np.argmax(p)] = True                # a threshold above every p would leave nothing
+    p = np.where(keep, p, 0.0)
     return int(rng.choice(len(p), p=p / p.sum()))
 
 
-def _root_token(argmax, row_of, sampling, rng):
-    """The next token at a node where no candidate is tried: argmax, typical or plain sample."""
+def _root_token(top_of, row_of, sampling, rng):
+    """The next token at a node where no candidate is tried: argmax, typical or plain sample.
+    top_of() / row_of(): that node's argmax / fp64 logits row, fetched only when needed."""
     kind = sampling.kind
     if kind == "greedy" or (kind == "typical" and sampling.root == "argmax"):
-        return int(argmax)
+        return int(top_of())
     if kind == "typical":
         return _typical_sample(row_of(), sampling, rng)
     p = _probs(row_of(), sampling)
@@ -178,9 +205,8 @@ def prefill(model, cache, prompt_ids, sampling, rng):
     positions = jt.array(np.arange(T, dtype=np.int32)[None])
     hidden = model(tokens, positions, build_mask(1, T) if T > 1 else None, cache)[:, -1:]
     logits = model.logits(hidden)[0, 0]                            # [V]
-    argmax = jt.argmax(logits, 0)[0]
-    argmax.sync()
-    token = _root_token(argmax.item(), lambda: logits.numpy(), sampling, rng)
+    token = _root_token(lambda: jt.argmax(logits, 0)[0].item(), lambda: logits.numpy().astype(np.float64),
+                        sampling, rng)
     return hidden, token
 
 
@@ -217,34 +243,63 @@ def _propose_sequential(model, heads, tree, hidden_last, root):
 
 @dataclass
 class TreeScores:
-    """What the posterior reads from the tree's base logits."""
-    argmax: np.ndarray          # [N] argmax of each node's logits
-    logits: object              # jt [N, V] fp32, rows read on demand (sample mode)
+    """What the posterior reads from the tree's base logits. Nodes not scored by tree_decode
+    (leaves, on the CPU) get their logits row on demand from the hidden states."""
+    scoring: Scoring
+    argmax: np.ndarray          # [N] argmax of each scored node's logits, -1 elsewhere
+    logits: object              # jt [M, V] fp32 logits of the scored nodes
+    hidden: object              # jt [1, N, H] the tree's hidden states
+    model: object
     cand_logp: np.ndarray = None  # [N] typical: log p(token[n] | parent), node 0 unused
-    entropy: np.ndarray = None    # [N] typical: entropy of each node's distribution
+    entropy: np.ndarray = None    # [N] typical: entropy of each scored node (nan elsewhere)
+
+    def _logits(self, node):
+        slot = self.scoring.slot[node]
+        return self.logits[slot] if slot >= 0 else self.model.logits(self.hidden[:, node:node + 1])[0, 0]
 
     def row(self, node):
-        return self.logits[node].numpy().astype(np.float64)
+        return self._logits(node).numpy().astype(np.float64)
+
+    def top(self, node):
+        if self.argmax[node] >= 0:
+            return int(self.argmax[node])
+        return int(jt.argmax(self._logits(node), 0)[0].item())
+
+
+def score_leaves() -> bool:
+    return bool(jt.flags.use_cuda)
 
 
 def tree_decode(model, cache, tree, tokens, sampling):
     """The base model on all tree nodes at positions past_len + depth -> (hidden [1, N, H],
-    TreeScores). Forces the scores, so the timing of this step is honest."""
+    TreeScores). Forces the scores, so the timing of this step is honest.
+
+    On the CPU only nodes with children get logits here: Jittor's CPU matmul costs per row, and
+    the [H, V] projection of every leaf (42 of mc_sim_7b_63's 64 nodes) would be wasted on all
+    but the one leaf a fully accepted path ends at. On a GPU the extra rows are nearly free and
+    scoring every node saves a round trip."""
+    scoring = tree.scored(leaves=score_leaves())
     past = cache.length
     tokens_var = jt.array(tokens.astype(np.int32)[None])
-    hidden = model(tokens_var, tree.positions + past, tree.mask(past), cache)
-    logits = model.logits(hidden)[0]                                # [N, V]
-    argmax = jt.argmax(logits, 1)[0]
+    hidden = model(tokens_var, tree.positions + past, tree.mask(past), cache)    # [1, N, H]
+    logits = model.logits(hidden[:, scoring.nodes_var])[0]                        # [M, V]
+    argmax_var = jt.argmax(logits, 1)[0]
+    argmax = np.full(tree.num_nodes, -1, dtype=np.int64)
     if sampling.kind != "typical":
-        jt.sync([argmax, logits])
-        return hidden, TreeScores(argmax.numpy(), logits)
+        jt.sync([argmax_var, logits])
+        argmax[scoring.nodes] = argmax_var.numpy()
+        return hidden, TreeScores(scoring, argmax, logits, hidden, model)
     z = logits / sampling.temperature
     z = z - z.max(1, keepdims=True)
-    logp = z - jt.log(jt.exp(z).sum(1, keepdims=True))              # [N, V]
-    entropy = -(jt.exp(logp) * jt.log(jt.exp(logp) + 1e-5)).sum(1)  # [N]
-    cand = logp[tree.parents, tokens_var[0, 1:]]                    # [N - 1]
-    jt.sync([argmax, entropy, cand])
-    return hidden, TreeScores(argmax.numpy(), logits, np.concatenate([[0.0], cand.numpy()]), entropy.numpy())
+    logp = z - jt.log(jt.exp(z).sum(1, keepdims=True))              # [M, V]
+    entropy_var = -(jt.exp(logp) * jt.log(jt.exp(logp) + 1e-5)).sum(1)  # [M]
+    cand = logp[scoring.parent_slot_var, tokens_var[0, 1:]]         # [N - 1]
+    jt.sync([argmax_var, entropy_var, cand])
+    argmax[scoring.nodes] = argmax_var.numpy()
+    entropy = np.full(tree.num_nodes, np.nan)
+    entropy[scoring.nodes] = entropy_var.numpy()
+    return hidden, TreeScores(scoring, argmax, logits, hidden, model,
+                              np.concatenate([[0.0], cand.numpy()]), entropy)
 
 
 def _best_path(tree, ok, score=None):
@@ -295,7 +350,7 @@ def evaluate_posterior(tree, tokens, scores, sampling, rng):
         ok = np.concatenate([[True], scores.cand_logp[1:] > log_threshold[parent[1:]]])
         path = _best_path(tree, ok, scores.cand_logp)
     last = path[-1]
-    return path, _root_token(scores.argmax[last], lambda: scores.row(last), sampling, rng)
+    return path, _root_token(lambda: scores.top(last), lambda: scores.row(last), sampling, rng)
 
 
 def update_inputs(cache, tree, path, hidden):

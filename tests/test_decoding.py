@@ -4,7 +4,7 @@ EOS and max_new_tokens stops."""
 import numpy as np
 import pytest
 
-from medusa import weights
+from medusa import decoding, weights
 from medusa.decoding import (STAT_NAMES, Sampling, _speculative_walk, medusa_generate, medusa_stream,
                              resolve_tree)
 from medusa.generate import generate
@@ -67,6 +67,18 @@ def test_greedy_matches_plain_every_model_family(models, model_family, head_fami
     model = models(model_family)
     out = medusa_generate(model, random_heads(model, head_family), prompt(2), N_NEW, preset)
     assert out.output_ids == plain_greedy(model, model_family, prompt(2))
+
+
+@pytest.mark.parametrize("leaves", [False, True])
+@pytest.mark.parametrize("sampling", [Sampling(), Sampling("typical", temperature=0.7, root="sample"),
+                                      Sampling("sample", temperature=0.9)])
+def test_scoring_leaves_or_not_gives_the_same_tokens(models, monkeypatch, leaves, sampling):
+    """CPU scores only nodes with children (leaf rows on demand), GPU scores all: same result."""
+    model = models("qwen2")
+    heads = random_heads(model, "medusa")
+    ref = medusa_generate(model, heads, prompt(7), 16, "16_node", sampling=sampling).output_ids
+    monkeypatch.setattr(decoding, "score_leaves", lambda: leaves)
+    assert medusa_generate(model, heads, prompt(7), 16, "16_node", sampling=sampling).output_ids == ref
 
 
 # ---------------------------------------------------------------- oracle heads
