@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from medusa.prompt_sets import DATA_FORMATS, DEFAULT_PROMPTS, BenchPrompt, load_prompt_set
+from medusa.prompt_sets import DATA_FORMATS, DEFAULT_PROMPTS, BenchPrompt, load_prompt_set, spread_over_categories
 from medusa.results import SIDES, STAGES, plot_results, print_summary, start_results, write_results
 
 TRAINED_DIR = Path(__file__).parent / "trained"
@@ -210,7 +210,7 @@ def run(cfg: BenchConfig, setup: Setup = None, progress=True):
     """Run the benchmark; returns (results dict, output path). Writes after every sample."""
     from tqdm import tqdm
 
-    prompts = load_prompt_set(cfg.data_path, cfg.data_format)[:cfg.num_samples]
+    prompts = spread_over_categories(load_prompt_set(cfg.data_path, cfg.data_format), cfg.num_samples)
     setup = setup or load_setup(cfg)
     out = Path(cfg.output) if cfg.output else default_output(cfg, setup)
     config = {**dataclasses.asdict(cfg), **setup.resolved, "output": str(out)}

@@ -2,6 +2,7 @@
 
     prompts = load_prompt_set("question.jsonl")            # format detected from the first record
     prompts[0].turns                                      # the user messages, in order
+    spread_over_categories(prompts, 10)                   # 10 of them, categories taking turns
 
 Every format is read with plain `json` so that errors name the file and the line (JSONL) or
 record (JSON array). Pure python: no Jittor, cheap to import.
@@ -45,6 +46,20 @@ def load_prompt_set(path, data_format="auto"):
     if len(set(map(str, ids))) != len(ids):
         raise DataError(f"{path}: duplicate ids; every record needs its own id")
     return prompts
+
+
+def spread_over_categories(prompts, n):
+    """n prompts taken round-robin over the categories (in order of first appearance), each
+    category's in file order: the first 10 of a file sorted by category would be 5 categories
+    of 2 (our set) or 10 MT-bench writing questions; this gives each category its share."""
+    queues = {}
+    for p in prompts:
+        queues.setdefault(p.category, []).append(p)
+    picked, depth = [], 0
+    while len(picked) < min(n, len(prompts)):
+        picked += [q[depth] for q in queues.values() if depth < len(q)][:n - len(picked)]
+        depth += 1
+    return picked
 
 
 def read_located(path):

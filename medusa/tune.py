@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from medusa import bench
-from medusa.prompt_sets import DEFAULT_PROMPTS, load_prompt_set
+from medusa.prompt_sets import load_prompt_set, spread_over_categories
 from medusa.results import dumps_compact
 
+TUNE_PROMPTS = Path(__file__).parent / "prompts" / "smollm2_prompts.jsonl"   # the heads' training prompts
 DEFAULT_SIZES = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 
@@ -41,7 +42,7 @@ class TuneConfig:
     base_model_path: str = ""          # "" = the embedded default SmolLM2
     jittor_base_weights: str = ""
     medusa_weights: str = ""           # "" = the shipped heads of the default model
-    data_path: str = str(DEFAULT_PROMPTS)
+    data_path: str = str(TUNE_PROMPTS)   # not the benchmark's prompts: no tuning on the test set
     data_format: str = "auto"
     num_prompts: int = 10
     max_new_token: int = 96            # ground-truth continuation per prompt
@@ -149,7 +150,7 @@ def tune(cfg: TuneConfig, setup=None, log=print):
                              medusa_choices="chain")   # any tree these heads can draft; unused here
     setup = setup or bench.load_setup(bcfg)
     model, heads = setup.model, setup.heads
-    prompts = load_prompt_set(cfg.data_path, cfg.data_format)[:cfg.num_prompts]
+    prompts = spread_over_categories(load_prompt_set(cfg.data_path, cfg.data_format), cfg.num_prompts)
     prompt_ids = [bench.chat_ids(setup.tokenizer, [{"role": "user", "content": p.turns[0]}]) for p in prompts]
     ranks, continuations = [], []
     for ids in prompt_ids:

@@ -50,6 +50,14 @@ def test_shipped_prompts_load():
     assert len(prompts) == 20 and all(len(p.turns) == 1 for p in prompts)
 
 
+def test_spread_over_categories():
+    prompts = [prompt_sets.BenchPrompt(i, c, ["x"]) for i, c in enumerate("aaabbc")]
+    assert [p.id for p in prompt_sets.spread_over_categories(prompts, 4)] == [0, 3, 5, 1]
+    assert [p.id for p in prompt_sets.spread_over_categories(prompts, 9)] == [0, 3, 5, 1, 4, 2]
+    shipped = prompt_sets.spread_over_categories(prompt_sets.load_prompt_set(prompt_sets.DEFAULT_PROMPTS), 10)
+    assert len({p.category for p in shipped}) == 10
+
+
 @pytest.mark.parametrize("lines, fmt, message", [
     (['{"question_id": 1, "turns": ["a"]}', '{"question_id": 2, "turns": ["b"'], "auto", "line 2: malformed JSON"),
     (['{"question_id": 1, "turns": ["a"]}', '', '{"question_id": 2, "turns": []}'], "mt_bench", "line 3: 'turns'"),
