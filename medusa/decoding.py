@@ -198,6 +198,21 @@ def _root_token(top_of, row_of, sampling, rng):
 
 
 # ---------------------------------------------------------------- the steps
+def topk_indices(x, k):
+    """Indices of the k largest entries along the last axis, best first: [..., V] -> [..., k].
+
+    k argmax passes, each masking the previous winner: Jittor's CPU topk sorts whole rows
+    (19 ms for [4, 49152] at any k; this takes 0.5 ms at k = 2, 6 ms at k = 10)."""
+    cols = jt.arange(x.shape[-1]).int32()
+    out = []
+    for j in range(k):
+        best = jt.argmax(x, -1)[0]
+        out.append(best)
+        if j + 1 < k:
+            x = jt.where(cols == best.unsqueeze(-1), jt.float32(-1e30), x)
+    return jt.stack(out, -1)
+
+
 def prefill(model, cache, prompt_ids, sampling, rng):
     """Run the prompt into the cache -> (hidden_last [1, 1, H], first new token)."""
     T = len(prompt_ids)
@@ -216,7 +231,7 @@ def propose(model, heads, tree, hidden_last, root):
         return _propose_sequential(model, heads, tree, hidden_last, root)
     buf = tree.buffers
     logits, _ = heads(hidden_last, None, model.lm_head_t(), model.embed_weight())  # [K, 1, 1, V]
-    top = jt.topk(logits[:buf.depth, 0, 0], max(buf.topk), dim=-1)[1].numpy()      # [depth, k]
+    top = topk_indices(logits[:buf.depth, 0, 0], max(buf.topk)).numpy()            # [depth, k]
     flat = np.concatenate([[root]] + [top[d, :k] for d, k in enumerate(buf.topk)])
     return flat[buf.tree_indices].astype(np.int64)
 
@@ -234,7 +249,7 @@ def _propose_sequential(model, heads, tree, hidden_last, root):
             drafted[0, i, :d + 1] = tokens[list(tree.ancestry[p])]
         hidden = hidden_last.broadcast((1, len(parents), hidden_last.shape[-1]))
         logits, _ = heads(hidden, jt.array(drafted), model.lm_head_t(), model.embed_weight())
-        top = jt.topk(logits[d, 0], buf.topk[d], dim=-1)[1].numpy()  # [parents, topk[d]]
+        top = topk_indices(logits[d, 0], buf.topk[d]).numpy()        # [parents, topk[d]]
         for i, p in enumerate(parents):
             for c in tree.children[p]:
                 tokens[c] = top[i, tree.rank[c]]

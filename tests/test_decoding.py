@@ -220,6 +220,12 @@ def test_speculative_walk_keeps_the_base_distribution():
     assert np.abs(counts / counts.sum() - p).max() < 0.02
 
 
+def test_topk_indices_matches_sorting():
+    x = np.random.default_rng(0).standard_normal((3, 2, 50)).astype(np.float32)
+    got = decoding.topk_indices(jt.array(x), 4).numpy()
+    np.testing.assert_array_equal(got, np.argsort(-x, axis=-1)[..., :4])
+
+
 def test_padded_paths_and_bad_inputs():
     tree = resolve_tree("8_node", K)
     assert tree is resolve_tree("8_node", K)                         # cached per spec
