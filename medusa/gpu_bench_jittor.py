@@ -1,0 +1,244 @@
+"""Jittor side of medusa.gpu_bench: our Transformer, KVCache and draft heads, same shapes and
+steps as the torch side (see the module docstring of medusa.gpu_bench). Never imports torch."""
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medusa import weights
+from medusa.config import ModelConfig
+from medusa.gpu_bench import (CHECKED_SHAPES, HEADS, SHAPES, Recorder, greedy_posterior, param_count,
+                              stats_ms, time_decode, time_medusa, timed_loop, tree_plan)
+from medusa.heads import HeadConfig, build_heads
+from medusa.kvcache import KVCache
+from medusa.model import Transformer, build_mask
+from medusa.runtime import jt, use_device
+
+
+def sync():
+    jt.sync_all(True)
+
+
+def ints(array):
+    return jt.array(np.asarray(array, dtype=np.int32))
+
+
+def prompt_ids(cfg, vocab_size):
+    """The torch side's prompt (same seed, same generator)."""
+    return np.random.default_rng(cfg.seed).integers(0, vocab_size, cfg.prompt_len)
+
+
+def next_token(model, hidden) -> int:
+    """Greedy token after the last position of hidden [1, T, H], fetched to the host."""
+    return int(jt.argmax(model.logits(hidden[:, -1:]), dim=-1)[0].numpy().reshape(-1)[0])
+
+
+def hashed_normalish(shape, seed):
+    """Deterministic noise of std ~0.02 from element indices, for a Jittor without curand."""
+    i, j = jt.index(shape, 0).float32(), jt.index(shape, 1).float32()
+    x = jt.sin(i * 12.9898 + j * 78.233 + seed) * 43758.5453  # the classic shader hash
+    return (x - jt.floor(x) - 0.5) * 0.07                        # uniform, std 0.07/sqrt(12)
+
+
+def random_fill(model, seed):
+    """Seeded random weights (std 0.02) made on the device, one matrix at a time; norms stay 1.
+    Returns how they were made."""
+    jt.set_global_seed(seed)
+    how = "jt.randn"
+    for _, p in model.named_parameters():
+        if p.ndim > 1:
+            try:
+                p.assign((jt.randn(p.shape, "float32") * 0.02).cast(p.dtype))
+                sync()  # execute now: frees the fp32 temporary before the next matrix
+            except RuntimeError:  # no random generator on this device: any values do for timing
+                how = "hashed"
+                p.assign(hashed_normalish(p.shape, seed).cast(p.dtype))
+                sync()
+        p.stop_grad()
+    return how
+
+
+def build_model(cfg, shape):
+    """(model, source): the torch side's saved weights when present, else random weights."""
+    ref = Path(cfg.ref_dir) / shape
+    if (ref / "config.json").is_file():
+        return weights.load_model(ref, cfg.dtype, cfg.max_len), "torch weights"
+    model = Transformer(ModelConfig.from_dict(SHAPES[shape]), cfg.dtype, cfg.max_len)
+    how = random_fill(model, cfg.seed)
+    return model.eval(), f"random ({how})"
+
+
+def check_reference(cfg, model, folder: Path) -> dict:
+    """Our logits vs transformers' on the same weights: the prompt's last position, then the
+    reference's greedy tokens fed one by one (teacher forcing, so one tie cannot derail it)."""
+    ref = np.load(folder / "reference.npz")
+    prompt = ref["prompt"]
+    cache = KVCache(model.config, 1, len(prompt) + len(ref["tokens"]) + 1, model.dtype)
+    hidden = model(ints(prompt[None]), ints(np.arange(len(prompt))[None]), build_mask(1, len(prompt)), cache)
+    got = [model.logits(hidden[:, -1:]).numpy()[0, 0]]
+    for token in ref["tokens"]:
+        hidden = model(ints([[token]]), ints([[cache.length]]), None, cache)
+        got.append(model.logits(hidden).numpy()[0, 0])
+    got, want = np.stack(got).astype(np.float64), ref["logits"].astype(np.float64)
+    rel = np.linalg.norm(got - want, axis=-1) / np.linalg.norm(want, axis=-1)
+    tol = 5e-2 if cfg.dtype == "float16" else 1e-4
+    agree = float(np.mean(got.argmax(-1) == want.argmax(-1)))
+    ok = bool(np.isfinite(got).all() and rel.max() < tol and agree >= 0.75)
+    return {"ok": ok, "max_rel_err": float(rel.max()), "mean_rel_err": float(rel.mean()),
+            "argmax_agreement": agree, "positions": len(rel), "tolerance": tol}
+
+
+class Decoder:
+    """Greedy one-token steps after a prefill of the prompt; the token goes to the host each step."""
+
+    def __init__(self, cfg, model):
+        self.model, self.cache = model, KVCache(model.config, 1, cfg.max_len, model.dtype)
+        ids = prompt_ids(cfg, model.config.vocab_size)
+        self.prompt = ints(ids[None]), ints(np.arange(len(ids))[None]), build_mask(1, len(ids))
+
+    def prefill(self):
+        self.cache.reset()
+        self.token = next_token(self.model, self.model(*self.prompt, self.cache))
+
+    def step(self):
+        hidden = self.model(ints([[self.token]]), ints([[self.cache.length]]), None, self.cache)
+        self.token = next_token(self.model, hidden)
+
+
+def decode_timing(cfg, model):
+    decoder = Decoder(cfg, model)
+    return time_decode(decoder.prefill, decoder.step, cfg, sync)
+
+
+def profile_decode(cfg, model, steps=3, top=12):
+    """Jittor's profiler over a few decode steps: the kernels that take the most time."""
+    decoder = Decoder(cfg, model)
+    decoder.prefill()
+    decoder.step()
+    with jt.profile_scope(warmup=0, rerun=0) as report:
+        for _ in range(steps):
+            decoder.step()
+    header, rows = report[0], report[1:]
+    col = {name: header.index(name) for name in ("Name", "Count", "TotalTime")}
+    kernels = sorted(({"ops": _op_names(r[col["Name"]]), "count": int(r[col["Count"]]),
+                       "ms_per_step": float(r[col["TotalTime"]]) / 1e6 / steps} for r in rows),
+                     key=lambda k: -k["ms_per_step"])
+    return {"steps": steps, "kernel_ms_per_step": sum(k["ms_per_step"] for k in kernels),
+            "kernels": len(kernels), "top": kernels[:top]}
+
+
+def _op_names(key: str) -> str:
+    """A profiler row's kernel key, e.g. '«opkey0:broadcast_to«Tx:float16«...«OP:multiply«...',
+    shortened to its ops and first dtype: 'broadcast_to binary multiply reduce add float16'."""
+    parts = [p for p in key.split("«") if p]
+    names = [p.split(":", 1)[1] if p.startswith("opkey") else p[3:] for p in parts
+             if p.startswith(("opkey", "OP:"))] or parts[:1]
+    dtype = next((p.split(":", 1)[1] for p in parts if p.startswith(("Tx:", "Ti:", "T:"))), "")
+    return " ".join(names + [dtype])[:160]
+
+
+def matmul_probe(cfg, model, pairs=16):
+    """32 chained fp16 matmuls of the MLP shapes ([1,H]x[H,I], [1,I]x[I,H]) in one graph:
+    per-matmul time and the weight bytes read per second."""
+    c = model.config
+    up = (jt.randn((c.hidden_size, c.intermediate_size)) * 0.01).cast(cfg.dtype)
+    down = (jt.randn((c.intermediate_size, c.hidden_size)) * 0.01).cast(cfg.dtype)
+    x = jt.ones((1, 1, c.hidden_size), cfg.dtype)
+    sync()
+
+    def run():
+        y = x
+        for _ in range(pairs):
+            y = jt.matmul(jt.matmul(y, up), down)
+        y.sync()
+
+    timed_loop(run, 3, sync)
+    ms = stats_ms(timed_loop(run, 10, sync))["median_ms"]
+    weight_bytes = 2 * pairs * up.numel() * (2 if cfg.dtype == "float16" else 4)
+    return {"matmuls": 2 * pairs, "ms_per_matmul": ms / (2 * pairs), "GBps": weight_bytes / ms / 1e6}
+
+
+class MedusaStep:
+    """One Medusa step: heads -> candidates (on the device) -> tree forward over the KVCache with
+    the tree mask -> host posterior -> KVCache.compact of the accepted path."""
+
+    def __init__(self, cfg, model, heads, tree):
+        self.model, self.heads = model, heads
+        self.buf, flat, self.kmax = tree_plan(tree)
+        self.flat = ints(flat)
+        self.lm_head_t = model.lm_head_t()
+        self.cache = KVCache(model.config, 1, cfg.max_len, model.dtype)
+
+    def prefill(self, ids):
+        self.cache.reset()
+        hidden = self.model(ints(ids[None]), ints(np.arange(len(ids))[None]), build_mask(1, len(ids)), self.cache)
+        self.hidden = hidden[:, -1:]
+        self.root = next_token(self.model, self.hidden)
+
+    def __call__(self, mark=lambda part: None):
+        """One step; mark(part) is called after each part. Returns the tokens it accepts."""
+        buf, cache, N = self.buf, self.cache, self.buf.num_nodes
+        L = cache.length
+        medusa_logits, _ = self.heads(self.hidden, None, self.lm_head_t)              # [K, 1, 1, V]
+        top = jt.topk(medusa_logits[:, 0, 0], self.kmax, dim=-1)[1]                   # [K, kmax]
+        candidates = jt.concat([ints([self.root]), top.reshape(-1).int32()])[self.flat]  # [N]
+        mark("heads")
+        mask = build_mask(1, N, past_len=L, tree=buf.attn_mask)
+        hidden = self.model(candidates.reshape(1, N), ints((buf.position_ids + L)[None]), mask, cache)
+        predictions = jt.argmax(self.model.logits(hidden)[0], dim=-1)[0]              # [N]
+        mark("tree")
+        predictions = predictions.numpy().reshape(-1)
+        nodes = greedy_posterior(buf, candidates.numpy().reshape(-1), predictions)
+        mark("posterior")
+        cache.compact(L, nodes + L)
+        last = int(nodes[-1])
+        self.hidden, self.root = hidden[:, last:last + 1], int(predictions[last])
+        mark("update")
+        return len(nodes)
+
+
+def medusa_timing(cfg, model, tree):
+    c = model.config
+    jt.set_global_seed(cfg.seed)
+    heads = build_heads(HeadConfig(**HEADS, hidden_size=c.hidden_size, vocab_size=c.vocab_size))
+    heads.eval()
+    step = MedusaStep(cfg, model, heads, tree)
+    ids = prompt_ids(cfg, c.vocab_size)
+    return time_medusa(step, lambda: step.prefill(ids), cfg, sync)
+
+
+def header(cfg, device):
+    gpu = "cpu"
+    if device == "cuda":
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True).stdout.strip()
+    return {"side": "jittor", "device": gpu, "jittor": jt.__version__, "dtype": cfg.dtype,
+            "heads": {**HEADS, "dtype": "float32 (medusa.heads computes in fp32)"}}
+
+
+def run(cfg) -> Recorder:
+    device = use_device(cfg.device)
+    rec = Recorder(Path(cfg.out) / "gpu_jittor.json", header(cfg, device))
+    with jt.no_grad():
+        for shape in cfg.shapes:
+            model, start = None, time.perf_counter()
+            try:
+                model, source = build_model(cfg, shape)
+                rec.put(shape, "params", {"formula": param_count(SHAPES[shape]), "weights": source,
+                                          "build_s": time.perf_counter() - start})
+                ref = Path(cfg.ref_dir) / shape
+                if shape in CHECKED_SHAPES and (ref / "reference.npz").is_file():
+                    rec.put(shape, "check_vs_torch", check_reference(cfg, model, ref))
+                rec.put(shape, "decode", decode_timing(cfg, model))
+                rec.put(shape, "profile_decode", profile_decode(cfg, model))
+                rec.put(shape, "matmul_probe", matmul_probe(cfg, model))
+                for tree in cfg.trees:
+                    rec.put(shape, f"medusa_{tree}", medusa_timing(cfg, model, tree))
+            except Exception as e:
+                rec.error(shape, e)
+            rec.put(shape, "total_s", time.perf_counter() - start)
+            del model
+            sync()
+            jt.gc()
+    return rec
