@@ -93,7 +93,10 @@ class Attention(jt.nn.Module):
         scores = scores.reshape(B, self.n_kv, G, T, S)
         if mask is not None:
             scores = scores + mask.reshape(B, 1, 1, T, S)
-        probs = jt.nn.softmax(scores, dim=-1).cast(v.dtype).reshape(B, self.n_kv, G * T, S)
+        # softmax written out: Jittor's CUDA softmax compiles a new kernel for many new lengths S
+        # (5-16 s each with nvcc 13), and S grows every decode step
+        scores = (scores - scores.max(dim=-1, keepdims=True)).exp()
+        probs = (scores / scores.sum(dim=-1, keepdims=True)).cast(v.dtype).reshape(B, self.n_kv, G * T, S)
         out = jt.matmul(probs, v).reshape(B, self.n_heads, T, self.head_dim)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, self.n_heads * self.head_dim))
 
