@@ -28,6 +28,8 @@ export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 # Jittor's own tests import jittor directly: give them the offline-safe flags medusa.runtime sets.
 export use_mkl=0 use_cutt=0 use_cutlass=0 use_nccl=0 conv_opt=1 log_silent=1
 # Jittor finds libcudart beside nvcc: point it at the toolkit, not at a wrapper script on PATH.
+# Only with a GPU present: CPU machines here have nvcc too, and patching their Jittor is not wanted.
+nvidia-smi -L > /dev/null 2>&1 || { summary "FAIL no GPU (nvidia-smi -L failed): nothing to check"; exit 1; }
 [ -z "${nvcc_path+x}" ] && [ -x /usr/local/cuda/bin/nvcc ] && export nvcc_path=/usr/local/cuda/bin/nvcc
 { nvidia-smi -L; echo "nvcc: ${nvcc_path:-$(command -v nvcc)}"; nvcc --version; python3 --version
   python3 -c "import torch, numpy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'numpy', numpy.__version__)"
