@@ -183,7 +183,7 @@ def plot_results(results, png):
         ax_cat.axhline(summary["speedup"], color="k", ls="--", lw=1, label=f"all {summary['speedup']:.2f}x")
         ax_cat.axhline(1.0, color="grey", lw=0.8)
         ax_cat.legend()
-        ax_cat.tick_params(axis="x", rotation=45)
+        plt.setp(ax_cat.get_xticklabels(), rotation=40, ha="right")
     ax_cat.set(title="speedup per category", ylabel="medusa / base tokens/s")
     stages, seconds = _time_bars(summary)
     ax_time.barh(stages, seconds)
