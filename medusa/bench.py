@@ -23,6 +23,7 @@ summarised and plotted by results.py. References: FasterDecoding/Medusa llm_judg
 """
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -221,7 +222,10 @@ def run(cfg: BenchConfig, setup: Setup = None, progress=True):
         warm_up(setup, cfg, todo[0][1])
     bar = tqdm(todo, desc=out.stem, unit="sample", disable=not progress)
     for index, prompt in bar:
-        results["samples"].append(run_sample(setup, cfg, prompt, index))
+        sample = run_sample(setup, cfg, prompt, index)
+        if hasattr(os, "getloadavg"):
+            sample["load_average_1m"] = os.getloadavg()[0]
+        results["samples"].append(sample)
         write_results(out, results)
         if "speedup" in results["summary"]:
             bar.set_postfix(speedup=f"{results['summary']['speedup']:.2f}")

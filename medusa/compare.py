@@ -26,7 +26,7 @@ METRICS = [
     ("identical", lambda c, s, e: f"{s['identical_outputs']}/{s['num_samples']}"),
     *[(f"wall_time_{st}", lambda c, s, e, st=st: f"{s['medusa'][f'wall_time_{st}']:.3f}") for st in STAGES],
     ("device", lambda c, s, e: e["device"] + (f" ({e['gpu']})" if e.get("gpu") else "")),
-    ("load avg", lambda c, s, e: f"{e['load_average'][0]:.1f}"),
+    ("load avg", lambda c, s, e: f"{s.get('load_average_1m', e['load_average'][0]):.1f}"),
     ("commit", lambda c, s, e: (e["git_commit"] or "?")[:8] + ("+" if e.get("git_dirty") else "")),
 ]
 README_METRICS = ("heads", "tree", "samples", "base tokens/s", "medusa tokens/s", "speedup", "compression",

@@ -32,6 +32,9 @@ def summarize(samples, greedy):
     """
     summary = {"num_samples": len(samples), "num_turns": sum(len(s["turns"]) for s in samples),
                **_sides_summary(samples)}
+    loads = [s["load_average_1m"] for s in samples if "load_average_1m" in s]
+    if loads:
+        summary["load_average_1m"] = sum(loads) / len(loads)   # CPU load while it ran
     if "speedup" in summary:
         summary["per_category"] = _per_category(samples)
         if greedy:

@@ -159,6 +159,7 @@ def test_greedy_medusa_matches_base_and_summary_recomputes(tiny_run):
     assert saved["config"]["tree"] == load_choices("8_node", 4)
     assert {"jittor", "device", "cpu", "git_commit", "date"} <= set(saved["environment"])
     assert out.with_suffix(".png").stat().st_size > 0
+    assert saved["summary"]["load_average_1m"] >= 0
 
 
 def test_interrupted_run_resumes_without_duplicates(tiny_run, monkeypatch):
