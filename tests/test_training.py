@@ -84,11 +84,10 @@ def test_resume_continues_from_same_step_and_optimizer_state(tiny_pkl, tmp_path)
     full.fit()
     training.Trainer(tiny_args(tiny_pkl, tmp_path, output_dir=str(tmp_path / "cut"), max_steps=5)).fit()
     resumed = training.Trainer(tiny_args(tiny_pkl, tmp_path, output_dir=str(tmp_path / "cut"), resume=True))
-    resumed.load_state()
-    assert resumed.step == 5 and resumed.opt.steps == 5
-    resumed.args.resume = False   # state already loaded
-    resumed.fit()
-    assert resumed.step == full.step
+    resumed.fit()                                   # --resume: loads last.jtr + last_state.pkl, goes on
+    assert resumed.step == full.step == 8 and resumed.opt.steps == full.opt.steps == 8
+    steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and 5 in steps and 8 in steps   # no step trained twice
     for p, q in zip(full.heads.parameters(), resumed.heads.parameters()):
         np.testing.assert_allclose(p.numpy(), q.numpy(), rtol=1e-4, atol=1e-6)
 
