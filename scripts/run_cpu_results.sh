@@ -35,5 +35,5 @@ sweep medusa results/trees/tuned_medusa.json
 sweep medusa chain                                                     # top-1 chain, one node per head
 for family in medusa rnn moe; do sweep "$family" mc_sim_7b_63; done   # 64 nodes: slow on a CPU
 
-python -m medusa.compare results/*.json results/sweep/*.json --markdown > results/table.md
+python -m medusa.compare results/smollm2-135m-instruct_*.json results/sweep/*.json --markdown > results/table.md
 cat results/table.md
