@@ -28,8 +28,11 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from medusa.prompt_sets import DATA_FORMATS, DEFAULT_PROMPTS, BenchPrompt, load_prompt_set, spread_over_categories
-from medusa.results import SIDES, STAGES, plot_results, print_summary, start_results, write_results
+from medusa.results import (SIDES, STAGES, environment, plot_results, print_summary, start_results,
+                            write_results)
 
 TRAINED_DIR = Path(__file__).parent / "trained"
 DEFAULT_HEADS = TRAINED_DIR / "smollm2_medusa.jtr"
@@ -209,8 +212,6 @@ def warm_up(setup: Setup, cfg: BenchConfig, prompt: BenchPrompt):
 
 def run(cfg: BenchConfig, setup: Setup = None, progress=True):
     """Run the benchmark; returns (results dict, output path). Writes after every sample."""
-    from tqdm import tqdm
-
     prompts = spread_over_categories(load_prompt_set(cfg.data_path, cfg.data_format), cfg.num_samples)
     setup = setup or load_setup(cfg)
     out = Path(cfg.output) if cfg.output else default_output(cfg, setup)
@@ -218,6 +219,8 @@ def run(cfg: BenchConfig, setup: Setup = None, progress=True):
     results = start_results(out, config, cfg.resume)
     done = {str(s["id"]) for s in results["samples"]}
     todo = [(i, p) for i, p in enumerate(prompts) if str(p.id) not in done]
+    if todo and results["samples"]:
+        results.setdefault("resumed", []).append(environment())   # where the later samples ran
     if todo:
         warm_up(setup, cfg, todo[0][1])
     bar = tqdm(todo, desc=out.stem, unit="sample", disable=not progress)

@@ -161,7 +161,6 @@ def start_results(path, config, resume):
         raise ValueError(f"{path}: cannot resume with different settings: "
                          + ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
     results["config"] = config
-    results.setdefault("resumed", []).append(environment())
     return results
 
 
