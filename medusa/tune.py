@@ -130,7 +130,7 @@ def step_time(model, heads, choices, context_ids, repeats):
     sampling = Sampling()
     hidden_last, root = prefill(model, cache, context_ids, sampling, None)
     past, seconds = cache.length, []
-    for i in range(repeats + 1):       # the first step compiles this tree's kernels: untimed
+    for _ in range(repeats + 1):       # the first step compiles this tree's kernels: untimed
         start = time.perf_counter()
         tokens = propose(model, heads, tree, hidden_last, root)
         tree_decode(model, cache, tree, tokens, sampling)
@@ -142,51 +142,63 @@ def step_time(model, heads, choices, context_ids, repeats):
 # ---------------------------------------------------------------- the whole tuning
 def tune(cfg: TuneConfig, setup=None, log=print):
     """Run steps 1-5; returns the report dict (the tree is report["tree"])."""
-    from medusa.decoding import medusa_generate
-    from medusa.generate import generate
-
     bcfg = bench.BenchConfig(base_model_path=cfg.base_model_path, jittor_base_weights=cfg.jittor_base_weights,
                              medusa_weights=cfg.medusa_weights, device=cfg.device, dtype=cfg.dtype,
                              medusa_choices="chain")   # any tree these heads can draft; unused here
     setup = setup or bench.load_setup(bcfg)
-    model, heads = setup.model, setup.heads
     prompts = spread_over_categories(load_prompt_set(cfg.data_path, cfg.data_format), cfg.num_prompts)
     prompt_ids = [bench.chat_ids(setup.tokenizer, [{"role": "user", "content": p.turns[0]}]) for p in prompts]
-    ranks, continuations = [], []
+    acc, context = measure_accuracy(setup, prompt_ids, cfg, log)
+    order, values = grow_tree(acc, max(cfg.sizes))
+    base_step = step_time_base(setup.model, context, cfg.repeats)
+    candidates = time_sizes(setup, order, values, context, base_step, cfg, log)
+    best = max(candidates, key=lambda c: c["expected_tokens_per_second"])
+    tree = order[:best["nodes"]]
+    if cfg.verify_prompts:
+        best["measured_accept"] = measured_accept(setup, tree, prompt_ids[:cfg.verify_prompts], cfg.max_new_token)
+        log(f"chosen {best['nodes']} nodes: expected {best['expected_accept']:.2f} vs measured "
+            f"{best['measured_accept']:.2f} tokens/step")
+    return {"config": dataclasses.asdict(cfg), "resolved": {k: v for k, v in setup.resolved.items() if k != "tree"},
+            "accuracy": acc.tolist(), "base_step_seconds": base_step, "candidates": candidates, "chosen": best,
+            "tree": tree, "expected_accept_of_presets": _preset_expectations(acc, setup.heads.config.num_heads)}
+
+
+def measure_accuracy(setup, prompt_ids, cfg, log):
+    """Steps 1-2: (acc [K, max_rank], a context for timing: the first prompt + half its reply)."""
+    from medusa.generate import generate
+
+    ranks, replies = [], []
     for ids in prompt_ids:
-        out = generate(model, ids, cfg.max_new_token, setup.eos_ids).output_ids
-        continuations.append(out)
-        ranks.append(head_ranks(model, heads, ids + out, len(ids)))
+        replies.append(generate(setup.model, ids, cfg.max_new_token, setup.eos_ids).output_ids)
+        ranks.append(head_ranks(setup.model, setup.heads, ids + replies[-1], len(ids)))
     acc = accuracy_table(ranks, cfg.max_rank)
     log("head accuracy (top-1, top-max_rank): " + ", ".join(
         f"head {k}: {a[0]:.3f}/{a.sum():.3f}" for k, a in enumerate(acc)))
+    return acc, prompt_ids[0] + replies[0][:len(replies[0]) // 2]
 
-    order, values = grow_tree(acc, max(cfg.sizes))
-    context = prompt_ids[0] + continuations[0][:len(continuations[0]) // 2]
-    base_step = step_time_base(model, context, cfg.repeats)
+
+def time_sizes(setup, order, values, context, base_step, cfg, log):
+    """Step 4: expected tokens/s of the first n grown nodes, for each size n of cfg.sizes."""
     candidates = []
     for n in sorted(s for s in cfg.sizes if s <= len(order)):
-        seconds = step_time(model, heads, order[:n], context, cfg.repeats)
+        seconds = step_time(setup.model, setup.heads, order[:n], context, cfg.repeats)
         expected = 1.0 + sum(values[:n])
         candidates.append({"nodes": n, "expected_accept": expected, "step_seconds": seconds,
                            "expected_tokens_per_second": expected / seconds})
         log(f"{n:3d} nodes: expected {expected:.2f} tokens/step, {seconds * 1e3:.1f} ms/step, "
             f"{expected / seconds:.1f} tokens/s (base {1 / base_step:.1f})")
-    best = max(candidates, key=lambda c: c["expected_tokens_per_second"])
-    tree = order[:best["nodes"]]
-    resolved = {k: v for k, v in setup.resolved.items() if k != "tree"}
-    report = {"config": dataclasses.asdict(cfg), "resolved": resolved, "accuracy": acc.tolist(),
-              "base_step_seconds": base_step, "candidates": candidates, "chosen": best, "tree": tree,
-              "expected_accept_of_presets": _preset_expectations(acc, heads.config.num_heads)}
-    if cfg.verify_prompts:
-        tokens = steps = 0
-        for ids in prompt_ids[:cfg.verify_prompts]:
-            result = medusa_generate(model, heads, ids, cfg.max_new_token, choices=tree, eos_ids=setup.eos_ids)
-            tokens, steps = tokens + sum(result.accept_lengths), steps + result.steps
-        best["measured_accept"] = tokens / max(steps, 1)
-        log(f"chosen {best['nodes']} nodes: expected {best['expected_accept']:.2f} vs measured "
-            f"{best['measured_accept']:.2f} tokens/step")
-    return report
+    return candidates
+
+
+def measured_accept(setup, tree, prompt_ids, max_new_tokens):
+    """Step 5: tokens per decoding step of greedy Medusa with `tree` on these prompts."""
+    from medusa.decoding import medusa_generate
+
+    tokens = steps = 0
+    for ids in prompt_ids:
+        result = medusa_generate(setup.model, setup.heads, ids, max_new_tokens, choices=tree, eos_ids=setup.eos_ids)
+        tokens, steps = tokens + sum(result.accept_lengths), steps + result.steps
+    return tokens / max(steps, 1)
 
 
 def step_time_base(model, context_ids, repeats):
