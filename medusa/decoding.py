@@ -230,8 +230,9 @@ def propose(model, heads, tree, hidden_last, root):
     if getattr(heads, "sequential", False):
         return _propose_sequential(model, heads, tree, hidden_last, root)
     buf = tree.buffers
-    logits, _ = heads(hidden_last, None, model.lm_head_t(), model.embed_weight())  # [K, 1, 1, V]
-    top = topk_indices(logits[:buf.depth, 0, 0], max(buf.topk)).numpy()            # [depth, k]
+    logits, _ = heads(hidden_last, None, model.lm_head_t(), model.embed_weight(),
+                      project=range(buf.depth))                                   # [depth, 1, 1, V]
+    top = topk_indices(logits[:, 0, 0], max(buf.topk)).numpy()                      # [depth, k]
     flat = np.concatenate([[root]] + [top[d, :k] for d, k in enumerate(buf.topk)])
     return flat[buf.tree_indices].astype(np.int64)
 
@@ -248,8 +249,8 @@ def _propose_sequential(model, heads, tree, hidden_last, root):
         for i, p in enumerate(parents):
             drafted[0, i, :d + 1] = tokens[list(tree.ancestry[p])]
         hidden = hidden_last.broadcast((1, len(parents), hidden_last.shape[-1]))
-        logits, _ = heads(hidden, jt.array(drafted), model.lm_head_t(), model.embed_weight())
-        top = topk_indices(logits[d, 0], buf.topk[d]).numpy()        # [parents, topk[d]]
+        logits, _ = heads(hidden, jt.array(drafted), model.lm_head_t(), model.embed_weight(), project=[d])
+        top = topk_indices(logits[0, 0], buf.topk[d]).numpy()        # [parents, topk[d]]
         for i, p in enumerate(parents):
             for c in tree.children[p]:
                 tokens[c] = top[i, tree.rank[c]]

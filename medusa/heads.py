@@ -121,7 +121,10 @@ class DraftHeads(jt.nn.Module):
         self.lm_heads = None if cfg.share_lm_head else jt.nn.ModuleList(
             [Linear(H, V, bias=False) for _ in range(cfg.num_heads)])
 
-    def execute(self, hidden, tokens=None, lm_head_t=None, embed_weight=None):
+    def execute(self, hidden, tokens=None, lm_head_t=None, embed_weight=None, project=None):
+        """-> (logits [len(project), B, T, V] fp32, aux). `project`: the heads whose vocab logits
+        are wanted (default all, in order); logits[i] belongs to head project[i]. The vocab
+        projection dominates the cost, so decoding asks only for the heads its tree uses."""
         cfg = self.config
         if hidden.ndim != 3 or hidden.shape[-1] != cfg.hidden_size:
             raise ValueError(f"hidden must be [B, T, {cfg.hidden_size}], got {list(hidden.shape)}")
@@ -130,13 +133,10 @@ class DraftHeads(jt.nn.Module):
                 raise ValueError("share_lm_head=True: pass the base lm_head_t [H, V] (model.lm_head_t())")
             lm_head_t = lm_head_t.float32().detach()  # detach: never mark the caller's Var
         feats, aux = self.features(hidden.float32(), tokens, embed_weight)
-        logits = [self._project(k, f, lm_head_t) for k, f in enumerate(feats)]
-        return jt.stack(logits, dim=0), aux  # [K, B, T, V], scalar
-
-    def _project(self, k, x, lm_head_t):
-        if self.lm_heads is None:
-            return jt.matmul(x, lm_head_t)
-        return self.lm_heads[k](x)
+        project = range(cfg.num_heads) if project is None else list(project)
+        if self.lm_heads is None:  # one matmul for all wanted heads: the shared [H, V] is read once
+            return jt.matmul(jt.stack([feats[k] for k in project], dim=0), lm_head_t), aux
+        return jt.stack([self.lm_heads[k](feats[k]) for k in project], dim=0), aux  # [K', B, T, V]
 
     def init_from_base(self, lm_head_t):
         """Copy the base vocab projection [H, V] (`model.lm_head_t()`) into every own vocab

@@ -45,6 +45,8 @@ def torch_greedy(ref, ids, n):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num_prompts", type=int, default=6)
+    p.add_argument("--torch_threads", type=int, default=os.cpu_count(),
+                   help="torch intra-op threads (Jittor's CPU kernels here run on one thread)")
     p.add_argument("--max_new_token", type=int, default=64)
     p.add_argument("--output", default=str(ROOT / "results" / "cpu_base_vs_transformers.json"))
     args = p.parse_args()
@@ -52,7 +54,7 @@ def main():
     import torch
     import transformers
 
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(args.torch_threads)
     pkl = weights.ensure_default_model("float32")
     model = weights.load_model(pkl, "float32")
     tok = weights.load_tokenizer(pkl)

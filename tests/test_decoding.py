@@ -99,7 +99,7 @@ class OracleHeads:
         self.states = model(tokens, positions, build_mask(1, T)).numpy()[0]   # [T, H]
         self.calls = 0
 
-    def __call__(self, hidden, tokens, lm_head_t, embed_weight):
+    def __call__(self, hidden, tokens, lm_head_t, embed_weight, project=None):
         self.calls += 1
         h = hidden.numpy()[0]                                                  # [T, H]
         drafted = None if tokens is None else tokens.numpy()[0]
@@ -112,7 +112,8 @@ class OracleHeads:
                     target = (target + 7) % V  # wrong path fed: propose a wrong token
                 out[k, 0, t, (target + 1) % V] = 9.0 if self.rank == 1 else 1.0
                 out[k, 0, t, target] = 10.0 if self.rank == 0 else 5.0
-        return jt.array(out), jt.zeros((1,))
+        project = range(K) if project is None else list(project)
+        return jt.array(out[list(project)]), jt.zeros((1,))
 
 
 @pytest.mark.parametrize("sequential", [False, True])

@@ -177,3 +177,13 @@ def test_layers_are_separate_modules():
     heads = make("medusa", num_layers=3)
     ids = {id(block) for layers in heads.blocks for block in layers}
     assert len(ids) == K * 3
+
+
+@pytest.mark.parametrize("family", ["medusa", "rnn", "moe"])
+@pytest.mark.parametrize("share", [False, True])
+def test_project_computes_only_the_wanted_heads(family, share):
+    heads = make(family, share=share)
+    hidden, tokens, _, lm, emb = batch()
+    full = heads(hidden, tokens, lm, emb)[0].numpy()
+    some = heads(hidden, tokens, lm, emb, project=[2, 0])[0].numpy()
+    np.testing.assert_allclose(some, full[[2, 0]], rtol=1e-5, atol=1e-5)
