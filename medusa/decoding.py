@@ -457,11 +457,13 @@ def run_cli_medusa(model, prompt_ids, args, eos_ids, sampling: dict) -> dict:
     if sampling["greedy"]:
         mode = Sampling("greedy", seed=sampling["seed"])
     else:
-        mode = Sampling("sample", temperature=sampling["temperature"], top_p=sampling["top_p"],
-                        seed=sampling["seed"])
+        mode = Sampling(getattr(args, "sampling_mode", "sample"), temperature=sampling["temperature"],
+                        top_p=sampling["top_p"], seed=sampling["seed"],
+                        posterior_threshold=getattr(args, "posterior_threshold", 0.09),
+                        posterior_alpha=getattr(args, "posterior_alpha", 0.3))
     result = medusa_generate(model, heads, prompt_ids, args.max_new_token, args.medusa_choices, eos_ids, mode)
     n = len(result.output_ids)
     return {"output_ids": result.output_ids, "accept_lengths": result.accept_lengths,
             "tokens_per_second": n / max(result.wall_time, 1e-9),
-            "compression_ratio": n / (result.steps + 1),   # tokens per base-model call, prefill included
+            "compression_ratio": n / max(result.steps, 1),  # new tokens / decoding steps, as in the benchmark
             "times": result.times}

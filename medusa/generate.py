@@ -115,6 +115,10 @@ def parse_args(argv=None):
     mode.add_argument("--greedy", action="store_true", help="argmax decoding (the default)")
     mode.add_argument("--temperature", type=float, help="sample at this temperature")
     p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--sampling_mode", default="sample", choices=["sample", "typical"],
+                   help="Medusa with --temperature: speculative sampling (exact) or typical acceptance")
+    p.add_argument("--posterior_threshold", type=float, default=0.09, help="typical acceptance epsilon")
+    p.add_argument("--posterior_alpha", type=float, default=0.3, help="typical acceptance delta")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--dtype", choices=["float16", "float32"], help="compute dtype (default: fp16 on GPU, fp32 on CPU)")

@@ -30,7 +30,14 @@ def test_cli_medusa_matches_plain_greedy(tiny_pkl, tmp_path, capsys):
     medusa = cli_json(capsys, base + ["--medusa_weights", str(jtr), "--medusa_choices", "8_node"])
     assert medusa["output_ids"] == plain["output_ids"] and medusa["text"] == plain["text"]
     assert sum(medusa["accept_lengths"]) + 1 == len(medusa["output_ids"])
-    assert medusa["compression_ratio"] >= 1.0 and medusa["tokens_per_second"] > 0
+    assert medusa["compression_ratio"] == len(medusa["output_ids"]) / len(medusa["accept_lengths"])
+    assert medusa["tokens_per_second"] > 0
+    for mode in ("sample", "typical"):  # sampled Medusa from the CLI: reproducible with a seed
+        sampled = base[:-3] + ["--temperature", "0.8", "--sampling_mode", mode, "--seed", "3",
+                               "--medusa_weights", str(jtr)]
+        first = cli_json(capsys, sampled)
+        assert cli_json(capsys, sampled)["output_ids"] == first["output_ids"]
+        assert sum(first["accept_lengths"]) + 1 == len(first["output_ids"])
 
 
 def fasterdecoding_state(num_heads, hidden, vocab, seed=0):
