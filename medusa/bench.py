@@ -30,6 +30,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from medusa.data import chat_prompt_ids
 from medusa.prompt_sets import DATA_FORMATS, DEFAULT_PROMPTS, BenchPrompt, load_prompt_set, spread_over_categories
 from medusa.results import (SIDES, STAGES, environment, plot_results, print_summary, start_results,
                             write_results)
@@ -180,11 +181,6 @@ def medusa_sampling(cfg: BenchConfig, seed):
                     seed=seed)
 
 
-def chat_ids(tokenizer, messages):
-    return [int(t) for t in tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                          tokenize=True, return_dict=False)]
-
-
 def run_sample(setup: Setup, cfg: BenchConfig, prompt: BenchPrompt, index):
     """Every turn of one prompt for each side; each side's own replies become its history."""
     history = {side: [{"role": "system", "content": prompt.system}] if prompt.system else []
@@ -194,7 +190,7 @@ def run_sample(setup: Setup, cfg: BenchConfig, prompt: BenchPrompt, index):
         record = {"prompt": user}
         for side in cfg.sides:
             history[side].append({"role": "user", "content": user})
-            ids = chat_ids(setup.tokenizer, history[side])
+            ids = chat_prompt_ids(setup.tokenizer, history[side])
             record[side] = decode_turn(side, setup, cfg, ids, cfg.max_new_token, cfg.seed + 1000 * index + turn)
             record[side]["prompt_tokens"] = len(ids)
             history[side].append({"role": "assistant", "content": record[side]["text"]})
@@ -205,7 +201,7 @@ def run_sample(setup: Setup, cfg: BenchConfig, prompt: BenchPrompt, index):
 def warm_up(setup: Setup, cfg: BenchConfig, prompt: BenchPrompt):
     """Decode once per side, untimed, so kernel compilation stays out of the measurements."""
     if cfg.warmup_tokens > 0:
-        ids = chat_ids(setup.tokenizer, [{"role": "user", "content": prompt.turns[0]}])
+        ids = chat_prompt_ids(setup.tokenizer, [{"role": "user", "content": prompt.turns[0]}])
         for side in cfg.sides:
             decode_turn(side, setup, cfg, ids, cfg.warmup_tokens, cfg.seed)
 

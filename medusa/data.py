@@ -150,6 +150,13 @@ def render(messages, tokenizer, template="tokenizer", add_generation_prompt=Fals
                                          add_generation_prompt=add_generation_prompt)
 
 
+def chat_prompt_ids(tokenizer, messages):
+    """Token ids of `messages` in the tokenizer's chat template, ending with the assistant header:
+    what a model is given to generate the next reply."""
+    return [int(t) for t in tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                          tokenize=True, return_dict=False)]
+
+
 def _render_vicuna(messages, tokenizer, add_generation_prompt):
     # FastChat's vicuna_v1.1: "{system} USER: {u} ASSISTANT: {a}</s>USER: ..."; BOS as text so
     # that every template is tokenized the same way (add_special_tokens=False).

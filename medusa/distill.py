@@ -97,10 +97,12 @@ def done_ids(path):
     return ids
 
 
-def prompt_ids(tok, prompt, system=""):
-    """Chat-template token ids of one user prompt, ending with the assistant header."""
-    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    return list(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False))
+def user_prompt_ids(tok, prompt, system=""):
+    """Chat-template token ids of one user prompt (after an optional system message)."""
+    from medusa.data import chat_prompt_ids
+
+    system_turn = [{"role": "system", "content": system}] if system else []
+    return chat_prompt_ids(tok, system_turn + [{"role": "user", "content": prompt}])
 
 
 def distill(args: DistillArgs):
@@ -109,19 +111,20 @@ def distill(args: DistillArgs):
     from tqdm import tqdm
     from medusa import weights
     from medusa.data import load_prompts
+    from medusa.generate import eos_ids_of
     from medusa.runtime import use_device
 
     use_device(args.device)
     src = args.base_model_path or weights.ensure_default_model("float32")
     model = weights.load_model(src, args.dtype or None)
     tok = weights.load_tokenizer(src)
-    eos_ids = set(model.config.eos_token_id) | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
+    eos_ids = set(eos_ids_of(model, tok))
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     seen = done_ids(out)
     todo = [p for p in load_prompts(args.prompts)[:args.limit or None] if p["id"] not in seen]
-    encoded = sorted(((prompt_ids(tok, p["prompt"], args.system), p) for p in todo), key=lambda x: len(x[0]))
+    encoded = sorted(((user_prompt_ids(tok, p["prompt"], args.system), p) for p in todo), key=lambda x: len(x[0]))
     n_tokens, t0 = 0, time.time()
     bar = tqdm(total=len(encoded), desc="distill", unit="prompt")
     with open(out, "a", encoding="utf-8") as f:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medusa import weights
+from medusa.data import chat_prompt_ids
 from medusa.kvcache import KVCache
 from medusa.model import build_mask
 from medusa.runtime import jt, use_device
@@ -91,8 +92,7 @@ def generate(model, prompt_ids, max_new_tokens, eos_ids=(), **sampling):
 
 def encode_prompt(tokenizer, prompt, chat):
     if chat:
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                             add_generation_prompt=True, tokenize=True, return_dict=False)
+        return chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}])
     return tokenizer(prompt)["input_ids"]
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medusa.files import atomic_write, json_default
+
 # config.json dicts (Hugging Face keys) of the benchmarked shapes
 SHAPES = {
     "smollm2-135m": dict(model_type="llama", hidden_size=576, intermediate_size=1536,
@@ -132,19 +134,7 @@ def greedy_posterior(buf, tree_tokens, predictions) -> np.ndarray:
 
 
 def write_json(path, data):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=_json_default) + "\n")
-    tmp.replace(path)
-
-
-def _json_default(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+    atomic_write(path, json.dumps(data, indent=1, default=json_default) + "\n")
 
 
 class Recorder:
@@ -157,7 +147,7 @@ class Recorder:
     def put(self, shape: str, key: str, value):
         self.data["shapes"].setdefault(shape, {})[key] = value
         write_json(self.path, self.data)
-        print(f"[{self.data['side']}] {shape} {key}: {json.dumps(value, default=_json_default)[:400]}",
+        print(f"[{self.data['side']}] {shape} {key}: {json.dumps(value, default=json_default)[:400]}",
               flush=True)
 
     def error(self, where: str, exc: BaseException):

@@ -10,7 +10,7 @@ file and the tensor. Nothing loads partially.
 Layout: in memory every head Linear stores W as [in, out] (heads.py: y = x @ W, the fast
 Jittor matmul); on disk Linear weights keep torch's / FasterDecoding's [out, in], so a .jtr's
 tensors are a torch state dict of the same module. `save_heads` and `load_state` transpose
-(the names are found from the heads' Linear modules, see `linear_weight_names`); shapes in
+(the names are found from the heads' Linear modules, see `weights.transposed_names`); shapes in
 error messages are the on-disk [out, in] ones.
 
 FasterDecoding/Medusa saves `medusa_lm_head.pt` / `.safetensors` from
@@ -23,15 +23,16 @@ Files without the projection keys use the base lm_head (share_lm_head=True). The
 counts come from the keys: the config.json files released beside them are known to be wrong.
 """
 import json
-import os
 import pickle
 import re
 from pathlib import Path
 
 import numpy as np
 
-from medusa.heads import HeadConfig, Linear, build_heads
+from medusa.files import atomic_write
+from medusa.heads import HeadConfig, build_heads
 from medusa.runtime import jt
+from medusa.weights import transposed_names
 
 CONFIG_SUFFIX = "_config.json"
 FASTERDECODING_NAMES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
@@ -43,21 +44,9 @@ def config_path(path) -> Path:
     return path.with_name(path.stem + CONFIG_SUFFIX)
 
 
-def _atomic_write(path: Path, data: bytes):
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def linear_weight_names(heads) -> set:
-    """Names of the parameters that are Linear weights: [in, out] in memory, [out, in] on disk."""
-    return {f"{name}.weight" for name, m in heads.named_modules() if isinstance(m, Linear)}
-
-
 def _to_disk(heads) -> dict:
     """{name: fp32 array} in the on-disk (torch) layout."""
-    transposed = linear_weight_names(heads)
+    transposed = transposed_names(heads)
     return {name: np.ascontiguousarray(p.numpy().T if name in transposed else p.numpy(), dtype=np.float32)
             for name, p in heads.named_parameters()}
 
@@ -66,10 +55,8 @@ def save_heads(heads, path) -> Path:
     """Write the heads' fp32 parameters to `path` (.jtr, Linear weights as [out, in]) and their
     HeadConfig beside it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = _to_disk(heads)
-    _atomic_write(path, pickle.dumps(tensors, protocol=4))
-    _atomic_write(config_path(path), json.dumps(heads.config.to_dict(), indent=2).encode())
+    atomic_write(path, pickle.dumps(_to_disk(heads), protocol=4))
+    atomic_write(config_path(path), json.dumps(heads.config.to_dict(), indent=2).encode())
     return path
 
 
@@ -105,7 +92,7 @@ def load_state(heads, tensors: dict, source):
     """Assign `tensors` (on-disk layout: Linear weights [out, in]) to `heads`, requiring exactly
     their parameter names and shapes; Linear weights are transposed to [in, out] on the way in."""
     params = dict(heads.named_parameters())
-    transposed = linear_weight_names(heads)
+    transposed = transposed_names(heads)
     disk_shape = {name: tuple(p.shape)[::-1] if name in transposed else tuple(p.shape)
                   for name, p in params.items()}
     found_k, want_k = _head_count(tensors), heads.config.num_heads

@@ -78,6 +78,8 @@ class Linear(jt.nn.Module):
     """y = x W (+ b) with W stored [in, out] (the transpose of torch's [out, in], see the module
     docstring), W ~ U(-a, a) with a = init_scale / sqrt(n_in) (torch's default at 1)."""
 
+    transposed = True   # weights.transposed_names: stored [in, out], saved as torch's [out, in]
+
     def __init__(self, n_in, n_out, bias=True, init_scale=1.0, bias_init=0.0):
         a = init_scale / math.sqrt(n_in)
         self.weight = (jt.rand((n_in, n_out), "float32") * 2 - 1) * a if a else jt.zeros((n_in, n_out), "float32")

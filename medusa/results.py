@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from medusa.files import atomic_write
+
 # = medusa.decoding.STAT_NAMES (test_bench checks); not imported so that reading results
 # (summaries, compare.py) needs no Jittor
 STAGES = ("init", "medusa", "tree", "posterior", "update")
@@ -131,11 +133,7 @@ def _run(cmd):
 def write_results(path, results):
     """Recompute the summary from the samples and replace `path` atomically."""
     results["summary"] = summarize(results["samples"], results["config"]["greedy"])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps_compact(results))
-    os.replace(tmp, path)
+    atomic_write(path, dumps_compact(results))
     return results
 
 

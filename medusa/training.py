@@ -25,7 +25,6 @@ batch_size x gradient_accumulation_steps x world_size samples. Only rank 0 write
 import argparse
 import dataclasses
 import json
-import os
 import pickle
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from medusa import data, hidden_cache
+from medusa.files import atomic_write
 from medusa.optim import AdamW, lr_at
 from medusa.runtime import jt
 
@@ -267,10 +267,7 @@ class Trainer:
         self.save("last.jtr")
         state = {"step": self.step, "best": self.best, "optimizer": self.opt.state(),
                  "args": dataclasses.asdict(self.args)}
-        path = self.args.out_dir() / "last_state.pkl"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(pickle.dumps(state, protocol=4))
-        os.replace(tmp, path)
+        atomic_write(self.args.out_dir() / "last_state.pkl", pickle.dumps(state, protocol=4))
 
     def load_state(self):
         from medusa.head_io import load_heads

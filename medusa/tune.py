@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medusa import bench
+from medusa import bench, data
 from medusa.prompt_sets import load_prompt_set, spread_over_categories
 from medusa.results import dumps_compact
 
@@ -147,7 +147,7 @@ def tune(cfg: TuneConfig, setup=None, log=print):
                              medusa_choices="chain")   # any tree these heads can draft; unused here
     setup = setup or bench.load_setup(bcfg)
     prompts = spread_over_categories(load_prompt_set(cfg.data_path, cfg.data_format), cfg.num_prompts)
-    prompt_ids = [bench.chat_ids(setup.tokenizer, [{"role": "user", "content": p.turns[0]}]) for p in prompts]
+    prompt_ids = [data.chat_prompt_ids(setup.tokenizer, [{"role": "user", "content": p.turns[0]}]) for p in prompts]
     acc, context = measure_accuracy(setup, prompt_ids, cfg, log)
     order, values = grow_tree(acc, max(cfg.sizes))
     base_step = step_time_base(setup.model, context, cfg.repeats)

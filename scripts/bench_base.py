@@ -15,7 +15,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 
 from medusa import data, weights
 from medusa.generate import generate
@@ -64,8 +63,7 @@ def main():
     prompts = data.load_prompts(ROOT / "medusa" / "prompts" / "bench_prompts.jsonl")[:args.num_prompts + 1]
     rows = []
     for i, prompt in enumerate(prompts):
-        ids = tok.apply_chat_template([{"role": "user", "content": prompt["prompt"]}], add_generation_prompt=True,
-                                      tokenize=True, return_dict=False)
+        ids = data.chat_prompt_ids(tok, [{"role": "user", "content": prompt["prompt"]}])
         n = args.max_new_token
         res = generate(model, list(ids), n)          # no EOS stop: both sides produce exactly n tokens
         t_ids, t_prefill, t_decode = torch_greedy(ref, list(ids), n)

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -100,8 +99,7 @@ def main(argv=None):
     heads = build_heads(HeadConfig(num_heads=cfg.num_heads, hidden_size=mc.hidden_size,
                                    vocab_size=mc.vocab_size, share_lm_head=True))
     prompt = data.load_prompts(ROOT / "medusa" / "prompts" / "bench_prompts.jsonl")[cfg.prompt_index]
-    ids = list(tok.apply_chat_template([{"role": "user", "content": prompt["prompt"]}],
-                                       add_generation_prompt=True, tokenize=True, return_dict=False))
+    ids = data.chat_prompt_ids(tok, [{"role": "user", "content": prompt["prompt"]}])
 
     n = cfg.max_new_tokens
     plain_steps(model, ids, 8)                                  # warm-up: compile kernels

@@ -5,14 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 from medusa import data
+from tiny import CHATML, make_tokenizer
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-SPECIALS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "<s>", "</s>"]
 PROMPTS_DIR = Path(data.__file__).parent / "prompts"
 
 CONV = [("system", "you are kind"), ("user", "hello there"), ("assistant", "the cat sat"),
@@ -21,17 +17,8 @@ SHAREGPT_ROLE = {"system": "system", "user": "human", "assistant": "gpt"}
 
 
 def _tokenizer(chat_template):
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["hello there how are you", "the cat sat on the mat",
-                             "user assistant system you are kind"], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
-                                   bos_token="<s>", eos_token="</s>")
-    fast.chat_template = chat_template
-    return fast
+    return make_tokenizer(chat_template, vocab_size=400, corpus=[
+        "hello there how are you", "the cat sat on the mat", "user assistant system you are kind"])
 
 
 @pytest.fixture(scope="module")

@@ -37,19 +37,20 @@ def hf_config(family):
     raise ValueError(family)
 
 
-def make_tokenizer():
+def make_tokenizer(chat_template=CHATML, vocab_size=VOCAB, corpus=CORPUS):
+    """A byte-level BPE fast tokenizer trained on `corpus` in a moment, fully offline."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=SPECIALS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS, trainer)
+    tok.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
                                    bos_token="<s>", eos_token="</s>")
-    fast.chat_template = CHATML
+    fast.chat_template = chat_template
     return fast
 
 
@@ -67,8 +68,9 @@ def make_hf_model(family, folder, seed=0):
                 p.mul_(3.0)
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
-    make_tokenizer().save_pretrained(folder)
-    assert len(make_tokenizer()) <= VOCAB
+    tokenizer = make_tokenizer()
+    assert len(tokenizer) <= VOCAB
+    tokenizer.save_pretrained(folder)
     return folder
 
 
