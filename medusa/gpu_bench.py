@@ -12,11 +12,15 @@ on one prompt into REF_DIR/<shape>; the Jittor side loads those exact weights, c
 with them, then times with them. Larger shapes get seeded random weights on each side: speed
 does not depend on the values.
 
-What one "Medusa step" is here (both sides do the same, see MedusaStep in each side's module):
-heads on the last accepted hidden state (4 Medusa-1 heads, 1 ResBlock each, sharing the base
-lm_head) -> top-k per head -> tree candidates -> one tree forward of the N tree nodes with the
-tree mask over the KV cache -> greedy posterior on the host -> KV-cache compaction of the accepted
-path. `--dry_run` runs both sides with a tiny model and few steps (CPU is fine).
+What one "Medusa step" is here: heads on the last accepted hidden state (4 Medusa-1 heads, 1 ResBlock
+each, sharing the base lm_head) -> top-k per head -> tree candidates -> one tree forward of the N
+tree nodes with the tree mask over the KV cache -> greedy posterior on the host -> KV-cache
+compaction of the accepted path. The Jittor side runs medusa.decoding's own step functions
+(propose / tree_decode / evaluate_posterior / update_inputs, as medusa_stream does); the torch side
+writes the same step with transformers (MedusaStep in gpu_bench_torch.py, with tree_plan and
+greedy_posterior below).
+
+`--dry_run` runs both sides with a tiny model and few steps (CPU is fine).
 """
 import argparse
 import json

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medusa import weights
+from medusa import decoding, weights
 from medusa.config import ModelConfig
-from medusa.gpu_bench import (CHECKED_SHAPES, HEADS, SHAPES, Recorder, greedy_posterior, param_count,
-                              stats_ms, time_decode, time_medusa, timed_loop, tree_plan)
+from medusa.gpu_bench import (CHECKED_SHAPES, HEADS, SHAPES, Recorder, param_count, stats_ms, time_decode,
+                              time_medusa, timed_loop)
 from medusa.heads import HeadConfig, build_heads
 from medusa.kvcache import KVCache
 from medusa.model import Transformer, build_mask
@@ -160,42 +160,35 @@ def matmul_probe(cfg, model, pairs=16):
 
 
 class MedusaStep:
-    """One Medusa step: heads -> candidates (on the device) -> tree forward over the KVCache with
-    the tree mask -> host posterior -> KVCache.compact of the accepted path."""
+    """One Medusa step exactly as `medusa.decoding.medusa_stream` takes it (greedy): tree_decode
+    (the N tree nodes over the KVCache with the tree mask, argmax to the host) -> evaluate_posterior
+    -> update_inputs (KVCache.compact of the accepted path) -> propose (heads -> top-k -> the next
+    tree's tokens, to the host)."""
 
     def __init__(self, cfg, model, heads, tree):
         self.model, self.heads = model, heads
-        self.buf, flat, self.kmax = tree_plan(tree)
-        self.flat = ints(flat)
-        self.lm_head_t = model.lm_head_t()
+        self.tree = decoding.resolve_tree(tree, heads.config.num_heads)
+        self.buf = self.tree.buffers
         self.cache = KVCache(model.config, 1, cfg.max_len, model.dtype)
+        self.sampling, self.rng = decoding.Sampling("greedy"), np.random.default_rng(cfg.seed)
 
     def prefill(self, ids):
         self.cache.reset()
-        hidden = self.model(ints(ids[None]), ints(np.arange(len(ids))[None]), build_mask(1, len(ids)), self.cache)
-        self.hidden = hidden[:, -1:]
-        self.root = next_token(self.model, self.hidden)
+        hidden_last, root = decoding.prefill(self.model, self.cache, ids, self.sampling, self.rng)
+        self.tokens = decoding.propose(self.model, self.heads, self.tree, hidden_last, root)
 
     def __call__(self, mark=lambda part: None):
         """One step; mark(part) is called after each part. Returns the tokens it accepts."""
-        buf, cache, N = self.buf, self.cache, self.buf.num_nodes
-        L = cache.length
-        medusa_logits, _ = self.heads(self.hidden, None, self.lm_head_t)              # [K, 1, 1, V]
-        top = jt.topk(medusa_logits[:, 0, 0], self.kmax, dim=-1)[1]                   # [K, kmax]
-        candidates = jt.concat([ints([self.root]), top.reshape(-1).int32()])[self.flat]  # [N]
-        mark("heads")
-        mask = build_mask(1, N, past_len=L, tree=buf.attn_mask)
-        hidden = self.model(candidates.reshape(1, N), ints((buf.position_ids + L)[None]), mask, cache)
-        predictions = jt.argmax(self.model.logits(hidden)[0], dim=-1)[0]              # [N]
+        model, tree = self.model, self.tree
+        hidden, scores = decoding.tree_decode(model, self.cache, tree, self.tokens, self.sampling)
         mark("tree")
-        predictions = predictions.numpy().reshape(-1)
-        nodes = greedy_posterior(buf, candidates.numpy().reshape(-1), predictions)
+        path, bonus = decoding.evaluate_posterior(tree, self.tokens, scores, self.sampling, self.rng)
         mark("posterior")
-        cache.compact(L, nodes + L)
-        last = int(nodes[-1])
-        self.hidden, self.root = hidden[:, last:last + 1], int(predictions[last])
+        hidden_last = decoding.update_inputs(self.cache, tree, path, hidden)
         mark("update")
-        return len(nodes)
+        self.tokens = decoding.propose(model, self.heads, tree, hidden_last, bonus)
+        mark("heads")
+        return len(path)
 
 
 def medusa_timing(cfg, model, tree):
@@ -214,7 +207,9 @@ def header(cfg, device):
         gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                              capture_output=True, text=True).stdout.strip()
     return {"side": "jittor", "device": gpu, "jittor": jt.__version__, "dtype": cfg.dtype,
-            "heads": {**HEADS, "dtype": "float32 (medusa.heads computes in fp32)"}}
+            "heads": {**HEADS, "dtype": "float32 ResBlocks (as medusa.heads computes), the shared vocab "
+                                     "projection in the base dtype"},
+            "medusa_step": "medusa.decoding: propose, tree_decode, evaluate_posterior, update_inputs"}
 
 
 def run(cfg) -> Recorder:

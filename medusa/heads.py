@@ -130,14 +130,12 @@ class DraftHeads(jt.nn.Module):
         cfg = self.config
         if hidden.ndim != 3 or hidden.shape[-1] != cfg.hidden_size:
             raise ValueError(f"hidden must be [B, T, {cfg.hidden_size}], got {list(hidden.shape)}")
-        if cfg.share_lm_head:
-            if lm_head_t is None:
-                raise ValueError("share_lm_head=True: pass the base lm_head_t [H, V] (model.lm_head_t())")
-            lm_head_t = lm_head_t.float32().detach()  # detach: never mark the caller's Var
+        if cfg.share_lm_head and lm_head_t is None:
+            raise ValueError("share_lm_head=True: pass the base lm_head_t [H, V] (model.lm_head_t())")
         feats, aux = self.features(hidden.float32(), tokens, embed_weight)
         project = range(cfg.num_heads) if project is None else list(project)
         if self.lm_heads is None:  # one matmul for all wanted heads: the shared [H, V] is read once
-            return jt.matmul(jt.stack([feats[k] for k in project], dim=0), lm_head_t), aux
+            return _shared_projection(jt.stack([feats[k] for k in project], dim=0), lm_head_t), aux
         return jt.stack([self.lm_heads[k](feats[k]) for k in project], dim=0), aux  # [K', B, T, V]
 
     def init_from_base(self, lm_head_t):
@@ -159,6 +157,19 @@ class DraftHeads(jt.nn.Module):
 
     def features(self, h, tokens, embed_weight):
         raise NotImplementedError
+
+
+def _shared_projection(feats, lm_head_t):
+    """feats [K', B, T, H] fp32 @ the base's lm_head_t [H, V] -> fp32 logits.
+
+    Without gradients (decoding) the product is taken in the base's own dtype, as the base
+    computes its logits: casting an fp16 [H, V] to fp32 on every step costs more than the
+    matmul (2.2 ms per step for Vicuna-7B's 32000 x 4096 on an H100). With gradients (training)
+    it stays fp32. Detached either way: the heads never mark the caller's Var."""
+    lm_head_t = lm_head_t.detach()
+    if jt.flags.no_grad and lm_head_t.dtype != feats.dtype:
+        return jt.matmul(feats.cast(lm_head_t.dtype), lm_head_t).float32()
+    return jt.matmul(feats, lm_head_t.float32())
 
 
 def _zero_aux():

@@ -8,6 +8,8 @@ Defaults only fill in what the user has not set: an explicit environment always 
 - `nvcc_path=""` when no GPU is visible: nvcc may be installed without a driver, and
   Jittor's CUDA set-up then fails at import.
 - `log_silent=1`: Jittor's per-compile info lines would drown progress bars.
+- `FIX_TORCH_ERROR=0`: else `import jittor` imports torch (when installed) for a workaround of
+  torch's own; our runtime never needs torch, and importing it costs ~1.5 s and memory.
 """
 import os
 import shutil
@@ -26,7 +28,7 @@ def gpu_available() -> bool:
 
 
 def _environment_defaults() -> dict:
-    defaults = {"use_mkl": "0", "log_silent": "1"}
+    defaults = {"use_mkl": "0", "log_silent": "1", "FIX_TORCH_ERROR": "0"}
     if gpu_available():
         # offline-safe CUDA set-up (see notes/gpu.md): no downloads of cutt/cutlass/nccl/cudnn
         defaults.update(use_cutt="0", use_cutlass="0", use_nccl="0", conv_opt="1")

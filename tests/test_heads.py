@@ -187,3 +187,20 @@ def test_project_computes_only_the_wanted_heads(family, share):
     full = heads(hidden, tokens, lm, emb)[0].numpy()
     some = heads(hidden, tokens, lm, emb, project=[2, 0])[0].numpy()
     np.testing.assert_allclose(some, full[[2, 0]], rtol=1e-5, atol=1e-5)
+
+
+def test_shared_fp16_lm_head_projects_in_fp16_only_without_gradients():
+    """Decoding (no gradients) takes the product in the base's dtype; training stays fp32."""
+    heads = make("medusa", share=True)
+    hidden, _, _, lm, _ = batch()
+    lm16 = lm.float16()
+    exact = hidden.numpy() @ lm16.numpy().astype(np.float32)
+    with_grad = heads(hidden, lm_head_t=lm16)[0]
+    np.testing.assert_allclose(with_grad.numpy()[0], exact, rtol=1e-5, atol=1e-5)
+    with jt.no_grad():
+        fast = heads(hidden, lm_head_t=lm16)[0]
+    assert fast.dtype == "float32"
+    fast = fast.numpy()[0]
+    assert not np.array_equal(fast, exact)   # the product was taken in fp16: inputs and output rounded
+    rounded = hidden.numpy().astype(np.float16).astype(np.float32) @ lm16.numpy().astype(np.float32)
+    np.testing.assert_allclose(fast, rounded, atol=1e-2)  # fp16 accumulation

@@ -1,0 +1,26 @@
+"""medusa.runtime: the Jittor runtime path never imports torch (it is for tests and checkpoint reading)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from medusa.runtime import use_device
+
+RUNTIME_MODULES = ("medusa.runtime", "medusa.model", "medusa.decoding", "medusa.generate", "medusa.bench",
+                   "medusa.training", "medusa.head_io", "medusa.weights", "medusa.distill")
+
+
+def test_runtime_modules_do_not_import_torch():
+    """Jittor itself imports torch at import time unless FIX_TORCH_ERROR=0 (medusa.runtime sets it)."""
+    env = {k: v for k, v in os.environ.items() if k != "FIX_TORCH_ERROR"}
+    code = (f"import importlib, sys\nfor m in {RUNTIME_MODULES!r}: importlib.import_module(m)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_use_device_rejects_unknown_names():
+    with pytest.raises(ValueError, match="device must be auto, cpu or cuda"):
+        use_device("tpu")
