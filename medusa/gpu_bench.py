@@ -195,7 +195,11 @@ def time_decode(prefill, step, cfg, sync) -> dict:
     prefill()
     timed_loop(step, cfg.warmup, sync)
     prefill_s = timed_loop(prefill, 1, sync)[0]
-    return {**stats_ms(timed_loop(step, cfg.new_tokens, sync, cfg.measure_s)), "prefill_ms": 1e3 * prefill_s}
+    times = timed_loop(step, cfg.new_tokens, sync, cfg.measure_s)
+    quarter = max(1, len(times) // 4)  # does a step slow down as the context grows?
+    return {**stats_ms(times), "prefill_ms": 1e3 * prefill_s,
+            "first_quarter_median_ms": stats_ms(times[:quarter])["median_ms"],
+            "last_quarter_median_ms": stats_ms(times[-quarter:])["median_ms"]}
 
 
 def time_medusa(step, prefill, cfg, sync) -> dict:

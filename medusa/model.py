@@ -89,7 +89,9 @@ class Attention(jt.nn.Module):
         S, G = k.shape[2], self.n_heads // self.n_kv
         # grouped-query attention: fold the G query heads of each kv head into the row axis
         q = q.reshape(B, self.n_kv, G * T, self.head_dim)
-        scores = jt.matmul(q, k.transpose(0, 1, 3, 2)).float32() * (self.head_dim ** -0.5)
+        # q k^T: on CUDA one cuBLAS call with k transposed in place; Jittor's transpose kernel
+        # copies the cached keys at a few GB/s (9.7 ms per Vicuna-7B step at 133 positions, H100)
+        scores = jt.nn.bmm_transpose(q, k).float32() * (self.head_dim ** -0.5)
         scores = scores.reshape(B, self.n_kv, G, T, S)
         if mask is not None:
             scores = scores + mask.reshape(B, 1, 1, T, S)
