@@ -4,7 +4,8 @@
 #   WHEEL_DIR  wheels from scripts/make_gpu_wheels.sh (default .whl)
 #   REPORT_DIR where logs and summary.txt go (default $OUT, else results/gpu_check)
 # Environment: JT_TESTS (Jittor tests to run, default below), TEST_TIMEOUT (s per test, 300),
-#   JOBS (tests at once, 5), PYTEST_TIMEOUT (pytest -m gpu, TEST_TIMEOUT + 60), SELF_CHECK=0 (patch only). New kernels take 5-15 s each to compile
+#   JOBS (tests at once, 2: each Jittor process runs its own pool of nvcc workers; 10 at once on
+#   16 cores got tests SIGKILLed, see results/gpu_check/README.md), PYTEST_TIMEOUT (pytest -m gpu, TEST_TIMEOUT + 60), SELF_CHECK=0 (patch only). New kernels take 5-15 s each to compile
 #   with nvcc 13, so Jittor's full tests take many minutes: pick a few for a short device call.
 #   Seen on an H100 (CUDA 13.0): every test case that finished passed; with 200-300 s per test
 #   most tests were cut off while still compiling (rc=124 in summary.txt is a timeout).
@@ -80,7 +81,7 @@ runpy.run_module('jittor.test.$t', run_name='__main__', alter_sys=True)" > /tmp/
 export -f run_test; export TEST_TIMEOUT JT_DIR
 # Without a working import every test would only recompile the core and fail.
 [ $imported -eq 0 ] || { summary "jittor tests skipped: jittor did not import"; TESTS=""; failed=1; }
-echo $TESTS | tr ' ' '\n' | grep . | xargs -P "${JOBS:-5}" -I{} bash -c 'run_test {}'
+echo $TESTS | tr ' ' '\n' | grep . | xargs -P "${JOBS:-2}" -I{} bash -c 'run_test {}'
 : > "$R/jittor_tests.log"
 for t in $TESTS; do
     summary "$(cat /tmp/jt_logs/$t.rc)"
