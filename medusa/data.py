@@ -272,6 +272,15 @@ def head_targets(input_ids, loss_mask, num_heads):
     return targets, valid
 
 
+def drafted_tokens(input_ids, rows, positions, num_heads, pad_id=0):
+    """The tokens the heads read at (rows[i], positions[i]) of input_ids [B, T]: [N, K] int32 with
+    [i, k] = token t+k+1 (fed to heads that read the drafted tokens, e.g. rnn); pad_id past the end."""
+    ids = np.asarray(input_ids)
+    padded = np.concatenate([ids, np.full((ids.shape[0], num_heads + 1), pad_id, ids.dtype)], axis=1)
+    positions = np.asarray(positions)
+    return np.stack([padded[rows, positions + k + 1] for k in range(num_heads)], axis=-1).astype(np.int32)
+
+
 def train_val_split(items, val_ratio, seed):
     """(train, val): a seeded random val_ratio share goes to val; both keep the input order."""
     if not 0.0 <= val_ratio < 1.0:

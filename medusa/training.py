@@ -39,36 +39,70 @@ from medusa.runtime import jt
 MOE_ONLY = ("moe_num_experts", "moe_top_k", "aux_loss_weight")
 
 
+HELP = {
+    'base_model_path': 'base model: HF folder, .gguf or converted .pkl; empty = the embedded SmolLM2',
+    'jittor_base_weights': 'a converted .pkl (weight_convert.py), used instead of --base_model_path',
+    'data_path': "conversations, JSON or JSONL: records with 'conversations' [{from, value}] (ShareGPT) "
+                 "or 'messages' [{role, content}]",
+    'output_dir': 'where checkpoints go; empty = checkpoints/<family>',
+    'medusa_num_heads': 'draft heads K (head k predicts token t+k+2)',
+    'medusa_num_layers': 'ResBlocks (moe: mixture layers) per head',
+    'share_lm_head': 'project with the frozen base lm_head (small heads) instead of one vocab matrix per head',
+    'moe_num_experts': 'experts per mixture layer',
+    'moe_top_k': 'experts mixed per token (== experts: soft routing)',
+    'aux_loss_weight': 'coefficient of the MoE load-balancing loss',
+    'epochs': 'passes over the training split',
+    'batch_size': 'samples per rank per micro-batch',
+    'gradient_accumulation_steps': 'micro-batches per optimizer step',
+    'lr': "peak learning rate (Medusa's default for 1-layer heads)",
+    'warmup_ratio': 'fraction of the steps with a linear warm-up; cosine decay to 0 after it',
+    'max_length': 'tokens per sample (longer ones are truncated)',
+    'seed': 'seed of the head init, the train/val split and the shuffling',
+    'loss_decay': "lambda: head k's cross-entropy is weighted lambda^k",
+    'weight_decay': 'AdamW decoupled weight decay',
+    'max_grad_norm': 'clip the global gradient norm to this; 0 = no clipping',
+    'val_ratio': 'fraction of the samples held out for validation',
+    'template': "chat template: tokenizer (the model's own) or vicuna",
+    'cache_hidden': 'compute the base hidden states once and cache them on disk (fp16 .npz)',
+    'cache_dir': 'where the cached hidden states go',
+    'resume': 'continue from output_dir/last_state.pkl',
+    'max_steps': 'stop (and save) after this many optimizer steps; 0 = all epochs',
+    'device': 'auto, cpu or cuda',
+    'base_dtype': 'compute dtype of the frozen base; empty = fp16 on GPU, fp32 on CPU',
+}
+
+
 @dataclasses.dataclass
 class TrainArgs:
-    base_model_path: str = ""               # HF folder / .gguf / .pkl; "" = the embedded default
-    jittor_base_weights: str = ""           # a converted .pkl (weight_convert.py)
+    """Every field but `family` is a command-line flag; HELP says what each does."""
+    base_model_path: str = ""
+    jittor_base_weights: str = ""
     data_path: str = "data/smollm2_selfdistill.jsonl"
-    output_dir: str = ""                    # "" = checkpoints/<family>
+    output_dir: str = ""
     medusa_num_heads: int = 4
     medusa_num_layers: int = 1
-    share_lm_head: bool = True              # project with the frozen base lm_head (small heads)
+    share_lm_head: bool = True
     moe_num_experts: int = 4
     moe_top_k: int = 2
-    aux_loss_weight: float = 0.01           # coefficient of the MoE load-balancing loss
+    aux_loss_weight: float = 0.01
     epochs: int = 3
-    batch_size: int = 8                     # samples per rank per micro-batch
+    batch_size: int = 8
     gradient_accumulation_steps: int = 1
-    lr: float = 1e-3                        # Medusa's default for 1-layer heads
+    lr: float = 1e-3
     warmup_ratio: float = 0.05
-    max_length: int = 1024                  # tokens per sample (truncated)
+    max_length: int = 1024
     seed: int = 42
-    loss_decay: float = 0.8                 # lambda: head k's CE is weighted lambda^k
+    loss_decay: float = 0.8
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     val_ratio: float = 0.1
-    template: str = "tokenizer"             # chat template: tokenizer | vicuna
-    cache_hidden: bool = True               # offline mode: base hidden states cached on disk
+    template: str = "tokenizer"
+    cache_hidden: bool = True
     cache_dir: str = "cache/hidden"
-    resume: bool = False                    # continue from output_dir/last_state.pkl
-    max_steps: int = 0                      # stop (and save) after this many steps; 0 = all epochs
+    resume: bool = False
+    max_steps: int = 0
     device: str = "auto"
-    base_dtype: str = ""                    # compute dtype of the base; "" = fp16 on GPU, fp32 on CPU
+    base_dtype: str = ""
     family: str = "medusa"                  # set by the calling script, not a flag
 
     def out_dir(self) -> Path:
@@ -87,14 +121,13 @@ def flat_rows(samples, hiddens, num_heads, pad_id):
     ids = batch["input_ids"]
     targets, valid = data.head_targets(ids, batch["loss_mask"], num_heads)
     bi, ti = np.nonzero(valid.any(0))
-    B, T = ids.shape
-    padded = np.concatenate([ids, np.full((B, num_heads + 1), pad_id, np.int32)], axis=1)
-    drafted = np.stack([padded[bi, ti + k + 1] for k in range(num_heads)], axis=-1)
+    B = ids.shape[0]
+    drafted = data.drafted_tokens(ids, bi, ti, num_heads, pad_id)
     if isinstance(hiddens, jt.Var):
         h = hiddens[jt.array(bi.astype(np.int32)), jt.array(ti.astype(np.int32))]
     else:
         h = jt.array(np.concatenate([hiddens[b][ti[bi == b]] for b in range(B)]).astype(np.float32))
-    return h.float32().unsqueeze(0), jt.array(drafted[None].astype(np.int32)), targets[:, bi, ti], valid[:, bi, ti]
+    return h.float32().unsqueeze(0), jt.array(drafted[None]), targets[:, bi, ti], valid[:, bi, ti]
 
 
 def head_losses(logits, targets, valid):
@@ -332,9 +365,10 @@ def parse_args(argv=None, family="medusa") -> TrainArgs:
             continue
         value = getattr(defaults, f.name)
         if isinstance(value, bool):
-            p.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=value)
+            p.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=value, help=HELP[f.name])
         else:
-            p.add_argument(f"--{f.name}", type=type(value), default=value)
+            p.add_argument(f"--{f.name}", type=type(value), default=value,
+                           help=f"{HELP[f.name]} (default: %(default)r)")
     return dataclasses.replace(defaults, **vars(p.parse_args(argv)))
 
 

@@ -67,11 +67,8 @@ def head_ranks(model, heads, ids, start):
     with jt.no_grad():
         hidden = model(jt.array(ids[None]), jt.array(np.arange(T, dtype=np.int32)[None]), build_mask(1, T))
         positions = np.arange(start - 1, T - 1)                      # the base predicts t+1 there
-        drafted = np.zeros((1, len(positions), K), np.int32)         # drafted[..., k] = token t+k+1
-        for k in range(K):
-            valid = positions + k + 1 < T
-            drafted[0, valid, k] = ids[positions[valid] + k + 1]
-        logits, _ = heads(hidden[:, start - 1:T - 1], jt.array(drafted), model.lm_head_t(), model.embed_weight())
+        drafted = data.drafted_tokens(ids[None], np.zeros_like(positions), positions, K)   # [n, K]: t+k+1
+        logits, _ = heads(hidden[:, start - 1:T - 1], jt.array(drafted[None]), model.lm_head_t(), model.embed_weight())
         logits = logits[:, 0].numpy()                                # [K, n, V]
     ranks = np.full((K, len(positions)), -1, np.int64)
     for k in range(K):

@@ -256,3 +256,10 @@ def test_load_prompts_names_the_bad_line(tmp_path):
         path.write_text(good + "\n" + bad + "\n")
         with pytest.raises(data.DataError, match=rf"p\.jsonl: line 2: .*{why}"):
             data.load_prompts(path)
+
+
+def test_drafted_tokens_are_the_next_tokens_padded_past_the_end():
+    ids = np.array([[10, 11, 12, 13], [20, 21, 22, 23]])
+    got = data.drafted_tokens(ids, np.array([0, 1, 1]), np.array([0, 1, 3]), num_heads=3, pad_id=-1)
+    assert got.dtype == np.int32
+    assert got.tolist() == [[11, 12, 13], [22, 23, -1], [-1, -1, -1]]

@@ -1,5 +1,6 @@
 """Head training (medusa/training.py) on the tiny random models: label alignment, loss masks,
 padding invariance, loss going down for every family, exact resume, bad data."""
+import dataclasses
 import json
 
 import numpy as np
@@ -141,3 +142,14 @@ def test_adamw_counts_optimizer_steps_under_accumulation():
         ref_w = ref_w * (1 - 0.1 * 0.5) - 0.1 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
         np.testing.assert_allclose(w.numpy(), ref_w, rtol=1e-5)
     assert opt.steps == 2
+
+
+@pytest.mark.parametrize("family", ["medusa", "moe"])
+def test_every_flag_has_help(family, capsys):
+    with pytest.raises(SystemExit):
+        training.parse_args(["--help"], family)
+    text = "".join(capsys.readouterr().out.split())   # argparse wraps lines (and after hyphens)
+    for f in dataclasses.fields(training.TrainArgs):
+        if f.name == "family" or (f.name in training.MOE_ONLY and family != "moe"):
+            continue
+        assert f"--{f.name}" in text and "".join(training.HELP[f.name].split()) in text, f.name
