@@ -160,6 +160,20 @@ class Recorder:
         print(f"[{self.data['side']}] ERROR in {where}: {exc!r}", file=sys.stderr, flush=True)
 
 
+def run_shapes(cfg, rec: Recorder, measure, cleanup):
+    """measure(shape) for every shape of cfg (it records what it measures); an exception is
+    recorded and the next shape still runs. cleanup() after each shape frees the device memory."""
+    for shape in cfg.shapes:
+        start = time.perf_counter()
+        try:
+            measure(shape)
+        except Exception as e:
+            rec.error(shape, e)
+        rec.put(shape, "total_s", time.perf_counter() - start)
+        cleanup()
+    return rec
+
+
 def timed_loop(step, n: int, sync, limit_s: float = float("inf")) -> list:
     """Seconds of each of n calls of step(), each followed by sync(); fewer once limit_s is spent."""
     times = []

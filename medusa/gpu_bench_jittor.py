@@ -8,8 +8,8 @@ import numpy as np
 
 from medusa import decoding, weights
 from medusa.config import ModelConfig
-from medusa.gpu_bench import (CHECKED_SHAPES, HEADS, SHAPES, Recorder, param_count, stats_ms, time_decode,
-                              time_medusa, timed_loop)
+from medusa.gpu_bench import (CHECKED_SHAPES, HEADS, SHAPES, Recorder, param_count, run_shapes, stats_ms,
+                              time_decode, time_medusa, timed_loop)
 from medusa.heads import HeadConfig, build_heads
 from medusa.kvcache import KVCache
 from medusa.model import Transformer, build_mask
@@ -215,25 +215,24 @@ def header(cfg, device):
 def run(cfg) -> Recorder:
     device = use_device(cfg.device)
     rec = Recorder(Path(cfg.out) / "gpu_jittor.json", header(cfg, device))
+
+    def measure(shape):
+        start = time.perf_counter()
+        model, source = build_model(cfg, shape)
+        rec.put(shape, "params", {"formula": param_count(SHAPES[shape]), "weights": source,
+                                  "build_s": time.perf_counter() - start})
+        ref = Path(cfg.ref_dir) / shape
+        if shape in CHECKED_SHAPES and (ref / "reference.npz").is_file():
+            rec.put(shape, "check_vs_torch", check_reference(cfg, model, ref))
+        rec.put(shape, "decode", decode_timing(cfg, model))
+        rec.put(shape, "profile_decode", profile_decode(cfg, model))
+        rec.put(shape, "matmul_probe", matmul_probe(cfg, model))
+        for tree in cfg.trees:
+            rec.put(shape, f"medusa_{tree}", medusa_timing(cfg, model, tree))
+
+    def cleanup():
+        sync()
+        jt.gc()
+
     with jt.no_grad():
-        for shape in cfg.shapes:
-            model, start = None, time.perf_counter()
-            try:
-                model, source = build_model(cfg, shape)
-                rec.put(shape, "params", {"formula": param_count(SHAPES[shape]), "weights": source,
-                                          "build_s": time.perf_counter() - start})
-                ref = Path(cfg.ref_dir) / shape
-                if shape in CHECKED_SHAPES and (ref / "reference.npz").is_file():
-                    rec.put(shape, "check_vs_torch", check_reference(cfg, model, ref))
-                rec.put(shape, "decode", decode_timing(cfg, model))
-                rec.put(shape, "profile_decode", profile_decode(cfg, model))
-                rec.put(shape, "matmul_probe", matmul_probe(cfg, model))
-                for tree in cfg.trees:
-                    rec.put(shape, f"medusa_{tree}", medusa_timing(cfg, model, tree))
-            except Exception as e:
-                rec.error(shape, e)
-            rec.put(shape, "total_s", time.perf_counter() - start)
-            del model
-            sync()
-            jt.gc()
-    return rec
+        return run_shapes(cfg, rec, measure, cleanup)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from medusa.gpu_bench import (CHECKED_SHAPES, HEADS, REF_STEPS, SHAPES, Recorder, greedy_posterior,
-                              param_count, stats_ms, time_decode, time_medusa, timed_loop, tree_plan)
+                              param_count, run_shapes, stats_ms, time_decode, time_medusa, timed_loop, tree_plan)
 
 
 class Side:
@@ -193,23 +193,22 @@ def run(cfg) -> Recorder:
         rec.put("_device", "copy_bandwidth", copy_bandwidth(side, (1 << 30) if side.device.type == "cuda" else 1 << 24))
     except Exception as e:  # keep going: the model timings do not need it
         rec.error("copy_bandwidth", e)
-    for shape in cfg.shapes:
-        model = None
-        try:
-            model = build_model(side, shape)
-            rec.put(shape, "params", {"formula": param_count(SHAPES[shape]),
-                                      "torch": sum(p.numel() for p in model.parameters()),
-                                      "attn_implementation": model.config._attn_implementation})
-            if shape in CHECKED_SHAPES:
-                rec.put(shape, "reference", save_reference(side, model, shape, Path(cfg.ref_dir) / shape))
-            rec.put(shape, "decode", decode_timing(side, model))
-            rec.put(shape, "matmul_probe", matmul_probe(side, model))
-            for tree in cfg.trees:
-                rec.put(shape, f"medusa_{tree}", medusa_timing(side, model, tree))
-        except Exception as e:
-            rec.error(shape, e)
-        del model
+
+    def measure(shape):
+        model = build_model(side, shape)
+        rec.put(shape, "params", {"formula": param_count(SHAPES[shape]),
+                                  "torch": sum(p.numel() for p in model.parameters()),
+                                  "attn_implementation": model.config._attn_implementation})
+        if shape in CHECKED_SHAPES:
+            rec.put(shape, "reference", save_reference(side, model, shape, Path(cfg.ref_dir) / shape))
+        rec.put(shape, "decode", decode_timing(side, model))
+        rec.put(shape, "matmul_probe", matmul_probe(side, model))
+        for tree in cfg.trees:
+            rec.put(shape, f"medusa_{tree}", medusa_timing(side, model, tree))
+
+    def cleanup():
         gc.collect()
         if side.device.type == "cuda":
             torch.cuda.empty_cache()
-    return rec
+
+    return run_shapes(cfg, rec, measure, cleanup)
