@@ -78,6 +78,21 @@ def stream_tokens(model, prompt_ids, max_new_tokens, eos_ids=(), greedy=True, te
         mask = None  # a single new token may attend to everything cached
 
 
+def forced_logits(model, prompt_ids, tokens):
+    """fp64 logits [len(tokens) + 1, V]: after the prompt, then after each of `tokens` fed one by
+    one through the KV cache (teacher forcing: a reference's tokens, so one tie cannot derail it)."""
+    T = len(prompt_ids)
+    cache = KVCache(model.config, 1, T + len(tokens) + 1, model.dtype)
+    hidden = model(jt.array(np.asarray(prompt_ids, dtype=np.int32)[None]), jt.array(np.arange(T, dtype=np.int32)[None]),
+                   build_mask(1, T), cache)
+    rows = [model.logits(hidden[:, -1:]).numpy()[0, 0]]
+    for token in tokens:
+        hidden = model(jt.array(np.array([[token]], dtype=np.int32)),
+                       jt.array(np.array([[cache.length]], dtype=np.int32)), None, cache)
+        rows.append(model.logits(hidden).numpy()[0, 0])
+    return np.stack(rows).astype(np.float64)
+
+
 def generate(model, prompt_ids, max_new_tokens, eos_ids=(), **sampling):
     """Plain autoregressive decoding; stops after an EOS token (included) or max_new_tokens."""
     result = GenerationResult(output_ids=[])

@@ -8,6 +8,7 @@ import numpy as np
 
 from medusa import decoding, weights
 from medusa.config import ModelConfig
+from medusa.generate import forced_logits
 from medusa.gpu_bench import (CHECKED_SHAPES, HEADS, SHAPES, Recorder, param_count, run_shapes, stats_ms,
                               time_decode, time_medusa, timed_loop)
 from medusa.heads import HeadConfig, build_heads
@@ -73,14 +74,7 @@ def check_reference(cfg, model, folder: Path) -> dict:
     """Our logits vs transformers' on the same weights: the prompt's last position, then the
     reference's greedy tokens fed one by one (teacher forcing, so one tie cannot derail it)."""
     ref = np.load(folder / "reference.npz")
-    prompt = ref["prompt"]
-    cache = KVCache(model.config, 1, len(prompt) + len(ref["tokens"]) + 1, model.dtype)
-    hidden = model(ints(prompt[None]), ints(np.arange(len(prompt))[None]), build_mask(1, len(prompt)), cache)
-    got = [model.logits(hidden[:, -1:]).numpy()[0, 0]]
-    for token in ref["tokens"]:
-        hidden = model(ints([[token]]), ints([[cache.length]]), None, cache)
-        got.append(model.logits(hidden).numpy()[0, 0])
-    got, want = np.stack(got).astype(np.float64), ref["logits"].astype(np.float64)
+    got, want = forced_logits(model, ref["prompt"], ref["tokens"]), ref["logits"].astype(np.float64)
     rel = np.linalg.norm(got - want, axis=-1) / np.linalg.norm(want, axis=-1)
     tol = 5e-2 if cfg.dtype == "float16" else 1e-4
     agree = float(np.mean(got.argmax(-1) == want.argmax(-1)))

@@ -5,8 +5,9 @@
 #   REPORT_DIR where logs and summary.txt go (default $OUT, else results/gpu_check)
 # Environment: JT_TESTS (Jittor tests to run, default below), TEST_TIMEOUT (s per test, 300),
 #   JOBS (tests at once, 2: each Jittor process runs its own pool of nvcc workers; 10 at once on
-#   16 cores got tests SIGKILLed, see results/gpu_check/README.md), PYTEST_TIMEOUT (pytest -m gpu, TEST_TIMEOUT + 60), SELF_CHECK=0 (patch only). New kernels take 5-15 s each to compile
-#   with nvcc 13, so Jittor's full tests take many minutes: pick a few for a short device call.
+#   16 cores got tests SIGKILLed, see results/gpu_check/README.md), PYTEST_TIMEOUT (pytest -m gpu,
+#   TEST_TIMEOUT + 60), SELF_CHECK=0 (patch only). New kernels take 5-15 s each to compile with
+#   nvcc 13, so Jittor's full tests take many minutes: pick a few for a short device call.
 #   Seen on an H100 (CUDA 13.0): every test case that finished passed; with 200-300 s per test
 #   most tests were cut off while still compiling (rc=124 in summary.txt is a timeout).
 # Installs the wheels into $SITE (default /tmp/site; numpy 1.26.4 there shadows the system numpy 2.x),

@@ -1,9 +1,18 @@
-"""Fake draft heads that know the base model's greedy continuation (tests of decoding on CPU and GPU)."""
+"""Draft heads for the decoding tests on CPU and GPU: seeded random heads, and fake heads that know
+the base model's greedy continuation."""
 import numpy as np
 
-from medusa.heads import HeadConfig
+from medusa.heads import HeadConfig, build_heads
 from medusa.model import build_mask
 from medusa.runtime import jt
+
+
+def random_heads(model, family, share=False, num_heads=4):
+    """Seeded heads of `family` for the model, own vocab projections copied from its lm_head."""
+    jt.set_global_seed(0)
+    cfg = HeadConfig(family=family, num_heads=num_heads, hidden_size=model.config.hidden_size,
+                     vocab_size=model.config.vocab_size, share_lm_head=share)
+    return build_heads(cfg).init_from_base(model.lm_head_t())
 
 
 class OracleHeads:

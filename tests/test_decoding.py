@@ -8,9 +8,8 @@ from medusa import decoding, weights
 from medusa.decoding import (STAT_NAMES, Sampling, _speculative_walk, medusa_generate, medusa_stream,
                              resolve_tree)
 from medusa.generate import generate
-from medusa.heads import HeadConfig, build_heads
 from medusa.runtime import jt
-from oracle import OracleHeads
+from oracle import OracleHeads, random_heads
 
 N_NEW = 24
 K = 4
@@ -40,13 +39,6 @@ def plain_greedy(model, family, ids, n=N_NEW):
     if key not in _plain:
         _plain[key] = generate(model, ids, n).output_ids
     return _plain[key]
-
-
-def random_heads(model, family, share=False):
-    jt.set_global_seed(0)
-    cfg = HeadConfig(family=family, num_heads=K, hidden_size=model.config.hidden_size,
-                     vocab_size=model.config.vocab_size, share_lm_head=share)
-    return build_heads(cfg).init_from_base(model.lm_head_t())
 
 
 # ---------------------------------------------------------------- greedy == plain greedy

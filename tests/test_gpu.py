@@ -9,12 +9,11 @@ import pytest
 
 from medusa.config import ModelConfig
 from medusa.decoding import medusa_generate, topk_indices
-from medusa.generate import generate
+from medusa.generate import forced_logits, generate
 from medusa.heads import HeadConfig, build_heads
-from medusa.kvcache import KVCache
-from medusa.model import Transformer, build_mask
+from medusa.model import Transformer
 from medusa.runtime import gpu_available, jt, use_device
-from oracle import OracleHeads
+from oracle import OracleHeads, random_heads
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not (gpu_available() and jt.has_cuda), reason="needs Jittor with CUDA")]
@@ -42,21 +41,6 @@ def build(family, state, dtype):
     return model.eval()
 
 
-def forced_logits(model, tokens):
-    """fp32 logits [len(tokens) - len(PROMPT) + 1, V] after the prompt and after each later token
-    of `tokens` (teacher forcing, one cached step each)."""
-    cache = KVCache(model.config, 1, len(tokens) + 1, model.dtype)
-    T = len(PROMPT)
-    hidden = model(jt.array(np.asarray([PROMPT], np.int32)), jt.array(np.arange(T, dtype=np.int32)[None]),
-                   build_mask(1, T), cache)
-    rows = [model.logits(hidden[:, -1:]).numpy()[0, 0]]
-    for token in tokens[T:]:
-        hidden = model(jt.array(np.asarray([[token]], np.int32)), jt.array(np.asarray([[cache.length]], np.int32)),
-                       None, cache)
-        rows.append(model.logits(hidden).numpy()[0, 0])
-    return np.stack(rows).astype(np.float64)
-
-
 def margins(logits):
     top2 = np.sort(logits, axis=-1)[:, -2:]
     return top2[:, 1] - top2[:, 0]
@@ -72,7 +56,7 @@ def cpu_reference():
             state = random_state(family)
             model = build(family, state, "float32")
             tokens = generate(model, PROMPT, STEPS).output_ids
-            out[family] = state, tokens, forced_logits(model, PROMPT + tokens[:-1])
+            out[family] = state, tokens, forced_logits(model, PROMPT, tokens[:-1])
     return out
 
 
@@ -88,7 +72,7 @@ def cuda():
 def test_cuda_fp32_matches_cpu(cpu_reference, cuda, family):
     state, tokens, want = cpu_reference[family]
     model = build(family, state, "float32")
-    got = forced_logits(model, PROMPT + tokens[:-1])
+    got = forced_logits(model, PROMPT, tokens[:-1])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert generate(model, PROMPT, STEPS).output_ids == tokens
 
@@ -96,19 +80,12 @@ def test_cuda_fp32_matches_cpu(cpu_reference, cuda, family):
 @pytest.mark.parametrize("family", CONFIGS)
 def test_cuda_fp16_close_to_cpu_fp32(cpu_reference, cuda, family):
     state, tokens, want = cpu_reference[family]
-    got = forced_logits(build(family, state, "float16"), PROMPT + tokens[:-1])
+    got = forced_logits(build(family, state, "float16"), PROMPT, tokens[:-1])
     rel = np.linalg.norm(got - want, axis=-1) / np.linalg.norm(want, axis=-1)
     assert rel.max() < 2e-2, rel
     clear = margins(want) > 0.1       # fp16 may flip only near-ties
     assert clear.sum() >= len(clear) // 2
     assert (got.argmax(-1) == want.argmax(-1))[clear].all()
-
-
-def random_heads(model, family, share):
-    jt.set_global_seed(0)
-    cfg = HeadConfig(family=family, num_heads=4, hidden_size=model.config.hidden_size,
-                     vocab_size=model.config.vocab_size, share_lm_head=share)
-    return build_heads(cfg).init_from_base(model.lm_head_t())
 
 
 @pytest.mark.parametrize("tree", ["8_node", "mc_sim_7b_63"])
@@ -147,7 +124,7 @@ def test_medusa_greedy_on_cuda_fp16_with_shared_lm_head(cpu_reference, cuda, tre
     state, _, _ = cpu_reference["qwen3"]
     model = build("qwen3", state, "float16")
     plain = generate(model, PROMPT, STEPS).output_ids
-    plain_margins = margins(forced_logits(model, PROMPT + plain[:-1]))
+    plain_margins = margins(forced_logits(model, PROMPT, plain[:-1]))
     out = medusa_generate(model, random_heads(model, "medusa", share=True), PROMPT, STEPS, tree)
     assert_same_up_to_near_ties(out.output_ids, plain, plain_margins)
 
