@@ -21,207 +21,156 @@ speedup and the time breakdown. Prompt sets are read by prompt_sets.py, result f
 summarised and plotted by results.py. References: FasterDecoding/Medusa llm_judge/gen_model_answer_medusa.py
 (MT-bench answers), the experiment report's wall_time_* / compression_ratio / tokens_per_second.
 """
-import argparse
 import dataclasses
 import os
 import sys
 import time
+from dataclasses import field
 from pathlib import Path
 
 from tqdm import tqdm
 
+from medusa import cli
 from medusa.data import chat_prompt_ids
+from medusa.errors import UsageError
 from medusa.prompt_sets import DATA_FORMATS, DEFAULT_PROMPTS, BenchPrompt, load_prompt_set, spread_over_categories
 from medusa.results import (SIDES, STAGES, environment, plot_results, print_summary, start_results,
                             write_results)
+from medusa.settings import GenerationSettings, ModelArgs
 
-TRAINED_DIR = Path(__file__).parent / "trained"
-DEFAULT_HEADS = TRAINED_DIR / "smollm2_medusa.jtr"
 RESULTS_DIR = Path("results")
 
 
 @dataclasses.dataclass
-class BenchConfig:
-    greedy: bool = True                # False when a temperature is given
-    temperature: float = 0.0
-    top_p: float = 1.0
-    sampling_mode: str = "typical"     # Medusa's acceptance when sampling: typical or sample
-    posterior_threshold: float = 0.09  # typical acceptance (Medusa-2 defaults)
-    posterior_alpha: float = 0.3
-    base_model_path: str = ""          # "" = the embedded default SmolLM2
-    jittor_base_weights: str = ""
-    medusa_weights: str = ""           # "" = the shipped heads of the default model
-    medusa_choices: str = "8_node"     # tree preset name or JSON file
-    data_path: str = str(DEFAULT_PROMPTS)
-    data_format: str = "auto"
-    num_samples: int = 10              # 10 x 96 tokens: 9 min on the shared 2-core CPU at load 4
-    max_new_token: int = 96
-    seed: int = 0
-    base_only: bool = False
-    medusa_only: bool = False
-    output: str = ""                   # "" = results/<model>_<family>_<tree>_<mode>.json
-    resume: bool = False
-    warmup_tokens: int = 32            # per side, before timing; 0 = no warm-up
-    device: str = "auto"
-    dtype: str = ""                    # "" = fp32 on CPU, fp16 on GPU
-    plot: bool = True
+class BenchArgs:
+    data_path: str = field(default=str(DEFAULT_PROMPTS), metadata={"help": "prompt set (JSONL, MT-bench or ShareGPT)"})
+    data_format: str = field(default="auto", metadata={"help": "format of --data_path", "choices": DATA_FORMATS})
+    num_samples: int = field(default=10, metadata={"help": "prompts, taken round-robin over the categories"})
+    base_only: bool = field(default=False, metadata={"help": "run only plain decoding"})
+    medusa_only: bool = field(default=False, metadata={"help": "run only Medusa"})
+    output: str = field(default="", metadata={"help": "results JSON (default: results/<model>_<family>_<tree>_<mode>.json)"})
+    resume: bool = field(default=False, metadata={"help": "continue the samples missing from --output"})
+    warmup_tokens: int = field(default=32, metadata={"help": "untimed tokens per side before timing; 0 = none"})
+    plot: bool = field(default=True, metadata={"help": "write a PNG beside the JSON"})
 
     def __post_init__(self):
         if self.base_only and self.medusa_only:
-            raise ValueError("--base_only and --medusa_only exclude each other")
-        if self.sampling_mode not in ("typical", "sample"):
-            raise ValueError(f"sampling_mode must be typical or sample, got {self.sampling_mode!r}")
-        if self.num_samples < 1 or self.max_new_token < 1:
-            raise ValueError("num_samples and max_new_token must be >= 1")
+            raise UsageError("--base_only and --medusa_only exclude each other")
+        if self.num_samples < 1:
+            raise UsageError(f"--num_samples must be >= 1, got {self.num_samples}")
+        if self.warmup_tokens < 0:
+            raise UsageError(f"--warmup_tokens must be >= 0, got {self.warmup_tokens}")
+        if not Path(self.data_path).is_file():
+            raise UsageError(f"--data_path {self.data_path}: no such file")
+        if self.output:
+            cli.check_writable(self.output, "--output")
 
     @property
     def sides(self):
         return tuple(s for s in SIDES if not (s == "base" and self.medusa_only)
                      and not (s == "medusa" and self.base_only))
 
-    @property
-    def mode_name(self):
-        return "greedy" if self.greedy else f"{self.sampling_mode}_t{self.temperature:g}"
-
 
 @dataclasses.dataclass
-class Setup:
-    """What a run decodes with, resolved from a BenchConfig."""
-    model: object
-    tokenizer: object
-    eos_ids: tuple
-    heads: object          # None with --base_only
-    choices: list          # resolved tree paths (None with --base_only)
-    resolved: dict         # resolved paths and settings, written into the config
+class Bench:
+    """One benchmark's settings: the model flags, what to generate, how to run."""
+    model: ModelArgs = field(default_factory=ModelArgs)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    args: BenchArgs = field(default_factory=BenchArgs)
+
+    def config(self) -> dict:
+        """Every setting, flat (as the results file records it)."""
+        return {**dataclasses.asdict(self.model), **dataclasses.asdict(self.generation),
+                **dataclasses.asdict(self.args)}
 
 
-def load_setup(cfg: BenchConfig) -> Setup:
-    from medusa import weights
-    from medusa.generate import eos_ids_of, resolve_model
-    from medusa.runtime import default_compute_dtype, use_device
-
-    device = use_device(cfg.device)
-    dtype = cfg.dtype or default_compute_dtype()
-    src, tok_dir = resolve_model(cfg.base_model_path or None, cfg.jittor_base_weights or None, dtype)
-    model = weights.load_model(src, dtype)
-    tokenizer = weights.load_tokenizer(tok_dir)
-    resolved = {"model": str(src), "model_name": model_name(cfg, src), "device": device, "dtype": dtype}
-    heads = choices = None
-    if "medusa" in cfg.sides:
-        from medusa.head_io import load_heads
-        from medusa.tree import load_choices
-
-        path = resolve_heads(cfg)
-        heads = load_heads(path)
-        choices = load_choices(cfg.medusa_choices, heads.config.num_heads)
-        resolved.update(medusa_weights=str(path), head_config=heads.config.to_dict(), tree=choices)
-    return Setup(model, tokenizer, eos_ids_of(model, tokenizer), heads, choices, resolved)
+def load_setup(bench: Bench, prompts=()) -> cli.Setup:
+    """Plan (everything checked, the first turn of each prompt against the context), then load."""
+    plan = cli.plan(bench.model, bench.generation, heads="required" if "medusa" in bench.args.sides else "none")
+    for p in prompts:
+        ids = chat_prompt_ids(plan.tokenizer, _history(p) + [{"role": "user", "content": p.turns[0]}])
+        cli.check_prompt_fits(plan, ids, bench.generation.max_new_tokens, f"{bench.args.data_path}: prompt {p.id}")
+    return cli.load(plan)
 
 
-def resolve_heads(cfg: BenchConfig) -> Path:
-    if cfg.medusa_weights:
-        path = Path(cfg.medusa_weights)
-    elif cfg.base_model_path or cfg.jittor_base_weights:
-        raise ValueError("a non-default base model needs --medusa_weights (or --base_only)")
-    else:
-        path = DEFAULT_HEADS
-    if not path.is_file():
-        raise FileNotFoundError(f"no Medusa heads at {path}: train them (README, training section), "
-                                "pass --medusa_weights, or run --base_only")
-    return path
-
-
-def model_name(cfg: BenchConfig, src) -> str:
-    from medusa.weights import DEFAULT_MODEL_NAME
-
-    if not (cfg.base_model_path or cfg.jittor_base_weights):
-        return DEFAULT_MODEL_NAME
-    src = Path(src)
-    return src.parent.name if src.suffix == ".pkl" else src.stem if src.suffix == ".gguf" else src.name
-
-
-def default_output(cfg: BenchConfig, setup: Setup) -> Path:
+def default_output(bench: Bench, setup) -> Path:
     family = setup.heads.config.family if setup.heads is not None else "base"
-    tree = Path(cfg.medusa_choices).stem if "medusa" in cfg.sides else "none"
-    name = f"{setup.resolved['model_name']}_{family}_{tree}_{cfg.mode_name}".lower()
+    tree = Path(bench.generation.medusa_choices).stem if "medusa" in bench.args.sides else "none"
+    name = f"{setup.plan.model_name}_{family}_{tree}_{bench.generation.mode_name}".lower()
     return RESULTS_DIR / f"{name}.json"
 
 
-def decode_turn(side, setup: Setup, cfg: BenchConfig, prompt_ids, max_new_tokens, seed):
+def decode_turn(side, setup, settings: GenerationSettings, prompt_ids, max_new_tokens, seed):
     """One reply of `side` ("base" or "medusa") -> its record. wall_time is measured around the
-    whole call, prefill included, the same way for both sides."""
+    whole call, prefill included, the same way for both sides; both get the same Sampling."""
+    sampling = settings.sampling(seed)
     start = time.perf_counter()
     if side == "base":
-        from medusa.generate import generate
+        from medusa.core import generate
 
-        out = generate(setup.model, prompt_ids, max_new_tokens, setup.eos_ids, greedy=cfg.greedy,
-                       temperature=cfg.temperature or 1.0, top_p=cfg.top_p, seed=seed)
+        out = generate(setup.model, prompt_ids, max_new_tokens, setup.eos_ids, sampling)
     else:
         from medusa.decoding import medusa_generate
 
         out = medusa_generate(setup.model, setup.heads, prompt_ids, max_new_tokens, choices=setup.choices,
-                              eos_ids=setup.eos_ids, sampling=medusa_sampling(cfg, seed))
+                              eos_ids=setup.eos_ids, sampling=sampling)
     wall = time.perf_counter() - start
     ids = [int(t) for t in out.output_ids]
-    record = {"text": setup.tokenizer.decode(ids, skip_special_tokens=True), "new_tokens": len(ids),
-              "wall_time": wall}
+    record = {"text": setup.tokenizer.decode(ids, skip_special_tokens=True), "output_ids": ids,
+              "new_tokens": len(ids), "wall_time": wall}
     if side == "medusa":
         record.update(steps=int(out.steps), accept_lengths=[int(a) for a in out.accept_lengths],
                       times={stage: float(out.times[stage]) for stage in STAGES})
     return record
 
 
-def medusa_sampling(cfg: BenchConfig, seed):
-    from medusa.decoding import Sampling
-
-    if cfg.greedy:
-        return Sampling(mode="greedy", seed=seed)
-    return Sampling(mode=cfg.sampling_mode, temperature=cfg.temperature, top_p=cfg.top_p,
-                    posterior_threshold=cfg.posterior_threshold, posterior_alpha=cfg.posterior_alpha,
-                    seed=seed)
+def _history(prompt: BenchPrompt):
+    return [{"role": "system", "content": prompt.system}] if prompt.system else []
 
 
-def run_sample(setup: Setup, cfg: BenchConfig, prompt: BenchPrompt, index):
+def run_sample(setup, bench: Bench, prompt: BenchPrompt, index):
     """Every turn of one prompt for each side; each side's own replies become its history."""
-    history = {side: [{"role": "system", "content": prompt.system}] if prompt.system else []
-               for side in cfg.sides}
+    sides, settings = bench.args.sides, bench.generation
+    history = {side: _history(prompt) for side in sides}
     turns = []
     for turn, user in enumerate(prompt.turns):
         record = {"prompt": user}
-        for side in cfg.sides:
+        for side in sides:
             history[side].append({"role": "user", "content": user})
             ids = chat_prompt_ids(setup.tokenizer, history[side])
-            record[side] = decode_turn(side, setup, cfg, ids, cfg.max_new_token, cfg.seed + 1000 * index + turn)
+            record[side] = decode_turn(side, setup, settings, ids, settings.max_new_tokens,
+                                       settings.seed + 1000 * index + turn)
             record[side]["prompt_tokens"] = len(ids)
             history[side].append({"role": "assistant", "content": record[side]["text"]})
         turns.append(record)
     return {"id": prompt.id, "category": prompt.category, "turns": turns}
 
 
-def warm_up(setup: Setup, cfg: BenchConfig, prompt: BenchPrompt):
+def warm_up(setup, bench: Bench, prompt: BenchPrompt):
     """Decode once per side, untimed, so kernel compilation stays out of the measurements."""
-    if cfg.warmup_tokens > 0:
-        ids = chat_prompt_ids(setup.tokenizer, [{"role": "user", "content": prompt.turns[0]}])
-        for side in cfg.sides:
-            decode_turn(side, setup, cfg, ids, cfg.warmup_tokens, cfg.seed)
+    if bench.args.warmup_tokens > 0:
+        ids = chat_prompt_ids(setup.tokenizer, _history(prompt) + [{"role": "user", "content": prompt.turns[0]}])
+        for side in bench.args.sides:
+            decode_turn(side, setup, bench.generation, ids, bench.args.warmup_tokens, bench.generation.seed)
 
 
-def run(cfg: BenchConfig, setup: Setup = None, progress=True):
+def run(bench: Bench, setup=None, progress=True):
     """Run the benchmark; returns (results dict, output path). Writes after every sample."""
-    prompts = spread_over_categories(load_prompt_set(cfg.data_path, cfg.data_format), cfg.num_samples)
-    setup = setup or load_setup(cfg)
-    out = Path(cfg.output) if cfg.output else default_output(cfg, setup)
-    config = {**dataclasses.asdict(cfg), **setup.resolved, "output": str(out)}
-    results = start_results(out, config, cfg.resume)
+    args = bench.args
+    prompts = spread_over_categories(load_prompt_set(args.data_path, args.data_format), args.num_samples)
+    setup = setup or load_setup(bench, prompts)
+    out = Path(args.output) if args.output else default_output(bench, setup)
+    config = {**bench.config(), **setup.plan.resolved(), "output": str(out)}
+    results = start_results(out, config, args.resume)
     done = {str(s["id"]) for s in results["samples"]}
     todo = [(i, p) for i, p in enumerate(prompts) if str(p.id) not in done]
     if todo and results["samples"]:
         results.setdefault("resumed", []).append(environment())   # where the later samples ran
     if todo:
-        warm_up(setup, cfg, todo[0][1])
+        warm_up(setup, bench, todo[0][1])
     bar = tqdm(todo, desc=out.stem, unit="sample", disable=not progress)
     for index, prompt in bar:
-        sample = run_sample(setup, cfg, prompt, index)
+        sample = run_sample(setup, bench, prompt, index)
         if hasattr(os, "getloadavg"):
             sample["load_average_1m"] = os.getloadavg()[0]
         results["samples"].append(sample)
@@ -230,51 +179,20 @@ def run(cfg: BenchConfig, setup: Setup = None, progress=True):
             bar.set_postfix(speedup=f"{results['summary']['speedup']:.2f}")
     if not todo:
         write_results(out, results)
-    if cfg.plot:
+    if args.plot:
         plot_results(results, out.with_suffix(".png"))
     return results, out
 
 
 # ---------------------------------------------------------------- command line
-def parse_args(argv=None) -> BenchConfig:
-    d = BenchConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--greedy", action="store_true", help="argmax decoding (the default)")
-    mode.add_argument("--temperature", type=float, help="sample at this temperature")
-    p.add_argument("--top_p", type=float, default=d.top_p)
-    p.add_argument("--sampling_mode", choices=["typical", "sample"], default=d.sampling_mode,
-                   help="Medusa acceptance when sampling (typical: Medusa-2; sample: lossless)")
-    p.add_argument("--posterior_threshold", type=float, default=d.posterior_threshold)
-    p.add_argument("--posterior_alpha", type=float, default=d.posterior_alpha)
-    p.add_argument("--base_model_path", default="", help="HF folder or .gguf (default: embedded SmolLM2)")
-    p.add_argument("--jittor_base_weights", default="", help="converted .pkl (weight_convert.py)")
-    p.add_argument("--medusa_weights", default="", help=f"heads .jtr (default: {DEFAULT_HEADS.name})")
-    p.add_argument("--medusa_choices", default=d.medusa_choices, help="tree preset name or JSON file")
-    p.add_argument("--data_path", default=d.data_path)
-    p.add_argument("--data_format", choices=DATA_FORMATS, default=d.data_format)
-    p.add_argument("--num_samples", type=int, default=d.num_samples)
-    p.add_argument("--max_new_token", type=int, default=d.max_new_token)
-    p.add_argument("--seed", type=int, default=d.seed)
-    only = p.add_mutually_exclusive_group()
-    only.add_argument("--base_only", action="store_true")
-    only.add_argument("--medusa_only", action="store_true")
-    p.add_argument("--output", default="", help="results JSON (default: results/<model>_<family>_<tree>_<mode>.json)")
-    p.add_argument("--resume", action="store_true", help="continue the samples missing from --output")
-    p.add_argument("--warmup_tokens", type=int, default=d.warmup_tokens)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
-    p.add_argument("--dtype", choices=["", "float16", "float32"], default=d.dtype)
-    p.add_argument("--no_plot", dest="plot", action="store_false")
-    args = vars(p.parse_args(argv))
-    args["greedy"] = args["temperature"] is None
-    args["temperature"] = args["temperature"] or 0.0
-    return BenchConfig(**args)
+def parse_args(argv=None) -> Bench:
+    return Bench(*cli.parse(argv, (ModelArgs, GenerationSettings, BenchArgs), __doc__))
 
 
 def main(argv=None):
-    cfg = parse_args(argv)
+    bench = parse_args(argv)
     try:
-        results, out = run(cfg)
+        results, out = run(bench)
     except KeyboardInterrupt:
         print("interrupted: finished samples are saved; rerun with --resume to continue", file=sys.stderr)
         sys.exit(130)

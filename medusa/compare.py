@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from medusa.results import STAGES, summarize
+from medusa.results import STAGES, max_new_tokens, summarize
 
 # (label, getter of (config, summary, environment)) for every metric shown; a getter may
 # raise KeyError/TypeError when the run lacks it (base-only runs have no Medusa numbers).
@@ -18,7 +18,7 @@ METRICS = [
     ("heads", lambda c, s, e: c["head_config"]["family"] if c.get("head_config") else "-"),
     ("tree", lambda c, s, e: f"{Path(c['medusa_choices']).stem} ({len(c['tree'])} nodes)"),
     ("mode", lambda c, s, e: "greedy" if c["greedy"] else f"{c['sampling_mode']} T={c['temperature']:g}"),
-    ("samples", lambda c, s, e: f"{s['num_samples']} x {c['max_new_token']}"),
+    ("samples", lambda c, s, e: f"{s['num_samples']} x {max_new_tokens(c)}"),
     ("base tokens/s", lambda c, s, e: f"{s['base']['tokens_per_second']:.2f}"),
     ("medusa tokens/s", lambda c, s, e: f"{s['medusa']['tokens_per_second']:.2f}"),
     ("speedup", lambda c, s, e: f"{s['speedup']:.2f}x"),

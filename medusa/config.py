@@ -9,6 +9,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from medusa.errors import UsageError
+
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
@@ -41,11 +43,11 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> "ModelConfig":
         model_type = d.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+            raise UsageError(f"unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
         missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                "num_attention_heads") if k not in d]
         if missing:
-            raise ValueError(f"config is missing required keys: {missing}")
+            raise UsageError(f"config is missing required keys: {missing}")
         heads = d["num_attention_heads"]
         eos = d.get("eos_token_id")
         eos = [] if eos is None else (list(eos) if isinstance(eos, (list, tuple)) else [eos])
@@ -71,9 +73,9 @@ class ModelConfig:
             eos_token_id=eos,
         )
         if d.get("mlp_bias"):
-            raise ValueError("mlp_bias=True is not supported")
+            raise UsageError("mlp_bias=True is not supported")
         if heads % cfg.num_key_value_heads:
-            raise ValueError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={cfg.num_key_value_heads}")
+            raise UsageError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={cfg.num_key_value_heads}")
         return cfg
 
     @classmethod
@@ -82,7 +84,7 @@ class ModelConfig:
             with open(path) as f:
                 d = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read model config {path}: {e}") from e
+            raise UsageError(f"cannot read model config {path}: {e}") from e
         return cls.from_dict(d)
 
     def to_dict(self) -> dict:
@@ -102,7 +104,7 @@ def _rope_scaling(d: dict) -> Optional[dict]:
     if kind in (None, "default"):
         return None
     if kind != "llama3":
-        raise ValueError(f"unsupported rope_scaling type {kind!r} (supported: llama3)")
+        raise UsageError(f"unsupported rope_scaling type {kind!r} (supported: llama3)")
     return dict(scaling)
 
 

@@ -25,9 +25,12 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from jinja2 import TemplateError   # transformers renders chat templates with jinja2
+
+from medusa.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +45,8 @@ VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence a
 
 TEMPLATES = ("tokenizer", "vicuna")
 
-PROMPT_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem",
-                     "humanities", "structured_output", "summarisation")
 
-
-class DataError(ValueError):
+class DataError(UsageError):
     """A whole file is unusable: malformed JSON, or no record survives."""
 
 
@@ -87,24 +87,37 @@ class LoadReport:
 
 # ---------------------------------------------------------------- reading and normalising
 
-def read_records(path):
-    """Records of a JSON array file or a JSONL file (detected by content). Raises DataError."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+def read_located(path, partial_tail="error"):
+    """[(where, record)] of a JSON array file ("record i") or a JSONL file ("line n"), detected by
+    content: the one reader of JSON data in this package. partial_tail="skip" ignores a
+    malformed last line that has no newline (what a killed writer leaves); else it is an error
+    like any malformed line. Raises DataError naming the file and the line or record."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read it ({e})") from e
     if text.lstrip().startswith("["):
         try:
-            return json.loads(text)
+            return [(f"record {i}", r) for i, r in enumerate(json.loads(text))]
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
-    records = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+            raise DataError(f"{path}: line {e.lineno} column {e.colno}: malformed JSON: {e.msg}") from e
+    lines = text.split("\n")
+    located = []
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            located.append((f"line {lineno}", json.loads(line)))
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {lineno} (record {len(records)}): malformed JSON: {e.msg}") from e
-    return records
+            if partial_tail == "skip" and lineno == len(lines):
+                break            # the unterminated last line of an interrupted append
+            raise DataError(f"{path}: line {lineno} (record {len(located)}): malformed JSON: {e.msg}") from e
+    return located
+
+
+def read_records(path):
+    """Records of a JSON array file or a JSONL file (see read_located). Raises DataError."""
+    return [record for _, record in read_located(path)]
 
 
 def normalise_record(record):
@@ -298,24 +311,16 @@ def train_val_split(items, val_ratio, seed):
 
 def load_prompts(path):
     """Prompts of a JSONL file of {"id": int, "category": str, "prompt": str}, validated.
-
-    Raises DataError naming the file and line of the first bad line.
-    """
+    Categories are free-form labels (the file's own). Raises DataError naming the file and
+    line of the first bad line."""
     prompts, seen = [], set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}: line {lineno}"
-            try:
-                p = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON: {e.msg}") from e
-            _check_prompt(p, where)
-            if p["id"] in seen:
-                raise DataError(f"{where}: duplicate id {p['id']}")
-            seen.add(p["id"])
-            prompts.append(p)
+    for where, p in read_located(path):
+        where = f"{path}: {where}"
+        _check_prompt(p, where)
+        if p["id"] in seen:
+            raise DataError(f"{where}: duplicate id {p['id']}")
+        seen.add(p["id"])
+        prompts.append(p)
     if not prompts:
         raise DataError(f"{path}: no prompts")
     return prompts
@@ -326,7 +331,7 @@ def _check_prompt(p, where):
         raise DataError(f"{where}: expected an object")
     if not isinstance(p.get("id"), int) or isinstance(p.get("id"), bool):
         raise DataError(f"{where}: 'id' must be an integer")
-    if p.get("category") not in PROMPT_CATEGORIES:
-        raise DataError(f"{where}: 'category' must be one of {PROMPT_CATEGORIES}, got {p.get('category')!r}")
+    if not isinstance(p.get("category"), str) or not p["category"].strip():
+        raise DataError(f"{where}: 'category' must be a non-empty string, got {p.get('category')!r}")
     if not isinstance(p.get("prompt"), str) or not p["prompt"].strip():
         raise DataError(f"{where}: 'prompt' must be a non-empty string")

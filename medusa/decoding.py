@@ -39,37 +39,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medusa.kvcache import KVCache
-from medusa.model import NEG_INF, build_mask
+from medusa import core
+from medusa.model import NEG_INF
 from medusa.runtime import jt
-from medusa.sampling import softmax, top_p_filter
+from medusa.sampling import Sampling, softmax, top_p_filter
 from medusa.tree import build_tree_buffers, load_choices
 
 STAT_NAMES = ("init", "medusa", "tree", "posterior", "update")  # wall-time buckets
-MODES = ("greedy", "typical", "sample")
-
-
-@dataclass
-class Sampling:
-    """How candidates are accepted (see the module docstring)."""
-    mode: str = "greedy"        # "greedy" (lossless), "typical", "sample" (speculative sampling)
-    temperature: float = 0.0
-    top_p: float = 1.0          # sample mode only
-    posterior_threshold: float = 0.09   # typical: Medusa's epsilon
-    posterior_alpha: float = 0.3        # typical: Medusa's delta (sqrt of epsilon in the paper)
-    root: str = "argmax"        # typical: bonus token by "argmax" (fast) or "sample"
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"Sampling.mode must be one of {MODES}, got {self.mode!r}")
-        if self.root not in ("argmax", "sample"):
-            raise ValueError(f"Sampling.root must be 'argmax' or 'sample', got {self.root!r}")
-
-    @property
-    def kind(self) -> str:
-        """The acceptance rule actually used: temperature <= 0 means greedy."""
-        return "greedy" if self.temperature <= 0 else self.mode
 
 
 @dataclass
@@ -218,11 +194,8 @@ def topk_indices(x, k):
 
 def prefill(model, cache, prompt_ids, sampling, rng):
     """Run the prompt into the cache -> (hidden_last [1, 1, H], first new token)."""
-    T = len(prompt_ids)
-    tokens = jt.array(np.asarray(prompt_ids, dtype=np.int32)[None])
-    positions = jt.array(np.arange(T, dtype=np.int32)[None])
-    hidden = model(tokens, positions, build_mask(1, T) if T > 1 else None, cache)[:, -1:]
-    logits = model.logits(hidden)[0, 0]                            # [V]
+    hidden = core.prefill(model, cache, prompt_ids)[:, -1:]
+    logits = core.last_logits(model, hidden)                       # [V]
     token = _root_token(lambda: jt.argmax(logits, 0)[0].item(), lambda: logits.numpy().astype(np.float64),
                         sampling, rng)
     return hidden, token
@@ -300,7 +273,7 @@ def tree_decode(model, cache, tree, tokens, sampling):
     scoring = tree.scored(leaves=score_leaves())
     past = cache.length
     tokens_var = jt.array(tokens.astype(np.int32)[None])
-    hidden = model(tokens_var, tree.positions + past, tree.mask(past), cache)    # [1, N, H]
+    hidden = core.forward(model, tokens_var, tree.positions + past, tree.mask(past), cache)  # [1, N, H]
     logits = model.logits(hidden[:, scoring.nodes_var])[0]                        # [M, V]
     argmax_var = jt.argmax(logits, 1)[0]
     argmax = np.full(tree.num_nodes, -1, dtype=np.int64)
@@ -400,9 +373,9 @@ def medusa_stream(model, heads, prompt_ids, max_new_tokens, choices="8_node", eo
     sampling = sampling or Sampling()
     tree = resolve_tree(choices, heads.config.num_heads)
     eos_ids, rng = set(eos_ids), np.random.default_rng(sampling.seed)
-    if max_new_tokens < 1:
-        return
-    cache = KVCache(model.config, 1, max_len or len(prompt_ids) + max_new_tokens + tree.num_nodes, model.dtype)
+    core.check_request(model.config, len(prompt_ids), max_new_tokens)
+    # room for the last tree beyond the output: its extra nodes are verified, never emitted
+    cache = core.new_cache(model, 1, max_len or len(prompt_ids) + max_new_tokens + tree.num_nodes)
     start = time.perf_counter()
     with jt.no_grad():
         hidden_last, root = prefill(model, cache, prompt_ids, sampling, rng)
@@ -446,27 +419,3 @@ def medusa_generate(model, heads, prompt_ids, max_new_tokens, choices="8_node", 
         for name, seconds in stats.items():
             result.times[name] += seconds
     return result
-
-
-def run_cli_medusa(model, prompt_ids, args, eos_ids, sampling: dict) -> dict:
-    """The `--medusa_weights` branch of `python -m medusa.generate` (see generate.main)."""
-    from medusa import head_io
-
-    heads = head_io.load_heads(args.medusa_weights)
-    cfg, base = heads.config, model.config
-    if (cfg.hidden_size, cfg.vocab_size) != (base.hidden_size, base.vocab_size):
-        raise ValueError(f"{args.medusa_weights}: heads for hidden {cfg.hidden_size} / vocab {cfg.vocab_size}, "
-                         f"the base model has {base.hidden_size} / {base.vocab_size}")
-    if sampling["greedy"]:
-        mode = Sampling("greedy", seed=sampling["seed"])
-    else:
-        mode = Sampling(getattr(args, "sampling_mode", "sample"), temperature=sampling["temperature"],
-                        top_p=sampling["top_p"], seed=sampling["seed"],
-                        posterior_threshold=getattr(args, "posterior_threshold", 0.09),
-                        posterior_alpha=getattr(args, "posterior_alpha", 0.3))
-    result = medusa_generate(model, heads, prompt_ids, args.max_new_token, args.medusa_choices, eos_ids, mode)
-    n = len(result.output_ids)
-    return {"output_ids": result.output_ids, "accept_lengths": result.accept_lengths,
-            "tokens_per_second": n / max(result.wall_time, 1e-9),
-            "compression_ratio": n / max(result.steps, 1),  # new tokens / decoding steps, as in the benchmark
-            "times": result.times}

@@ -29,12 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from medusa.errors import MissingFileError, UsageError
 from medusa.files import atomic_write
 from medusa.heads import HeadConfig, build_heads
 from medusa.runtime import jt
-from medusa.weights import transposed_names
+from medusa.weights import check_state, transposed_names
 
 CONFIG_SUFFIX = "_config.json"
+DEFAULT_HEADS = Path(__file__).parent / "trained" / "smollm2_medusa.jtr"   # for the embedded default model
 FASTERDECODING_NAMES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt")
 
 
@@ -60,23 +62,40 @@ def save_heads(heads, path) -> Path:
     return path
 
 
+def read_config(path) -> HeadConfig:
+    """The HeadConfig saved beside heads file `path`, without reading the weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"heads file {path} does not exist")
+    cfg_file = config_path(path)
+    if not cfg_file.is_file():
+        raise MissingFileError(f"{path}: no head config {cfg_file.name} beside it (save_heads writes one)")
+    try:
+        return HeadConfig.from_dict(json.loads(cfg_file.read_text()))
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{cfg_file}: bad head config: {e}") from e
+
+
+def check_fits(cfg: HeadConfig, base, source):
+    """Heads trained for another hidden size or vocabulary cannot draft for this base
+    (base: its ModelConfig): a UsageError naming the file and both sizes."""
+    if (cfg.hidden_size, cfg.vocab_size) != (base.hidden_size, base.vocab_size):
+        raise UsageError(f"{source}: heads for hidden size {cfg.hidden_size} and vocabulary {cfg.vocab_size}, "
+                         f"the base model has {base.hidden_size} and {base.vocab_size}: use heads trained "
+                         "for this base model")
+
+
 def load_heads(path):
     """Rebuild the DraftHeads saved at `path` from its config, loading every tensor strictly."""
     path = Path(path)
-    cfg_file = config_path(path)
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{path}: no head config {cfg_file.name} beside it (save_heads writes one)")
-    try:
-        cfg = HeadConfig.from_dict(json.loads(cfg_file.read_text()))
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{cfg_file}: bad head config: {e}") from e
+    cfg = read_config(path)
     try:
         with open(path, "rb") as f:
             tensors = pickle.load(f)
     except (OSError, pickle.UnpicklingError, EOFError) as e:
-        raise ValueError(f"cannot read head weights {path}: {e}") from e
+        raise UsageError(f"cannot read head weights {path}: {e}") from e
     if not isinstance(tensors, dict):
-        raise ValueError(f"{path}: expected a pickled dict of arrays, found {type(tensors).__name__}")
+        raise UsageError(f"{path}: expected a pickled dict of arrays, found {type(tensors).__name__}")
     heads = build_heads(cfg)
     load_state(heads, tensors, source=path)
     return heads
@@ -97,20 +116,8 @@ def load_state(heads, tensors: dict, source):
                   for name, p in params.items()}
     found_k, want_k = _head_count(tensors), heads.config.num_heads
     if found_k is not None and _head_count(params) is not None and found_k != want_k:
-        raise ValueError(f"{source}: holds weights for {found_k} heads, the config has num_heads={want_k}")
-    missing = sorted(set(params) - set(tensors))
-    unexpected = sorted(set(tensors) - set(params))
-    if missing:
-        raise ValueError(f"{source}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} "
-                         f"({len(missing)} in all) for {heads.config.family} heads")
-    if unexpected:
-        raise ValueError(f"{source}: unexpected tensor(s) {unexpected[:5]}"
-                         f"{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)} in all) "
-                         f"for {heads.config.family} heads")
-    for name in params:
-        if tuple(tensors[name].shape) != disk_shape[name]:
-            raise ValueError(f"{source}: tensor {name} has shape {tuple(tensors[name].shape)}, "
-                             f"expected {disk_shape[name]}")
+        raise UsageError(f"{source}: holds weights for {found_k} heads, the config has num_heads={want_k}")
+    check_state(disk_shape, tensors, source, f"{heads.config.family} heads")
     for name, p in params.items():
         value = np.asarray(tensors[name], dtype=np.float32)
         p.assign(jt.array(np.ascontiguousarray(value.T if name in transposed else value)))
@@ -132,9 +139,9 @@ def _read_torch_tensors(path: Path) -> dict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch and safetensors raise many types for a bad file
-        raise ValueError(f"cannot read Medusa heads {path}: {e}") from e
+        raise UsageError(f"cannot read Medusa heads {path}: {e}") from e
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+        raise UsageError(f"{path}: expected a state dict, found {type(state).__name__}")
     return {k.removeprefix("medusa_head."): v.float().numpy() for k, v in state.items()}
 
 
@@ -147,19 +154,19 @@ def _medusa_layout(tensors: dict, source):
         elif m := _VOCAB_KEY.match(key):
             vocab[int(m[1])] = int(m[2])
         else:
-            raise ValueError(f"{source}: unexpected tensor {key} for FasterDecoding Medusa heads")
+            raise UsageError(f"{source}: unexpected tensor {key} for FasterDecoding Medusa heads")
     heads = sorted(set(layers) | set(vocab))
     if not heads:
-        raise ValueError(f"{source}: no Medusa head tensors found")
+        raise UsageError(f"{source}: no Medusa head tensors found")
     if heads != list(range(len(heads))):
-        raise ValueError(f"{source}: head indices {heads} are not 0..{len(heads) - 1}")
+        raise UsageError(f"{source}: head indices {heads} are not 0..{len(heads) - 1}")
     num_layers = len(layers.get(0, ()))
     for i in heads:
         if layers.get(i, set()) != set(range(num_layers)):
-            raise ValueError(f"{source}: head {i} has ResBlocks {sorted(layers.get(i, ()))}, "
+            raise UsageError(f"{source}: head {i} has ResBlocks {sorted(layers.get(i, ()))}, "
                              f"head 0 has {list(range(num_layers))}")
     if vocab and (set(vocab) != set(heads) or set(vocab.values()) != {num_layers}):
-        raise ValueError(f"{source}: vocab projections {sorted(vocab.items())} do not match "
+        raise UsageError(f"{source}: vocab projections {sorted(vocab.items())} do not match "
                          f"{len(heads)} heads of {num_layers} ResBlocks")
     return len(heads), num_layers, bool(vocab)
 
@@ -175,10 +182,10 @@ def import_fasterdecoding_heads(src, base_lm_head_t=None):
     if path.is_dir():
         found = [path / n for n in FASTERDECODING_NAMES if (path / n).is_file()]
         if not found:
-            raise FileNotFoundError(f"{path}: none of {list(FASTERDECODING_NAMES)}")
+            raise MissingFileError(f"{path}: none of {list(FASTERDECODING_NAMES)}")
         path = found[0]
     if not path.is_file():
-        raise FileNotFoundError(f"Medusa heads {path} do not exist")
+        raise MissingFileError(f"Medusa heads {path} do not exist")
     tensors = _read_torch_tensors(path)
     num_heads, num_layers, own_vocab = _medusa_layout(tensors, path)
     if num_layers:
@@ -189,11 +196,11 @@ def import_fasterdecoding_heads(src, base_lm_head_t=None):
     if own_vocab:
         vocab = tensors[f"0.{num_layers}.weight"].shape[0]
     elif base is None:
-        raise ValueError(f"{path}: heads without a vocab projection need base_lm_head_t [H, V]")
+        raise UsageError(f"{path}: heads without a vocab projection need base_lm_head_t [H, V]")
     else:
         vocab = base[1]
     if base is not None and base != (hidden, vocab):
-        raise ValueError(f"{path}: base_lm_head_t has shape {base}, the heads expect {(hidden, vocab)} ([H, V])")
+        raise UsageError(f"{path}: base_lm_head_t has shape {base}, the heads expect {(hidden, vocab)} ([H, V])")
     cfg = HeadConfig(family="medusa", num_heads=num_heads, num_layers=num_layers, hidden_size=hidden,
                      vocab_size=vocab, share_lm_head=not own_vocab)
     renamed = {}

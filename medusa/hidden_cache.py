@@ -23,16 +23,11 @@ from medusa.runtime import jt
 
 def base_hidden(model, samples, pad_id):
     """Final-normed hidden states [B, T, H] of right-padded samples (no gradient)."""
+    from medusa.core import hidden_states
     from medusa.data import collate
-    from medusa.model import build_mask
 
     batch = collate(samples, pad_id)
-    B, T = batch["input_ids"].shape
-    positions = np.broadcast_to(np.arange(T, dtype=np.int32), (B, T)).copy()
-    with jt.no_grad():
-        hidden = model(jt.array(batch["input_ids"]), jt.array(positions),
-                       build_mask(B, T, 0, batch["attention_mask"]))
-    return hidden.stop_grad()
+    return hidden_states(model, batch["input_ids"], batch["attention_mask"])
 
 
 def cache_key(data_path, model_src, max_length, template, dtype):

@@ -11,7 +11,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from medusa.data import DataError, SkipRecord, load_prompts, normalise_record
+from medusa.data import DataError, SkipRecord, load_prompts, normalise_record, read_located
 
 DEFAULT_PROMPTS = Path(__file__).parent / "prompts" / "bench_prompts.jsonl"
 DATA_FORMATS = ("auto", "jsonl", "mt_bench", "sharegpt")
@@ -60,24 +60,6 @@ def spread_over_categories(prompts, n):
         picked += [q[depth] for q in queues.values() if depth < len(q)][:n - len(picked)]
         depth += 1
     return picked
-
-
-def read_located(path):
-    """[(where, record)] of a JSON array ("record i") or JSONL file ("line n")."""
-    text = Path(path).read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            return [(f"record {i}", r) for i, r in enumerate(json.loads(text))]
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {e.lineno} column {e.colno}: malformed JSON: {e.msg}") from e
-    located = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                located.append((f"line {lineno}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {lineno}: malformed JSON: {e.msg}") from e
-    return located
 
 
 def detect_format(path, where, record):

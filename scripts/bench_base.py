@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 from medusa import data, weights
-from medusa.generate import generate
+from medusa.core import generate
 from medusa.runtime import jt
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,11 +1,13 @@
 """Benchmark: prompt-set formats (prompt_sets.py), summaries and tables (results.py, compare.py),
 runs on a tiny model (bench.py): resume, greedy identity, multi-turn."""
+import dataclasses
 import json
 
 import pytest
 
 from medusa import bench, prompt_sets, results
 from medusa.data import DataError
+from medusa.settings import GenerationSettings, ModelArgs
 from medusa.tree import load_choices
 
 # ---------------------------------------------------------------- prompt sets
@@ -58,14 +60,20 @@ def test_spread_over_categories():
     assert len({p.category for p in shipped}) == 10
 
 
+def test_categories_are_the_files_own(tmp_path):
+    """A user's own category name is a label like any other (it used to be refused)."""
+    path = write_jsonl(tmp_path / "mine.jsonl", [{"id": 1, "category": "invoices_json", "prompt": "x"}])
+    assert prompt_sets.load_prompt_set(path)[0].category == "invoices_json"
+
+
 @pytest.mark.parametrize("lines, fmt, message", [
-    (['{"question_id": 1, "turns": ["a"]}', '{"question_id": 2, "turns": ["b"'], "auto", "line 2: malformed JSON"),
+    (['{"question_id": 1, "turns": ["a"]}', '{"question_id": 2, "turns": ["b"'], "auto", r"line 2 \(record 1\): malformed JSON"),
     (['{"question_id": 1, "turns": ["a"]}', '', '{"question_id": 2, "turns": []}'], "mt_bench", "line 3: 'turns'"),
     (['{"question_id": true, "turns": ["a"]}'], "mt_bench", "line 1: 'question_id'"),
     (['{"question_id": 1, "turns": ["a"]}', '{"question_id": 1, "turns": ["b"]}'], "mt_bench", "duplicate ids"),
     (['{"conversations": [{"from": "alien", "value": "x"}]}'], "sharegpt", "line 1: unknown_role"),
     (['{"text": "no known key"}'], "auto", "line 1: cannot tell the format"),
-    (['{"id": 1, "category": "nonsense", "prompt": "x"}'], "jsonl", "line 1: 'category'"),
+    (['{"id": 1, "category": 5, "prompt": "x"}'], "jsonl", "line 1: 'category'"),
 ])
 def test_malformed_lines_are_named(tmp_path, lines, fmt, message):
     path = tmp_path / "bad.jsonl"
@@ -136,9 +144,13 @@ def tiny_run(tiny_pkl, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("results")
 
     def make_config(name, **kw):
-        settings = dict(jittor_base_weights=str(pkl), medusa_weights=str(heads_path), num_samples=3,
-                        max_new_token=12, warmup_tokens=4, output=str(out_dir / f"{name}.json"), plot=False)
-        return bench.BenchConfig(**{**settings, **kw})
+        """A bench.Bench from flat settings, as the command line would give them."""
+        flat = dict(jittor_base_weights=str(pkl), medusa_weights=str(heads_path), num_samples=3,
+                    max_new_tokens=12, warmup_tokens=4, output=str(out_dir / f"{name}.json"), plot=False)
+        flat.update(kw)
+        parts = [cls(**{f.name: flat[f.name] for f in dataclasses.fields(cls) if f.name in flat})
+                 for cls in (ModelArgs, GenerationSettings, bench.BenchArgs)]
+        return bench.Bench(*parts)
 
     setup = bench.load_setup(make_config("setup"))
     return make_config, setup
@@ -148,7 +160,7 @@ def test_greedy_medusa_matches_base_and_summary_recomputes(tiny_run):
     make_config, setup = tiny_run
     cfg = make_config("greedy", plot=True)
     bench.run(cfg, setup, progress=False)
-    out = bench.Path(cfg.output)
+    out = bench.Path(cfg.args.output)
     saved = json.loads(out.read_text())
     assert saved["summary"]["identical_outputs"] == len(saved["samples"]) == 3
     assert saved["summary"] == results.summarize(saved["samples"], saved["config"]["greedy"])
@@ -177,11 +189,11 @@ def test_interrupted_run_resumes_without_duplicates(tiny_run, monkeypatch):
     monkeypatch.setattr(bench, "run_sample", interrupt_third)
     with pytest.raises(KeyboardInterrupt):
         bench.run(cfg, setup, progress=False)
-    out = bench.Path(cfg.output)
+    out = bench.Path(cfg.args.output)
     assert len(json.loads(out.read_text())["samples"]) == 2   # finished samples survive
     monkeypatch.setattr(bench, "run_sample", real)
-    with pytest.raises(ValueError, match="max_new_token"):
-        bench.run(make_config("resume", base_only=True, resume=True, max_new_token=5), setup, progress=False)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        bench.run(make_config("resume", base_only=True, resume=True, max_new_tokens=5), setup, progress=False)
     run, _ = bench.run(make_config("resume", base_only=True, resume=True, num_samples=4), setup, progress=False)
     ids = [s["id"] for s in run["samples"]]
     assert len(ids) == len(set(ids)) == 4
@@ -214,7 +226,7 @@ def test_multi_turn_sampling_run(tiny_run, tmp_path):
     """MT-bench: every turn is decoded, with the side's own earlier answers in its prompt."""
     make_config, setup = tiny_run
     data = write_jsonl(tmp_path / "question.jsonl", MT_BENCH)
-    cfg = make_config("mt_bench", data_path=str(data), greedy=False, temperature=0.7, max_new_token=6)
+    cfg = make_config("mt_bench", data_path=str(data), temperature=0.7, max_new_tokens=6)
     run, _ = bench.run(cfg, setup, progress=False)
     first = run["samples"][0]["turns"]
     assert [t["prompt"] for t in first] == MT_BENCH[0]["turns"]

@@ -160,7 +160,7 @@ def test_malformed_json_names_file_and_line(tok, tmp_path):
         data.load_samples(path, tok, 512)
     path = tmp_path / "broken.json"
     path.write_text('[\n {"messages": []},\n {"messages": [,]}\n]')
-    with pytest.raises(data.DataError, match=r"broken\.json: malformed JSON at line 3"):
+    with pytest.raises(data.DataError, match=r"broken\.json: line 3 column \d+: malformed JSON"):
         data.read_records(path)
 
 
@@ -236,8 +236,9 @@ def test_project_prompt_sets():
     train = data.load_prompts(PROMPTS_DIR / "smollm2_prompts.jsonl")
     bench = data.load_prompts(PROMPTS_DIR / "bench_prompts.jsonl")
     assert 200 <= len(train) <= 300 and len(bench) == 20
-    assert set(p["category"] for p in train) == set(data.PROMPT_CATEGORIES)
-    assert Counter(p["category"] for p in bench) == {c: 2 for c in data.PROMPT_CATEGORIES}
+    categories = set(p["category"] for p in train)   # the sets' own labels, the same in both
+    assert len(categories) == 10
+    assert Counter(p["category"] for p in bench) == {c: 2 for c in categories}
     assert min(Counter(p["category"] for p in train).values()) >= 15
     norm = lambda p: " ".join(p["prompt"].lower().split())
     assert len({norm(p) for p in train}) == len(train)
@@ -250,11 +251,11 @@ def test_load_prompts_names_the_bad_line(tmp_path):
     good = json.dumps({"id": 1, "category": "math", "prompt": "What is 2 + 2?"})
     for bad, why in [("{not json", "malformed JSON"),
                      (json.dumps({"id": "2", "category": "math", "prompt": "x"}), "'id'"),
-                     (json.dumps({"id": 2, "category": "poetry", "prompt": "x"}), "'category'"),
+                     (json.dumps({"id": 2, "category": "", "prompt": "x"}), "'category'"),
                      (json.dumps({"id": 2, "category": "math", "prompt": " "}), "'prompt'"),
                      (json.dumps({"id": 1, "category": "math", "prompt": "x"}), "duplicate id")]:
         path.write_text(good + "\n" + bad + "\n")
-        with pytest.raises(data.DataError, match=rf"p\.jsonl: line 2: .*{why}"):
+        with pytest.raises(data.DataError, match=rf"p\.jsonl: line 2\b.*{why}"):
             data.load_prompts(path)
 
 

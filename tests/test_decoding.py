@@ -7,7 +7,7 @@ import pytest
 from medusa import decoding, weights
 from medusa.decoding import (STAT_NAMES, Sampling, _speculative_walk, medusa_generate, medusa_stream,
                              resolve_tree)
-from medusa.generate import generate
+from medusa.core import generate
 from medusa.runtime import jt
 from oracle import OracleHeads, random_heads
 

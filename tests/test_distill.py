@@ -1,20 +1,21 @@
-"""Self-distillation: batched greedy decoding equals one-prompt-at-a-time decoding, and the
-script writes resumable ShareGPT records that medusa.data reads back."""
+"""Self-distillation: core.greedy_batch (batched greedy) equals one-prompt-at-a-time decoding, and
+the script writes resumable ShareGPT records that medusa.data reads back."""
 import json
 
 import numpy as np
 
-from medusa import distill, weights
+from medusa import core, distill, weights
+from medusa.settings import GenerationSettings, ModelArgs
 from medusa.data import load_samples
 
 
 def single_greedy(model, ids, n):
     """Reference: unpadded batch of one (no padding mask at all)."""
-    return distill.greedy_batch(model, [ids], n, eos_ids=set())[0]
+    return core.greedy_batch(model, [ids], n, eos_ids=set())[0]
 
 
 def test_left_pad_positions_start_at_each_first_token():
-    tokens, positions, padding = distill.left_pad([[7, 8, 9], [5]], pad_id=0)
+    tokens, positions, padding = core.left_pad([[7, 8, 9], [5]], pad_id=0)
     assert tokens.tolist() == [[7, 8, 9], [0, 0, 5]]
     assert padding.tolist() == [[1, 1, 1], [0, 0, 1]]
     assert positions.tolist() == [[0, 1, 2], [0, 0, 0]]
@@ -24,7 +25,7 @@ def test_batched_greedy_matches_unbatched(tiny_pkl):
     model = weights.load_model(tiny_pkl("qwen2"), "float32")
     rng = np.random.default_rng(0)
     prompts = [rng.integers(6, 300, n).tolist() for n in (3, 9, 6)]
-    batched = distill.greedy_batch(model, prompts, 8, eos_ids=set())
+    batched = core.greedy_batch(model, prompts, 8, eos_ids=set())
     for ids, got in zip(prompts, batched):
         assert got == single_greedy(model, ids, 8)
 
@@ -34,7 +35,7 @@ def test_greedy_stops_at_eos_per_row(tiny_pkl):
     ids = [10, 11, 12, 13]
     free = single_greedy(model, ids, 6)
     stop = free[2]   # pretend the third token is an eos: the row ends before it
-    got = distill.greedy_batch(model, [ids, [20, 21]], 6, eos_ids={stop})[0]
+    got = core.greedy_batch(model, [ids, [20, 21]], 6, eos_ids={stop})[0]
     assert got == free[:free.index(stop)]
 
 
@@ -43,11 +44,12 @@ def test_distill_writes_resumable_sharegpt(tiny_pkl, tmp_path):
     prompts.write_text("".join(json.dumps({"id": i, "category": "math", "prompt": f"what is {i} plus {i}"}) + "\n"
                                for i in range(3)))
     out = tmp_path / "out.jsonl"
-    args = distill.DistillArgs(prompts=str(prompts), output=str(out), base_model_path=str(tiny_pkl("qwen2")),
-                               max_new_tokens=5, batch_size=2, limit=2, device="cpu")
-    assert distill.distill(args)["replies"] == 2
+    args = distill.DistillArgs(prompts=str(prompts), output=str(out), batch_size=2, limit=2)
+    model = ModelArgs(base_model_path=str(tiny_pkl("qwen2")), device="cpu")
+    settings = GenerationSettings(max_new_tokens=5)
+    assert distill.distill(args, model, settings)["replies"] == 2
     args.limit = 0
-    assert distill.distill(args)["replies"] == 1          # only the missing id
+    assert distill.distill(args, model, settings)["replies"] == 1          # only the missing id
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["id"] for r in records) == [0, 1, 2]
     assert [t["from"] for t in records[0]["conversations"]] == ["human", "gpt"]

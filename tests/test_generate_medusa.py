@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from medusa import generate, head_io, weights
+from medusa import core, generate, head_io, weights
 from medusa.decoding import medusa_generate
 from medusa.heads import HeadConfig, build_heads
 from medusa.runtime import jt
@@ -24,7 +24,7 @@ def test_cli_medusa_matches_plain_greedy(tiny_pkl, tmp_path, capsys):
     heads = build_heads(HeadConfig(num_heads=K, hidden_size=H, vocab_size=V))
     heads.init_from_base(weights.load_model(pkl, "float32").lm_head_t())
     jtr = head_io.save_heads(heads, tmp_path / "heads.jtr")
-    base = ["--jittor_base_weights", str(pkl), "--prompt", "the cat sat on", "--max_new_token", "20",
+    base = ["--jittor_base_weights", str(pkl), "--prompt", "the cat sat on", "--max_new_tokens", "20",
             "--json", "--greedy", "--device", "cpu"]
     plain = cli_json(capsys, base)
     medusa = cli_json(capsys, base + ["--medusa_weights", str(jtr), "--medusa_choices", "8_node"])
@@ -68,7 +68,7 @@ def test_weight_convert_fasterdecoding_heads(tiny_pkl, tmp_path):
 
     model = weights.load_model(tiny_pkl("qwen2"), "float32")
     out_ids = medusa_generate(model, heads, [7, 8, 9, 10], 12, "8_node").output_ids
-    assert out_ids == generate.generate(model, [7, 8, 9, 10], 12).output_ids
+    assert out_ids == core.generate(model, [7, 8, 9, 10], 12).output_ids
 
     bad = fasterdecoding_state(K, H, V)
     bad["1.0.linear.weight"] = torch.zeros(H, H + 1)
@@ -91,5 +91,5 @@ def test_smollm2_greedy_medusa_matches_plain(smollm2_pkl):
     tok = weights.load_tokenizer(smollm2_pkl)
     for text, tree in (("The capital of France is", "8_node"), ("def fibonacci(n):", "16_node")):
         ids = tok(text)["input_ids"]
-        plain = generate.generate(model, ids, 24).output_ids
+        plain = core.generate(model, ids, 24).output_ids
         assert medusa_generate(model, heads, ids, 24, tree).output_ids == plain, (text, tree)

@@ -9,7 +9,7 @@ import pytest
 
 from medusa.config import ModelConfig
 from medusa.decoding import medusa_generate, topk_indices
-from medusa.generate import forced_logits, generate
+from medusa.core import forced_logits, generate
 from medusa.heads import HeadConfig, build_heads
 from medusa.model import Transformer
 from medusa.runtime import gpu_available, jt, use_device

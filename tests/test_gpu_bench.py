@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from medusa import gpu_bench
+from medusa.gpu_bench import cli as gpu_bench_cli, common as gpu_bench
 
 
 def test_param_count_matches_transformers():
@@ -57,10 +57,10 @@ def test_dry_run_both_sides_and_report(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "out"
     args = ["--device", "cpu", "--dry_run", "--out", str(out)]
-    assert gpu_bench.main(["--side", "torch", *args]) == 0
-    assert gpu_bench.main(["--side", "jittor", *args]) == 0
+    assert gpu_bench_cli.main(["--side", "torch", *args]) == 0
+    assert gpu_bench_cli.main(["--side", "jittor", *args]) == 0
     results = tmp_path / "gpu_bench.json"
-    assert gpu_bench.main(["--side", "report", "--out", str(out), "--results", str(results)]) == 0
+    assert gpu_bench_cli.main(["--side", "report", "--out", str(out), "--results", str(results)]) == 0
     report = json.loads(results.read_text())
     tiny = report["runs"]["out"]["jittor"]["shapes"]["tiny"]
     assert tiny["check_vs_torch"]["ok"], tiny["check_vs_torch"]
@@ -75,7 +75,7 @@ def test_dry_run_both_sides_and_report(tmp_path):
 
 
 def test_merge_runs_later_run_wins_and_names_its_source():
-    from medusa.gpu_bench_report import merge_runs
+    from medusa.gpu_bench.report import merge_runs
 
     runs = {"run1": {"jittor": {"device": "a", "shapes": {"s": {"decode": 1, "medusa": 2}}}},
             "run2": {"jittor": {"device": "b", "shapes": {"s": {"decode": 3}}},

@@ -6,7 +6,7 @@ import torch
 
 import tiny
 from medusa import weights
-from medusa.generate import generate
+from medusa.core import generate
 from medusa.kvcache import KVCache
 from medusa.model import build_mask
 from medusa.runtime import jt

@@ -37,16 +37,16 @@ def test_accuracy_table_counts_exact_ranks():
 
 @pytest.fixture(scope="module")
 def tiny_setup(tiny_pkl):
-    from medusa import bench
+    from medusa import cli
     from medusa.heads import HeadConfig, build_heads
     from medusa.runtime import jt
+    from medusa.settings import ModelArgs
 
-    setup = bench.load_setup(bench.BenchConfig(jittor_base_weights=str(tiny_pkl("qwen2")), base_only=True))
+    setup = cli.load(cli.plan(ModelArgs(jittor_base_weights=str(tiny_pkl("qwen2"))), heads="none"))
     cfg = setup.model.config
     jt.set_global_seed(0)
     setup.heads = build_heads(HeadConfig(family="medusa", num_heads=3, num_layers=1, hidden_size=cfg.hidden_size,
                                          vocab_size=cfg.vocab_size, share_lm_head=True))
-    setup.resolved["head_config"] = setup.heads.config.to_dict()
     return setup
 
 
@@ -72,8 +72,10 @@ def test_head_ranks_match_base_logits(tiny_setup):
 
 
 def test_tune_writes_a_loadable_tree(tiny_setup, tmp_path):
-    cfg = tune.TuneConfig(num_prompts=2, max_new_token=12, sizes=(1, 3, 6), repeats=1, verify_prompts=1)
-    report = tune.tune(cfg, tiny_setup, log=lambda *_: None)
+    from medusa.settings import GenerationSettings
+
+    args = tune.TuneArgs(num_prompts=2, sizes="1,3,6", repeats=1, verify_prompts=1)
+    report = tune.tune(args, GenerationSettings(max_new_tokens=12), tiny_setup, log=lambda *_: None)
     path, report_path = tune.write_tree(report, tmp_path / "tuned.json")
     tree = load_choices(str(path), num_heads=3)
     assert tree == report["tree"] and len(tree) == report["chosen"]["nodes"] in (1, 3, 6)

@@ -1,33 +1,10 @@
-"""GPU benchmark: one decode step and one Medusa step, our Jittor model vs PyTorch transformers.
-
-    python -m medusa.gpu_bench --side torch  --out OUT      # transformers baseline + copy bandwidth
-    python -m medusa.gpu_bench --side jittor --out OUT      # our model, same shapes, same GPU
-    python -m medusa.gpu_bench --side report --runs OUT [OUT2 ...] --results results/gpu_bench.json
-    scripts/gpu_bench.sh OUT    # the two sides as one device call (wheels, Jittor patches, limits)
-
-Each side runs in its own process (Jittor's runtime never imports torch) and rewrites
-OUT/gpu_<side>.json after every measurement, so a run cut off by a time limit still leaves data.
-The torch side saves the weights of every shape in CHECKED_SHAPES (SmolLM2-135M) and its logits
-on one prompt into REF_DIR/<shape>; the Jittor side loads those exact weights, compares its logits
-with them, then times with them. Larger shapes get seeded random weights on each side: speed
-does not depend on the values.
-
-What one "Medusa step" is here: heads on the last accepted hidden state (4 Medusa-1 heads, 1 ResBlock
-each, sharing the base lm_head) -> top-k per head -> tree candidates -> one tree forward of the N
-tree nodes with the tree mask over the KV cache -> greedy posterior on the host -> KV-cache
-compaction of the accepted path. The Jittor side runs medusa.decoding's own step functions
-(propose / tree_decode / evaluate_posterior / update_inputs, as medusa_stream does); the torch side
-writes the same step with transformers (MedusaStep in gpu_bench_torch.py, with tree_plan and
-greedy_posterior below).
-
-`--dry_run` runs both sides with a tiny model and few steps (CPU is fine).
-"""
-import argparse
+"""What both sides of the GPU benchmark share: shapes, settings, timing loops, the recorder.
+Imports nothing of the benchmark itself (see the package docstring)."""
 import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -231,51 +208,3 @@ def time_medusa(step, prefill, cfg, sync) -> dict:
     return {"nodes": step.buf.num_nodes, **stats_ms(times),
             "mean_tokens_per_step": float(np.mean(accepted)),
             "parts_median_ms": {k: stats_ms(v)["median_ms"] for k, v in timer.parts.items()}}
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def parse_args(argv=None) -> BenchConfig:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    defaults = BenchConfig()
-    p.add_argument("--side", choices=["jittor", "torch", "report"], required=True)
-    p.add_argument("--out", default=defaults.out)
-    p.add_argument("--ref_dir", default="", help="where the torch side saves the weights the Jittor "
-                   "side checks against (default OUT/ref)")
-    p.add_argument("--shapes", nargs="+", default=defaults.shapes, choices=sorted(SHAPES))
-    p.add_argument("--trees", nargs="+", default=defaults.trees)
-    for name in ("prompt_len", "new_tokens", "medusa_steps", "part_steps", "warmup", "seed"):
-        p.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
-    p.add_argument("--measure_s", type=float, default=defaults.measure_s)
-    p.add_argument("--device", choices=["cuda", "cpu"], default=defaults.device)
-    p.add_argument("--dtype", choices=["float16", "float32"], default="")
-    p.add_argument("--results", default="", help="report side: merged JSON to write")
-    p.add_argument("--runs", nargs="+", default=[], help="report side: OUT folders of several "
-                   "runs, merged in order (a later run's measurement wins); default --out")
-    p.add_argument("--note", action="append", default=[], help="report side: a note to keep")
-    p.add_argument("--dry_run", action="store_true", help="tiny model, few steps (CPU is fine)")
-    args = vars(p.parse_args(argv))
-    if args.pop("dry_run"):
-        args.update(DRY_RUN)
-    return BenchConfig(**args)
-
-
-def main(argv=None) -> int:
-    cfg = parse_args(argv)
-    if cfg.side == "report":
-        from medusa.gpu_bench_report import write_report
-
-        write_report(cfg.runs or [cfg.out], cfg.results or str(Path(cfg.out) / "gpu_bench.json"), cfg.note)
-        return 0
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    write_json(Path(cfg.out) / f"gpu_{cfg.side}_config.json", asdict(cfg))
-    if cfg.side == "torch":
-        from medusa.gpu_bench_torch import run
-    else:
-        from medusa.gpu_bench_jittor import run
-    recorder = run(cfg)
-    return 1 if recorder.data["errors"] else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

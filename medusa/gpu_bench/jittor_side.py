@@ -8,21 +8,16 @@ import numpy as np
 
 from medusa import decoding, weights
 from medusa.config import ModelConfig
-from medusa.generate import forced_logits
-from medusa.gpu_bench import (CHECKED_SHAPES, HEADS, SHAPES, Recorder, param_count, run_shapes, stats_ms,
+from medusa.core import decode_one, forced_logits, new_cache, prefill
+from medusa.gpu_bench.common import (CHECKED_SHAPES, HEADS, SHAPES, Recorder, param_count, run_shapes, stats_ms,
                               time_decode, time_medusa, timed_loop)
 from medusa.heads import HeadConfig, build_heads
-from medusa.kvcache import KVCache
-from medusa.model import Transformer, build_mask
+from medusa.model import Transformer
 from medusa.runtime import jt, use_device
 
 
 def sync():
     jt.sync_all(True)
-
-
-def ints(array):
-    return jt.array(np.asarray(array, dtype=np.int32))
 
 
 def prompt_ids(cfg, vocab_size):
@@ -84,20 +79,18 @@ def check_reference(cfg, model, folder: Path) -> dict:
 
 
 class Decoder:
-    """Greedy one-token steps after a prefill of the prompt; the token goes to the host each step."""
+    """Greedy one-token steps after a prefill of the prompt (medusa.core's), the token to the host each step."""
 
     def __init__(self, cfg, model):
-        self.model, self.cache = model, KVCache(model.config, 1, cfg.max_len, model.dtype)
-        ids = prompt_ids(cfg, model.config.vocab_size)
-        self.prompt = ints(ids[None]), ints(np.arange(len(ids))[None]), build_mask(1, len(ids))
+        self.model, self.cache = model, new_cache(model, 1, cfg.max_len)
+        self.ids = [int(t) for t in prompt_ids(cfg, model.config.vocab_size)]
 
     def prefill(self):
         self.cache.reset()
-        self.token = next_token(self.model, self.model(*self.prompt, self.cache))
+        self.token = next_token(self.model, prefill(self.model, self.cache, self.ids))
 
     def step(self):
-        hidden = self.model(ints([[self.token]]), ints([[self.cache.length]]), None, self.cache)
-        self.token = next_token(self.model, hidden)
+        self.token = next_token(self.model, decode_one(self.model, self.cache, self.token))
 
 
 def decode_timing(cfg, model):
@@ -163,7 +156,7 @@ class MedusaStep:
         self.model, self.heads = model, heads
         self.tree = decoding.resolve_tree(tree, heads.config.num_heads)
         self.buf = self.tree.buffers
-        self.cache = KVCache(model.config, 1, cfg.max_len, model.dtype)
+        self.cache = new_cache(model, 1, cfg.max_len)
         self.sampling, self.rng = decoding.Sampling("greedy"), np.random.default_rng(cfg.seed)
 
     def prefill(self, ids):

@@ -3,7 +3,7 @@ bar chart beside it (same name, .png)."""
 import json
 from pathlib import Path
 
-from medusa.gpu_bench import SHAPES, param_count, write_json
+from medusa.gpu_bench.common import SHAPES, param_count, write_json
 
 
 def _stat(side: dict, shape: str, key: str, stat: str):

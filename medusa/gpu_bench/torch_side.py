@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medusa.gpu_bench import (CHECKED_SHAPES, HEADS, REF_STEPS, SHAPES, Recorder, greedy_posterior,
+from medusa.gpu_bench.common import (CHECKED_SHAPES, HEADS, REF_STEPS, SHAPES, Recorder, greedy_posterior,
                               param_count, run_shapes, stats_ms, time_decode, time_medusa, timed_loop, tree_plan)
 
 

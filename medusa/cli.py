@@ -1,0 +1,177 @@
+"""Command-line plumbing shared by every entry point.
+
+    args = cli.parse(argv, (ModelArgs, GenerationSettings, MyArgs), __doc__)   # validated dataclasses
+    plan = cli.plan(model_args, settings, heads="required")   # resolved and checked, nothing heavy loaded
+    setup = cli.load(plan)                                     # the model (and heads)
+    cli.run(main)                                              # user errors: one line, exit 2
+
+Order of work in every command: parse and validate the flags (dataclass __post_init__), check
+what can be checked without the model (heads config vs tree depth, heads vs base config, data
+files, output paths, prompt lengths), then load. A `UsageError` (errors.py) anywhere becomes
+one line on stderr and exit status 2; `--debug` shows its traceback instead.
+"""
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from medusa.errors import MissingFileError, UsageError
+
+# old spelling -> new one; the old one still works and warns
+RENAMED = {"--max_new_token": "--max_new_tokens"}
+
+
+def _renamed(argv):
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if name in RENAMED:
+            print(f"warning: {name} is deprecated, use {RENAMED[name]}", file=sys.stderr)
+            arg = RENAMED[name] + eq + value
+        out.append(arg)
+    return out
+
+
+def parse(argv, types, description=None):
+    """Parse argv into one instance of each dataclass in `types` (a tuple), validated."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(types, description=description,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    out = parser.parse_args_into_dataclasses(_renamed(list(sys.argv[1:] if argv is None else argv)))
+    return tuple(out[:len(types)])
+
+
+def run(main, argv=None):
+    """Call main(argv); a UsageError prints `error: ...` as one line and exits 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return main(argv)
+    except UsageError as e:
+        if "--debug" in argv:
+            raise
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_writable(path, flag):
+    """An output file can be created at `path` (its folder exists or can be made, and is writable)."""
+    folder = Path(path).absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{flag} {path}: cannot write into {folder}")
+    if Path(path).is_dir():
+        raise UsageError(f"{flag} {path} is a folder: give a file name")
+
+
+def check_prompt_fits(plan, prompt_ids, max_new_tokens, where="the prompt"):
+    from medusa.core import GenerationError, check_request
+
+    try:
+        check_request(plan.config, len(prompt_ids), max_new_tokens)
+    except GenerationError as e:
+        raise GenerationError(f"{where}: {e}") from None
+
+
+# ---------------------------------------------------------------- resolving and loading
+@dataclass
+class Plan:
+    """Everything a command will load, resolved and checked; only the tokenizer is loaded."""
+    source: Path              # weights: HF folder or converted .pkl
+    config: object            # ModelConfig of the base
+    tokenizer: object
+    eos_ids: tuple
+    device: str
+    dtype: str
+    model_name: str
+    heads_path: Path = None   # None: no Medusa
+    head_config: object = None
+    choices: list = None      # the tree's validated paths, when heads are used
+
+    def resolved(self) -> dict:
+        """What a results file records about the model side."""
+        out = {"model": str(self.source), "model_name": self.model_name, "device": self.device, "dtype": self.dtype}
+        if self.heads_path is not None:
+            out.update(medusa_weights=str(self.heads_path), head_config=self.head_config.to_dict(), tree=self.choices)
+        return out
+
+
+@dataclass
+class Setup:
+    """What a command decodes with."""
+    model: object
+    tokenizer: object
+    eos_ids: tuple
+    heads: object             # None without Medusa
+    choices: list
+    plan: Plan
+
+
+def resolve_heads(margs, heads):
+    """The heads file of the flags. heads: "required", "optional" (only when --medusa_weights is
+    given) or "none"."""
+    from medusa.head_io import DEFAULT_HEADS
+
+    if heads == "none" or (heads == "optional" and not margs.medusa_weights):
+        return None
+    if margs.medusa_weights:
+        return Path(margs.medusa_weights)
+    if not margs.is_default_model:
+        raise UsageError("a base model other than the embedded default needs --medusa_weights "
+                         "(heads trained for it), or run without Medusa")
+    if not DEFAULT_HEADS.is_file():
+        raise MissingFileError(f"the shipped heads {DEFAULT_HEADS} are missing: reinstall, or pass --medusa_weights")
+    return DEFAULT_HEADS
+
+
+def plan(margs, settings=None, heads="optional") -> Plan:
+    """Resolve and check the model flags before anything heavy loads: the heads' config, the
+    tree against their depth, the base config against the heads' sizes, the tokenizer. The
+    embedded default (or a .gguf) is converted here on first use."""
+    from medusa import head_io, weights
+    from medusa.runtime import default_compute_dtype, use_device
+    from medusa.tree import load_choices
+
+    device = use_device(margs.device)
+    dtype = margs.dtype or default_compute_dtype()
+    heads_path = resolve_heads(margs, heads)
+    head_config = choices = None
+    if heads_path is not None:
+        head_config = head_io.read_config(heads_path)
+        choices = load_choices((settings.medusa_choices if settings else "chain"), head_config.num_heads)
+    source, tok_dir = weights.resolve_model(margs.base_model_path or None, margs.jittor_base_weights or None, dtype)
+    config = weights.read_config(source)
+    if head_config is not None:
+        head_io.check_fits(head_config, config, heads_path)
+    tokenizer = weights.load_tokenizer(tok_dir)
+    return Plan(source, config, tokenizer, eos_ids_of(config, tokenizer), device, dtype,
+                model_name(margs, source), heads_path, head_config, choices)
+
+
+def load(plan: Plan) -> Setup:
+    """Load the planned model (and heads)."""
+    from medusa import head_io, weights
+
+    model = weights.load_model(plan.source, plan.dtype)
+    heads = head_io.load_heads(plan.heads_path) if plan.heads_path is not None else None
+    return Setup(model, plan.tokenizer, plan.eos_ids, heads, plan.choices, plan)
+
+
+def eos_ids_of(config, tokenizer) -> tuple:
+    """The model config's EOS ids plus the tokenizer's."""
+    ids = set(config.eos_token_id)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return tuple(sorted(ids))
+
+
+def model_name(margs, source) -> str:
+    from medusa.weights import DEFAULT_MODEL_NAME
+
+    if margs.is_default_model:
+        return DEFAULT_MODEL_NAME
+    source = Path(source)
+    return source.parent.name if source.suffix == ".pkl" else source.name

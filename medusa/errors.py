@@ -1,0 +1,15 @@
+"""Errors a user can fix, told apart from bugs.
+
+A `UsageError` message says what is wrong, where (the flag, file, line or tensor) and what to
+do; the command-line entry points print it as one line and exit with status 2 (cli.run).
+Everything else is a bug and keeps its traceback. Both subclass the builtin a caller would
+expect (ValueError, FileNotFoundError), so library users can catch either.
+"""
+
+
+class UsageError(ValueError):
+    """Bad input: an argument, a file's content, a request the model cannot serve."""
+
+
+class MissingFileError(UsageError, FileNotFoundError):
+    """A file or folder the user named (or that should sit beside it) does not exist."""

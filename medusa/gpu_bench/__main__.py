@@ -1,0 +1,5 @@
+import sys
+
+from medusa.gpu_bench.cli import main
+
+sys.exit(main())
