@@ -5,7 +5,8 @@
 
 The trainer is medusa/training.py (shared by train_ddp.py, train_rnn.py and train_moe.py).
 """
+from medusa import cli
 from medusa.training import main
 
 if __name__ == "__main__":
-    main(family="rnn")
+    cli.run(lambda argv: main(argv, family="rnn"))

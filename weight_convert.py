@@ -14,6 +14,9 @@ FasterDecoding Medusa heads -> .jtr (+ <stem>_config.json):
 import argparse
 from pathlib import Path
 
+from medusa import cli
+from medusa.errors import UsageError
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,7 +33,7 @@ def convert_heads(args):
     from medusa import head_io, weights
 
     if not args.output:
-        raise SystemExit("--medusa_weights needs --output FILE.jtr")
+        raise UsageError("--medusa_weights needs --output FILE.jtr")
     base = args.jittor_base_weights or args.base_model_path
     lm_head = weights.load_model(base, "float32").lm_head_t() if base else None
     heads = head_io.import_fasterdecoding_heads(args.medusa_weights, lm_head)
@@ -51,10 +54,10 @@ def main(argv=None):
             weights.convert(weights.default_gguf_path(), args.output, args.dtype)
     else:
         if not args.output:
-            raise SystemExit("--base_model_path needs --output FILE.pkl")
+            raise UsageError("--base_model_path needs --output FILE.pkl")
         out = weights.convert(args.base_model_path, args.output, args.dtype)
     print(f"wrote {Path(out).resolve()} (+ config.json and tokenizer files in {Path(out).resolve().parent})")
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

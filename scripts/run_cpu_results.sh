@@ -26,7 +26,7 @@ python test_medusa_benchmark.py "${common[@]}"       # the default: medusa heads
         --output results/trees/tuned_medusa.json
 
 sweep() {  # sweep FAMILY TREE
-    python test_medusa_benchmark.py "${common[@]}" --num_samples "$N" --max_new_token "$TOKENS" \
+    python test_medusa_benchmark.py "${common[@]}" --num_samples "$N" --max_new_tokens "$TOKENS" \
         --medusa_weights "$HEADS/smollm2_$1.jtr" --medusa_choices "$2" \
         --output "results/sweep/$1_$(basename "${2%.json}").json"
 }
