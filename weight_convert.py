@@ -1,7 +1,7 @@
 """Convert checkpoints for medusa-jittor.
 
-Base model -> Jittor .pkl (+ config.json and tokenizer files beside it):
-    python weight_convert.py --base_model_path SRC --output FILE.pkl [--dtype float16|float32]
+Base model -> Jittor .pkl or .safetensors (+ config.json and tokenizer files beside it):
+    python weight_convert.py --base_model_path SRC --output DIR/model.pkl [--dtype float16|float32] [--format safetensors]
   SRC: a Hugging Face folder (safetensors or pytorch_model*.bin, single or sharded) or a .gguf.
   With no arguments: converts the embedded default SmolLM2-135M-Instruct into the cache folder
   ($MEDUSA_JITTOR_HOME, default ~/.cache/medusa-jittor) and prints where.
@@ -26,7 +26,15 @@ def parse_args(argv=None):
     p.add_argument("--output", help="output .pkl (base) or .jtr (heads)")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"],
                    help="stored dtype of base weights (heads are always fp32)")
-    return p.parse_args(argv)
+    p.add_argument("--format", choices=["pkl", "safetensors"],
+                   help="file format: pkl (a dict of numpy arrays, read without running code) or safetensors; "
+                        "default: from --output's suffix, else pkl (heads: .jtr)")
+    args = p.parse_args(argv)
+    if args.output and args.format:
+        wanted = {"pkl": (".pkl", ".jtr"), "safetensors": (".safetensors",)}[args.format]
+        if Path(args.output).suffix not in wanted:
+            raise UsageError(f"--output {args.output} does not end in {' or '.join(wanted)} (--format {args.format})")
+    return args
 
 
 def convert_heads(args):
@@ -50,8 +58,12 @@ def main(argv=None):
     if args.medusa_weights:
         return convert_heads(args)
     if args.base_model_path is None:
-        out = weights.ensure_default_model(args.dtype, verbose=False) if not args.output else \
-            weights.convert(weights.default_gguf_path(), args.output, args.dtype)
+        if args.output:
+            out = weights.convert(weights.default_gguf_path(), args.output, args.dtype)
+        elif args.format == "safetensors":
+            raise UsageError("--format safetensors needs --output FILE.safetensors (in a folder of its own)")
+        else:
+            out = weights.ensure_default_model(args.dtype, verbose=False)
     else:
         if not args.output:
             raise UsageError("--base_model_path needs --output FILE.pkl")

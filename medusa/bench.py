@@ -50,6 +50,7 @@ class BenchArgs:
     medusa_only: bool = field(default=False, metadata={"help": "run only Medusa"})
     output: str = field(default="", metadata={"help": "results JSON (default: results/<model>_<family>_<tree>_<mode>.json)"})
     resume: bool = field(default=False, metadata={"help": "continue the samples missing from --output"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing --output (its samples are lost)"})
     warmup_tokens: int = field(default=32, metadata={"help": "untimed tokens per side before timing; 0 = none"})
     plot: bool = field(default=True, metadata={"help": "write a PNG beside the JSON"})
 
@@ -62,8 +63,13 @@ class BenchArgs:
             raise UsageError(f"--warmup_tokens must be >= 0, got {self.warmup_tokens}")
         if not Path(self.data_path).is_file():
             raise UsageError(f"--data_path {self.data_path}: no such file")
+        if self.resume and self.overwrite:
+            raise UsageError("--resume and --overwrite exclude each other")
         if self.output:
             cli.check_writable(self.output, "--output")
+            if Path(self.output).exists() and not (self.resume or self.overwrite):
+                raise UsageError(f"--output {self.output} exists: pass --resume to continue it or --overwrite "
+                                 "to replace it (or choose another --output)")
 
     @property
     def sides(self):
@@ -94,10 +100,25 @@ def load_setup(bench: Bench, prompts=()) -> cli.Setup:
 
 
 def default_output(bench: Bench, setup) -> Path:
+    """results/<model>_<family>_<tree>_<mode>.json, or with -2, -3, ... when that is taken: a
+    run without --output never replaces an earlier one (a fresh clone holds committed results)."""
     family = setup.heads.config.family if setup.heads is not None else "base"
     tree = Path(bench.generation.medusa_choices).stem if "medusa" in bench.args.sides else "none"
     name = f"{setup.plan.model_name}_{family}_{tree}_{bench.generation.mode_name}".lower()
-    return RESULTS_DIR / f"{name}.json"
+    path, n = RESULTS_DIR / f"{name}.json", 1
+    while path.exists():
+        n += 1
+        path = RESULTS_DIR / f"{name}-{n}.json"
+    return path
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a run: the finished samples are saved in `path`."""
+
+    def __init__(self, path, samples):
+        super().__init__(f"interrupted: {samples} finished sample(s) are saved in {path}; "
+                         f"run the same command with --resume --output {path} to continue")
+        self.path, self.samples = path, samples
 
 
 def decode_turn(side, setup, settings: GenerationSettings, prompt_ids, max_new_tokens, seed):
@@ -169,14 +190,19 @@ def run(bench: Bench, setup=None, progress=True):
     if todo:
         warm_up(setup, bench, todo[0][1])
     bar = tqdm(todo, desc=out.stem, unit="sample", disable=not progress)
-    for index, prompt in bar:
-        sample = run_sample(setup, bench, prompt, index)
-        if hasattr(os, "getloadavg"):
-            sample["load_average_1m"] = os.getloadavg()[0]
-        results["samples"].append(sample)
+    try:
+        for index, prompt in bar:
+            sample = run_sample(setup, bench, prompt, index)
+            if hasattr(os, "getloadavg"):
+                sample["load_average_1m"] = os.getloadavg()[0]
+            results["samples"].append(sample)
+            write_results(out, results)      # atomic: a kill leaves the previous whole file
+            if "speedup" in results["summary"]:
+                bar.set_postfix(speedup=f"{results['summary']['speedup']:.2f}")
+    except KeyboardInterrupt:
+        bar.close()
         write_results(out, results)
-        if "speedup" in results["summary"]:
-            bar.set_postfix(speedup=f"{results['summary']['speedup']:.2f}")
+        raise Interrupted(out, len(results["samples"])) from None
     if not todo:
         write_results(out, results)
     if args.plot:
@@ -193,8 +219,8 @@ def main(argv=None):
     bench = parse_args(argv)
     try:
         results, out = run(bench)
-    except KeyboardInterrupt:
-        print("interrupted: finished samples are saved; rerun with --resume to continue", file=sys.stderr)
+    except Interrupted as e:
+        print(e, file=sys.stderr)
         sys.exit(130)
     print_summary(results["summary"])
     print(f"wrote {out}")

@@ -18,6 +18,7 @@ as soon as its batch is done; a rerun skips the ids already in the file (resumab
 """
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import field
 from pathlib import Path
@@ -44,6 +45,21 @@ class DistillArgs:
         if not Path(self.prompts).is_file():
             raise UsageError(f"--prompts {self.prompts}: no such file")
         cli.check_writable(self.output, "--output")
+
+
+def repair_tail(path) -> int:
+    """Cut an unterminated last line (what a killed append leaves) so the next record starts on
+    its own line. Returns the bytes removed."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return 0
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return 0
+    keep = data.rfind(b"\n") + 1
+    with open(path, "r+b") as f:
+        f.truncate(keep)
+    return len(data) - keep
 
 
 def done_ids(path):
@@ -78,6 +94,8 @@ def distill(args: DistillArgs, margs: ModelArgs = None, settings: GenerationSett
     tok = plan.tokenizer
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if cut := repair_tail(out):
+        print(f"{out}: removed a partial last line ({cut} bytes) left by an interrupted run", file=sys.stderr)
     seen = done_ids(out)
     todo = [p for p in load_prompts(args.prompts)[:args.limit or None] if p["id"] not in seen]
     encoded = sorted(((user_prompt_ids(tok, p["prompt"], args.system), p) for p in todo), key=lambda x: len(x[0]))
@@ -87,19 +105,30 @@ def distill(args: DistillArgs, margs: ModelArgs = None, settings: GenerationSett
     eos_ids, pad_id = set(plan.eos_ids), tok.pad_token_id if tok.pad_token_id is not None else 0
     n_tokens, t0 = 0, time.time()
     bar = tqdm(total=len(encoded), desc="distill", unit="prompt")
-    with open(out, "a", encoding="utf-8") as f:
-        for i in range(0, len(encoded), args.batch_size):
-            chunk = encoded[i:i + args.batch_size]
-            replies = greedy_batch(model, [ids for ids, _ in chunk], settings.max_new_tokens, eos_ids, pad_id)
-            for (_, p), reply in zip(chunk, replies):
-                n_tokens += len(reply)
-                f.write(json.dumps(sharegpt_record(p, tok.decode(reply, skip_special_tokens=True)),
-                                   ensure_ascii=False) + "\n")
-            f.flush()
-            bar.update(len(chunk))
-            bar.set_postfix(tok_s=f"{n_tokens / max(time.time() - t0, 1e-9):.1f}")
+    written = 0
+    try:
+        with open(out, "a", encoding="utf-8") as f:
+            for i in range(0, len(encoded), args.batch_size):
+                chunk = encoded[i:i + args.batch_size]
+                replies = greedy_batch(model, [ids for ids, _ in chunk], settings.max_new_tokens, eos_ids, pad_id)
+                lines = "".join(json.dumps(sharegpt_record(p, tok.decode(reply, skip_special_tokens=True)),
+                                           ensure_ascii=False) + "\n" for (_, p), reply in zip(chunk, replies))
+                f.write(lines)        # one write per batch; a kill mid-write leaves a tail repair_tail cuts
+                f.flush()
+                written += len(chunk)
+                n_tokens += sum(len(r) for r in replies)
+                bar.update(len(chunk))
+                bar.set_postfix(tok_s=f"{n_tokens / max(time.time() - t0, 1e-9):.1f}")
+    except KeyboardInterrupt:
+        bar.close()
+        raise Interrupted(f"interrupted: {written} new replies were saved in {out} ({len(seen) + written} in all); "
+                          "run the same command again to continue") from None
     bar.close()
     return {"replies": len(todo), "new_tokens": n_tokens, "seconds": round(time.time() - t0, 1)}
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: every finished batch is in the output file."""
 
 
 def sharegpt_record(prompt, reply):
@@ -109,7 +138,11 @@ def sharegpt_record(prompt, reply):
 
 def main(argv=None):
     margs, settings, args = cli.parse(argv, (ModelArgs, GenerationSettings, DistillArgs), __doc__)
-    stats = distill(args, margs, settings)
+    try:
+        stats = distill(args, margs, settings)
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(130)
     print(f"wrote {stats['replies']} replies ({stats['new_tokens']} tokens, {stats['seconds']} s) to {args.output}")
 
 

@@ -31,12 +31,36 @@ def base_hidden(model, samples, pad_id):
 
 
 def cache_key(data_path, model_src, max_length, template, dtype):
+    """Key of the cached states: the data file's bytes, the weights' content identity
+    (weights_identity), and the settings that change the states."""
     h = hashlib.sha1(Path(data_path).read_bytes())
-    src = Path(model_src)
-    weights_file = src / "model.pkl" if src.is_dir() else src
-    size = weights_file.stat().st_size if weights_file.is_file() else 0
-    h.update(f"|{src.resolve()}|{size}|{max_length}|{template}|{dtype}".encode())
+    h.update(f"|{weights_identity(model_src)}|{max_length}|{template}|{dtype}".encode())
     return h.hexdigest()[:16]
+
+
+def weights_identity(src) -> str:
+    """What identifies a model's weights: the bytes of a weights file (.pkl, .gguf, .bin), and
+    for safetensors each file's header (names, dtypes, shapes, offsets) and size (the header is
+    written from the tensors, so new weights of the same shapes also change the size rarely:
+    the data of each shard is sampled too). A folder is the sorted list of its weight files."""
+    src = Path(src)
+    files = [src] if src.is_file() else sorted(
+        f for pattern in ("*.safetensors", "*.bin", "*.pkl", "*.gguf") for f in src.glob(pattern))
+    h = hashlib.sha1()
+    for f in files:
+        h.update(f"{f.name}|{f.stat().st_size}|".encode())
+        with open(f, "rb") as fh:
+            if f.suffix == ".safetensors":
+                header_len = int.from_bytes(fh.read(8), "little")
+                h.update(fh.read(header_len))
+                size = f.stat().st_size
+                for offset in np.linspace(8 + header_len, max(size - (1 << 16), 8 + header_len), 16).astype(int):
+                    fh.seek(int(offset))
+                    h.update(fh.read(1 << 16))
+            else:
+                while block := fh.read(1 << 24):
+                    h.update(block)
+    return h.hexdigest()
 
 
 def build(model, samples, pad_id, tokens_per_batch=4096):

@@ -21,7 +21,7 @@ from medusa.files import atomic_write
 STAGES = ("init", "medusa", "tree", "posterior", "update")
 SIDES = ("base", "medusa")
 # settings that may change between an interrupted run and its --resume
-RESUMABLE_KEYS = ("num_samples", "resume", "output", "plot")
+RESUMABLE_KEYS = ("num_samples", "resume", "overwrite", "output", "plot")
 
 
 def max_new_tokens(config) -> int:

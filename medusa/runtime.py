@@ -13,7 +13,10 @@ Defaults only fill in what the user has not set: an explicit environment always 
 """
 import os
 import shutil
+import signal
 import subprocess
+import threading
+from contextlib import contextmanager
 
 
 def gpu_available() -> bool:
@@ -41,6 +44,53 @@ for _key, _value in _environment_defaults().items():
     os.environ.setdefault(_key, _value)
 
 import jittor as jt  # noqa: E402  (must follow the environment set-up above)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _give_interrupts_back_to_python():
+    """Jittor registers C-level SIGINT/SIGTERM handlers that quick_exit() the process
+    (src/utils/log.cc), so Ctrl-C or `kill` would end a run without Python's KeyboardInterrupt,
+    finally blocks or the chance to save. Both raise KeyboardInterrupt again (main thread only).
+    Its SIGCHLD handler also quick_exits this process whenever any child process dies of a
+    signal (meant for its dataset workers, which we do not use): back to the default."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
+_give_interrupts_back_to_python()
+
+
+class StopRequest:
+    """Set by SIGINT/SIGTERM inside `interrupts_deferred()`."""
+    requested = None    # the signal's name once one arrived
+
+
+@contextmanager
+def interrupts_deferred():
+    """Inside, SIGINT/SIGTERM do not interrupt: they set the yielded StopRequest's `requested`,
+    and the loop stops at a point where its state is whole (a trainer between optimizer
+    steps). A second signal interrupts at once."""
+    stop = StopRequest()
+
+    def note(signum, frame):
+        if stop.requested:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+        stop.requested = signal.Signals(signum).name
+
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        old = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        if main:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
 
 def use_device(device: str = "auto") -> str:

@@ -24,8 +24,9 @@ batch_size x gradient_accumulation_steps x world_size samples. Only rank 0 write
 """
 import argparse
 import dataclasses
+import io
 import json
-import pickle
+import sys
 import time
 from pathlib import Path
 
@@ -38,6 +39,13 @@ from medusa.optim import AdamW, lr_at
 from medusa.runtime import jt
 
 MOE_ONLY = ("moe_num_experts", "moe_top_k", "aux_loss_weight")
+# flags that may differ between a run and its --resume (they do not change what is computed)
+RESUME_FREE = ("resume", "save_every", "max_steps", "device", "cache_dir", "cache_hidden", "output_dir")
+STATE_NAME = "last_state.npz"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: the state was saved at the last whole optimizer step."""
 
 
 HELP = {
@@ -66,7 +74,8 @@ HELP = {
     'template': "chat template: tokenizer (the model's own) or vicuna",
     'cache_hidden': 'compute the base hidden states once and cache them on disk (fp16 .npz)',
     'cache_dir': 'where the cached hidden states go',
-    'resume': 'continue from output_dir/last_state.pkl',
+    'resume': 'continue from output_dir/last_state.npz (the settings that shape the run must match)',
+    'save_every': 'save the training state every N optimizer steps (and at each epoch end and at Ctrl-C); 0 = epoch ends only',
     'max_steps': 'stop (and save) after this many optimizer steps; 0 = all epochs',
     'device': 'auto, cpu or cuda',
     'base_dtype': 'compute dtype of the frozen base; empty = fp16 on GPU, fp32 on CPU',
@@ -101,6 +110,7 @@ class TrainArgs:
     cache_hidden: bool = True
     cache_dir: str = "cache/hidden"
     resume: bool = False
+    save_every: int = 50
     max_steps: int = 0
     device: str = "auto"
     base_dtype: str = ""
@@ -206,7 +216,7 @@ class Trainer:
         self.global_batch = args.batch_size * args.gradient_accumulation_steps * self.world
         self.steps_per_epoch = len(self.train_set) // self.global_batch
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(self.train_set)} training samples < one global batch of {self.global_batch} "
+            raise UsageError(f"{len(self.train_set)} training samples < one global batch of {self.global_batch} "
                              f"(batch_size x gradient_accumulation_steps x world_size)")
         self.total_steps = args.epochs * self.steps_per_epoch          # the schedule's length
         self.stop_at = min(args.max_steps or self.total_steps, self.total_steps)
@@ -258,7 +268,7 @@ class Trainer:
             loss = (nll * scale).sum() + aux.sum() * (a.aux_loss_weight * self.world / a.gradient_accumulation_steps)
             self.opt.backward(loss)
             totals.add(nll.numpy(), hit1, hit5, n)
-            totals.aux += float(aux.sum().numpy()) / a.gradient_accumulation_steps
+            totals.aux += float(aux.sum().item()) / a.gradient_accumulation_steps
         totals.steps += 1
         if a.max_grad_norm > 0:
             self.opt.clip_grad_norm(a.max_grad_norm)
@@ -295,52 +305,97 @@ class Trainer:
             save_heads(self.heads, self.args.out_dir() / name)
 
     def save_state(self):
+        """Heads, optimizer moments, step and settings in one npz (numpy arrays and a JSON
+        string: nothing that runs code when read), written atomically; last.jtr beside it."""
         if self.rank != 0:
             return
         self.save("last.jtr")
-        state = {"step": self.step, "best": self.best, "optimizer": self.opt.state(),
-                 "args": dataclasses.asdict(self.args)}
-        atomic_write(self.args.out_dir() / "last_state.pkl", pickle.dumps(state, protocol=4))
+        opt = self.opt.state()
+        meta = {"step": self.step, "best": self.best, "optimizer_steps": opt["steps"],
+                "args": dataclasses.asdict(self.args), "head_config": self.heads.config.to_dict()}
+        arrays = {f"heads/{name}": p.numpy() for name, p in self.heads.named_parameters()}
+        arrays.update({f"m/{i}": m for i, m in enumerate(opt["m"])})
+        arrays.update({f"v/{i}": v for i, v in enumerate(opt["v"])})
+        buf = io.BytesIO()
+        np.savez(buf, meta=np.array(json.dumps(meta)), **arrays)
+        atomic_write(self.args.out_dir() / STATE_NAME, buf.getvalue())
 
     def load_state(self):
-        from medusa.head_io import load_heads
-
+        """Continue from the saved state: refused when a setting that shapes the run differs."""
         out = self.args.out_dir()
-        state = pickle.loads((out / "last_state.pkl").read_bytes())
-        saved = load_heads(out / "last.jtr")
-        if saved.config != self.heads.config:
-            raise ValueError(f"{out}: checkpoint heads {saved.config} differ from the requested {self.heads.config}")
-        for p, q in zip(self.heads.parameters(), saved.parameters()):
-            p.assign(q)
-        self.opt.load(state["optimizer"])
-        self.step, self.best = state["step"], state["best"]
+        path = out / STATE_NAME
+        if not path.is_file():
+            raise UsageError(f"--resume: nothing to resume in {out} (no {STATE_NAME}; a run saves one every "
+                             "--save_every steps, at each epoch end and at Ctrl-C)")
+        try:
+            with np.load(path, allow_pickle=False) as f:   # object arrays (pickles) are refused
+                arrays = {k: f[k] for k in f.files}
+            meta = json.loads(str(arrays.pop("meta")))
+        except (OSError, ValueError, KeyError) as e:
+            raise UsageError(f"--resume: cannot read {path}: {e}") from e
+        saved, now = meta["args"], dataclasses.asdict(self.args)
+        changed = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE and saved.get(k) != now.get(k))
+        if changed:
+            raise UsageError(f"--resume: {path} was saved with other settings: " + ", ".join(
+                f"--{k} {saved.get(k)!r} (now {now.get(k)!r})" for k in changed) + "; resume with the saved ones "
+                "or start a new --output_dir")
+        if meta["head_config"] != self.heads.config.to_dict():
+            raise UsageError(f"--resume: {path} holds heads {meta['head_config']}, this base model needs "
+                             f"{self.heads.config.to_dict()}")
+        for name, p in self.heads.named_parameters():
+            p.assign(jt.array(arrays[f"heads/{name}"]))
+        n = len([k for k in arrays if k.startswith("m/")])
+        self.opt.load({"steps": meta["optimizer_steps"], "m": [arrays[f"m/{i}"] for i in range(n)],
+                       "v": [arrays[f"v/{i}"] for i in range(n)]})
+        self.step, self.best = meta["step"], meta["best"]
+        self._drop_metrics_after(self.step)
+
+    def _drop_metrics_after(self, step):
+        """Metrics logged after the saved step are computed again: drop them, so no step repeats."""
+        path = self.args.out_dir() / "metrics.jsonl"
+        if self.rank == 0 and path.is_file():
+            lines = [line for line in path.read_text(encoding="utf-8").splitlines()
+                     if line.strip() and json.loads(line).get("step", 0) <= step]
+            atomic_write(path, "".join(line + "\n" for line in lines))
 
     # -- the loop
     def fit(self):
         from tqdm import tqdm
 
+        from medusa.runtime import interrupts_deferred
+
         a, out = self.args, self.args.out_dir()
-        if self.rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "train_args.json").write_text(json.dumps(
-                dict(dataclasses.asdict(a), world_size=self.world, global_batch=self.global_batch,
-                     samples=self.report.kept, skipped=dict(self.report.skipped)), indent=2))
         if a.resume:
             self.load_state()
+        elif self.rank == 0:
+            if (out / STATE_NAME).is_file():
+                raise UsageError(f"--output_dir {out} holds a run already: pass --resume to continue it "
+                                 "or choose another --output_dir")
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write(out / "train_args.json", json.dumps(
+                dict(dataclasses.asdict(a), world_size=self.world, global_batch=self.global_batch,
+                     samples=self.report.kept, skipped=dict(self.report.skipped)), indent=2))
         bar = tqdm(total=self.stop_at, initial=self.step, desc=f"train {a.family}", disable=self.rank != 0)
         totals, t0 = Totals(self.K), time.time()
-        while self.step < self.stop_at:
-            self.train_step(totals)
-            bar.update(1)
-            epoch_end = self.step % self.steps_per_epoch == 0 or self.step == self.stop_at
-            if self.step % 10 == 0 or epoch_end:
-                record = dict(split="train", step=self.step, lr=self.opt.lr, aux=totals.aux / totals.steps,
-                              seconds=round(time.time() - t0, 1), **totals.metrics(self.lambdas))
-                bar.set_postfix(loss=f"{record['loss']:.3f}", top1_0=f"{record['head0_top1']:.3f}")
-                self.log(record)
-                totals = Totals(self.K)
-            if epoch_end:
-                self.end_of_epoch()
+        with interrupts_deferred() as stop:
+            while self.step < self.stop_at:
+                self.train_step(totals)
+                bar.update(1)
+                epoch_end = self.step % self.steps_per_epoch == 0 or self.step == self.stop_at
+                if self.step % 10 == 0 or epoch_end:
+                    record = dict(split="train", step=self.step, lr=self.opt.lr, aux=totals.aux / totals.steps,
+                                  seconds=round(time.time() - t0, 1), **totals.metrics(self.lambdas))
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", top1_0=f"{record['head0_top1']:.3f}")
+                    self.log(record)
+                    totals = Totals(self.K)
+                if epoch_end:
+                    self.end_of_epoch()
+                elif stop.requested or (a.save_every and self.step % a.save_every == 0):
+                    self.save_state()
+                if stop.requested:
+                    bar.close()
+                    raise Interrupted(f"interrupted ({stop.requested}) after optimizer step {self.step}: the state "
+                                      f"is saved in {out / STATE_NAME}; run the same command with --resume to continue")
         bar.close()
         return self.best
 
@@ -381,6 +436,8 @@ def check_args(args: TrainArgs):
     for flag in ("epochs", "batch_size", "gradient_accumulation_steps", "medusa_num_heads", "max_length"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.save_every < 0 or args.max_steps < 0:
+        raise UsageError("--save_every and --max_steps must be >= 0")
     if args.lr <= 0 or not 0 <= args.warmup_ratio < 1:
         raise UsageError(f"--lr must be > 0 and --warmup_ratio in [0, 1), got {args.lr} and {args.warmup_ratio}")
 
@@ -388,7 +445,11 @@ def check_args(args: TrainArgs):
 def main(argv=None, family="medusa"):
     args = parse_args(argv, family)
     trainer = Trainer(args)
-    best = trainer.fit()
+    try:
+        best = trainer.fit()
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(130)
     if trainer.rank == 0:
         print(f"best val loss {best:.4f}; heads in {args.out_dir() / 'best.jtr'}")
     return trainer

