@@ -1,6 +1,6 @@
 """Train Medusa-1 heads (ResBlocks + vocab projection) for a frozen base model; all flags: `python train_ddp.py --help`.
 
-    python train_ddp.py                                   # embedded SmolLM2, data/smollm2_selfdistill.jsonl
+    python train_ddp.py                                   # embedded SmolLM2, the shipped medusa/trained/smollm2_selfdistill.jsonl
     mpirun -np 2 python train_ddp.py --batch_size 4       # Jittor MPI data parallel
 
 The trainer is medusa/training.py (shared by train_ddp.py, train_rnn.py and train_moe.py).

@@ -1,6 +1,6 @@
 """Train mixture-of-experts heads for a frozen base model; all flags: `python train_moe.py --help`.
 
-    python train_moe.py                                   # embedded SmolLM2, data/smollm2_selfdistill.jsonl
+    python train_moe.py                                   # embedded SmolLM2, the shipped medusa/trained/smollm2_selfdistill.jsonl
     mpirun -np 2 python train_moe.py --batch_size 4       # Jittor MPI data parallel
 
 The trainer is medusa/training.py (shared by train_ddp.py, train_rnn.py and train_moe.py).

@@ -42,6 +42,7 @@ MOE_ONLY = ("moe_num_experts", "moe_top_k", "aux_loss_weight")
 # flags that may differ between a run and its --resume (they do not change what is computed)
 RESUME_FREE = ("resume", "save_every", "max_steps", "device", "cache_dir", "cache_hidden", "output_dir")
 STATE_NAME = "last_state.npz"
+SHIPPED_DATA = Path(__file__).parent / "trained" / "smollm2_selfdistill.jsonl"   # package data
 
 
 class Interrupted(KeyboardInterrupt):
@@ -87,7 +88,7 @@ class TrainArgs:
     """Every field but `family` is a command-line flag; HELP says what each does."""
     base_model_path: str = ""
     jittor_base_weights: str = ""
-    data_path: str = "data/smollm2_selfdistill.jsonl"
+    data_path: str = str(SHIPPED_DATA)
     output_dir: str = ""
     medusa_num_heads: int = 4
     medusa_num_layers: int = 1
