@@ -11,15 +11,16 @@ Every family is called the same way:
     # t+k+1; logits [K, B, T, V] fp32, head k predicts token t+k+2; aux_loss a scalar Var.
 
 The base weights (`model.lm_head_t()` [H, V], `model.embed_weight()` [V, H]) are passed in at
-call time, frozen, and are never parameters of the heads. Like the base model's, every Linear
-stores its weight [in, out] (y = x @ W): Jittor's CPU matmul is ~6x slower on a transposed
-operand. head_io.py keeps torch's [out, in] on disk. Parameter names follow one convention that head_io.py relies on:
+call time, frozen, and are never parameters of the heads. Every Linear is the base model's
+`model.Linear` (weight [in, out], y = x @ W, the same kernel choice as the base: `model.matmul`);
+head_io.py keeps torch's [out, in] on disk. Parameter names follow one convention that head_io.py relies on:
 per-head parameters live in top-level ModuleLists indexed by head (`blocks.{k}.{j}.linear.weight`,
 `lm_heads.{k}.weight`), shared ones under a plain name (`cell.gates.weight`).
 """
 import dataclasses
 import math
 
+from medusa.model import Linear, matmul
 from medusa.runtime import jt
 
 HEAD_FAMILIES = {}
@@ -74,20 +75,16 @@ def build_heads(cfg: HeadConfig) -> "DraftHeads":
 
 
 # ---------------------------------------------------------------- building blocks
-class Linear(jt.nn.Module):
-    """y = x W (+ b) with W stored [in, out] (the transpose of torch's [out, in], see the module
-    docstring), W ~ U(-a, a) with a = init_scale / sqrt(n_in) (torch's default at 1)."""
-
-    transposed = True   # weights.transposed_names: stored [in, out], saved as torch's [out, in]
-
-    def __init__(self, n_in, n_out, bias=True, init_scale=1.0, bias_init=0.0):
-        a = init_scale / math.sqrt(n_in)
-        self.weight = (jt.rand((n_in, n_out), "float32") * 2 - 1) * a if a else jt.zeros((n_in, n_out), "float32")
-        self.bias = jt.full((n_out,), bias_init, "float32") if bias else None
-
-    def execute(self, x):
-        y = jt.matmul(x, self.weight)
-        return y + self.bias if self.bias is not None else y
+def linear(n_in, n_out, bias=True, init_scale=1.0, bias_init=0.0) -> Linear:
+    """A fp32 model.Linear initialised for training: W [in, out] ~ U(-a, a) with
+    a = init_scale / sqrt(n_in) (torch's default at 1; 0 gives zeros), b = bias_init."""
+    layer = Linear(n_in, n_out, bias=bias)
+    a = init_scale / math.sqrt(n_in)
+    if a:
+        layer.weight = (jt.rand((n_in, n_out), "float32") * 2 - 1) * a
+    if bias:
+        layer.bias = jt.full((n_out,), bias_init, "float32")
+    return layer
 
 
 class ResBlock(jt.nn.Module):
@@ -95,7 +92,7 @@ class ResBlock(jt.nn.Module):
     W still gets gradient at once (dL/dW = silu'(0) g x^T = g x^T / 2)."""
 
     def __init__(self, hidden_size, init_scale=0.0):
-        self.linear = Linear(hidden_size, hidden_size, bias=True, init_scale=init_scale)
+        self.linear = linear(hidden_size, hidden_size, bias=True, init_scale=init_scale)
 
     def delta(self, x):
         return jt.nn.silu(self.linear(x))
@@ -121,7 +118,7 @@ class DraftHeads(jt.nn.Module):
         self.config = cfg
         H, V = cfg.hidden_size, cfg.vocab_size
         self.lm_heads = None if cfg.share_lm_head else jt.nn.ModuleList(
-            [Linear(H, V, bias=False) for _ in range(cfg.num_heads)])
+            [linear(H, V, bias=False) for _ in range(cfg.num_heads)])
 
     def execute(self, hidden, tokens=None, lm_head_t=None, embed_weight=None, project=None):
         """-> (logits [len(project), B, T, V] fp32, aux). `project`: the heads whose vocab logits
@@ -168,8 +165,8 @@ def _shared_projection(feats, lm_head_t):
     it stays fp32. Detached either way: the heads never mark the caller's Var."""
     lm_head_t = lm_head_t.detach()
     if jt.flags.no_grad and lm_head_t.dtype != feats.dtype:
-        return jt.matmul(feats.cast(lm_head_t.dtype), lm_head_t).float32()
-    return jt.matmul(feats, lm_head_t.float32())
+        return matmul(feats.cast(lm_head_t.dtype), lm_head_t).float32()
+    return matmul(feats, lm_head_t.float32())
 
 
 def _zero_aux():
@@ -212,10 +209,10 @@ class GatedCell(jt.nn.Module):
     def __init__(self, hidden_size, keep_bias=2.0):
         H = hidden_size
         self.hidden_size = H
-        self.in_proj = Linear(H, H)
-        self.gates = Linear(2 * H, 2 * H)
+        self.in_proj = linear(H, H)
+        self.gates = linear(2 * H, 2 * H)
         self.gates.bias = jt.concat([jt.full((H,), keep_bias, "float32"), jt.zeros((H,), "float32")])
-        self.cand = Linear(2 * H, H)
+        self.cand = linear(2 * H, H)
 
     def execute(self, s, e):
         H = self.hidden_size
@@ -287,7 +284,7 @@ class MoEBlock(jt.nn.Module):
     def __init__(self, hidden_size, num_experts, top_k, expert_init_scale=0.1):
         self.top_k = top_k
         self.experts = jt.nn.ModuleList([ResBlock(hidden_size, expert_init_scale) for _ in range(num_experts)])
-        self.router = Linear(hidden_size, num_experts, bias=False)
+        self.router = linear(hidden_size, num_experts, bias=False)
 
     def execute(self, x):
         """-> (y [B, T, H], Switch load-balancing loss E * sum_e f_e * p_e, 1 when balanced)."""

@@ -12,28 +12,62 @@ tree verification and training:
 Module names mirror the Hugging Face ones (model.layers.0.self_attn.q_proj.weight, ...), so a
 converted checkpoint loads with an identity key map.
 """
+import math
+
 import numpy as np
 
+from medusa import kernels
 from medusa.config import ModelConfig, rope_inv_freq
 from medusa.runtime import jt
 
 NEG_INF = -1e9  # additive mask value; scores are accumulated in fp32, so this never overflows
 
 
+# Jittor's own loop fuses a matmul with the ops around it, which wins where the product is tiny:
+# one token against a small weight (a SmolLM2 decode step was ~10% slower with a BLAS call per
+# layer; the [576, 49152] vocab projection is 2x faster on BLAS) and one token's attention.
+BLAS_MIN_ONE_ROW = 1 << 22     # weight elements from which a single row goes to BLAS
+BLAS_MIN_ROWS = 8              # attention: query rows per (batch, kv head) from which BLAS is used
+
+
+def _kernel(a, b, trans_b):
+    """The function that computes matmul(a, b, trans_b): Jittor's own or one of medusa/kernels.py."""
+    if jt.flags.use_cuda or a.dtype != "float32" or b.dtype != "float32" or not kernels.use_blas():
+        return kernels.reference_matmul
+    if trans_b or b.ndim > 2:                      # attention: one product per (batch, kv head)
+        return kernels.blas_matmul if a.shape[-2] >= BLAS_MIN_ROWS else kernels.reference_matmul
+    rows = math.prod(a.shape[:-1])
+    inference = jt.flags.no_grad or (a.is_stop_grad() and b.is_stop_grad())
+    if 1 < rows <= kernels.SMALL_ROWS and inference and b.shape[1] % kernels.PACK_WIDTH == 0:
+        return kernels.small_rows_matmul           # a tree or the heads: stream the weight once
+    if rows == 1 and math.prod(b.shape) < BLAS_MIN_ONE_ROW:
+        return kernels.reference_matmul
+    return kernels.blas_matmul
+
+
+def matmul(a, b, trans_b=False):
+    """a [..., M, K] @ b -> [..., M, N], the one place that picks the kernel. b [K, N] is a weight
+    (a's leading axes are rows), b [..., K, N] one matrix per leading index of a (attention);
+    trans_b: b is given as [..., N, K]. On the CPU in fp32, OpenBLAS or a few-rows kernel
+    (medusa/kernels.py: Jittor's own CPU matmul is a single-threaded loop) where they win; else
+    Jittor's own ops (always on a GPU, in fp16, or after kernels.use_blas(False))."""
+    return _kernel(a, b, trans_b)(a, b, trans_b)
+
+
 class Linear(jt.nn.Module):
     """y = x W (+ b) with W stored [in, out], the transpose of the checkpoint's [out, in]
-    (weights.py transposes on load): Jittor's CPU matmul is ~6x slower on a transposed
+    (weights.py transposes on load): Jittor's own matmul is ~6x slower on a transposed
     operand (x @ W^T), measured on [1,576]x[576,1536]. Zero-initialised: weights come from a
-    checkpoint."""
+    checkpoint (the heads initialise their own, heads.linear)."""
 
-    transposed = True
+    transposed = True   # weights.transposed_names: stored [in, out], saved as [out, in]
 
     def __init__(self, n_in, n_out, bias=False, dtype="float32"):
         self.weight = jt.zeros((n_in, n_out), dtype)
         self.bias = jt.zeros((n_out,), dtype) if bias else None
 
     def execute(self, x):
-        y = jt.matmul(x, self.weight)
+        y = matmul(x, self.weight)
         return y + self.bias if self.bias is not None else y
 
 
@@ -89,9 +123,10 @@ class Attention(jt.nn.Module):
         S, G = k.shape[2], self.n_heads // self.n_kv
         # grouped-query attention: fold the G query heads of each kv head into the row axis
         q = q.reshape(B, self.n_kv, G * T, self.head_dim)
-        # q k^T: on CUDA one cuBLAS call with k transposed in place; Jittor's transpose kernel
-        # copies the cached keys at a few GB/s (9.7 ms per Vicuna-7B step at 133 positions, H100)
-        scores = jt.nn.bmm_transpose(q, k).float32() * (self.head_dim ** -0.5)
+        # q k^T with k transposed in place (on CUDA jt.nn.bmm_transpose, one cuBLAS call): Jittor's
+        # transpose kernel copies the cached keys at a few GB/s (9.7 ms per Vicuna-7B step at 133
+        # positions, H100)
+        scores = matmul(q, k, trans_b=True).float32() * (self.head_dim ** -0.5)
         scores = scores.reshape(B, self.n_kv, G, T, S)
         if mask is not None:
             scores = scores + mask.reshape(B, 1, 1, T, S)
@@ -99,7 +134,7 @@ class Attention(jt.nn.Module):
         # (5-16 s each with nvcc 13), and S grows every decode step
         scores = (scores - scores.max(dim=-1, keepdims=True)).exp()
         probs = (scores / scores.sum(dim=-1, keepdims=True)).cast(v.dtype).reshape(B, self.n_kv, G * T, S)
-        out = jt.matmul(probs, v).reshape(B, self.n_heads, T, self.head_dim)
+        out = matmul(probs, v).reshape(B, self.n_heads, T, self.head_dim)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, self.n_heads * self.head_dim))
 
 
@@ -166,7 +201,7 @@ class Transformer(jt.nn.Module):
 
     def logits(self, hidden):
         """hidden [B, T, H] -> fp32 logits [B, T, V]."""
-        return jt.matmul(hidden, self.lm_head_t()).float32()
+        return matmul(hidden, self.lm_head_t()).float32()
 
     def execute(self, tokens, positions, mask=None, cache=None):
         """tokens, positions: int32 [B, T]; mask: additive fp32 [B, 1, T, S] or None (attend to

@@ -1,0 +1,223 @@
+"""CPU matmul kernels: a BLAS sgemm/sgemv behind a `jt.code` op, beside Jittor's own matmul.
+
+Why: Jittor 1.3.11 without oneDNN has no CPU matmul of its own. `jt.matmul` is a compiled
+broadcast-multiply-sum loop on one core, so verifying a tree of n nodes costs about n decode
+steps. The BLAS here is OpenBLAS from the `scipy-openblas32` wheel (numpy/scipy's own build,
+symbols prefixed `scipy_`), threaded over all cores by default.
+
+    y = blas_matmul(x, w)                   # x [..., K] @ w [K, N] -> [..., N] (Linear layers)
+    s = blas_matmul(q, k, trans_b=True)     # q [..., M, D] @ k [..., S, D]^T -> [..., M, S] (attention)
+    y = reference_matmul(x, w)              # the same contracts through Jittor (any dtype, device)
+
+Each function here is one kernel with its plain Jittor reference; `model.matmul` picks one of
+the two, in one place. Threads: `set_num_threads(n)`, else $MEDUSA_BLAS_THREADS, else every
+core this process may run on. `use_blas(False)` (or $MEDUSA_MATMUL=jittor) switches the model
+back to Jittor's loop, e.g. to measure before/after in one process.
+"""
+import collections
+import ctypes
+import functools
+import math
+import os
+
+from medusa.runtime import jt
+
+_state = {"enabled": os.environ.get("MEDUSA_MATMUL", "blas") != "jittor", "threads": None}
+
+
+@functools.lru_cache(maxsize=1)
+def _openblas():
+    """(compile flags for jt.code, the loaded library via ctypes). Imported on first use only,
+    so the GPU path never needs the wheel."""
+    import scipy_openblas32 as sob
+    inc, lib = sob.get_include_dir(), sob.get_lib_dir()
+    # rpath: the compiled op finds the library without LD_LIBRARY_PATH
+    flags = {f"FLAGS: -I{inc} -L{lib} -lscipy_openblas -Wl,-rpath,{lib} ": 1}
+    # the same file the op links against, so both share one OpenBLAS (and one thread setting)
+    return flags, ctypes.CDLL(os.path.join(lib, "libscipy_openblas.so"))
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def set_num_threads(n: int = None) -> int:
+    """Threads of these kernels (None: $MEDUSA_BLAS_THREADS, else every available core). They
+    are OpenMP threads; OpenBLAS itself is kept on one thread per call. Returns the count."""
+    n = int(n or os.environ.get("MEDUSA_BLAS_THREADS") or available_cores())
+    if n < 1:
+        raise ValueError(f"BLAS threads must be >= 1, got {n}")
+    _openblas()[1].scipy_openblas_set_num_threads(1)
+    _state["threads"] = n
+    return n
+
+
+def num_threads() -> int:
+    """Threads these kernels use (set on first use if nobody set them)."""
+    return _state["threads"] or set_num_threads()
+
+
+def use_blas(enabled: bool = None) -> bool:
+    """Turn the BLAS path on or off for `model.matmul` (None: only ask). Returns the setting."""
+    if enabled is not None:
+        _state["enabled"] = bool(enabled)
+    return _state["enabled"]
+
+
+# C[i] = op(A[i]) op(B[i]) for i < batch, row-major; in0 = A [batch, ., .], in1 = B [batch, ., .].
+# Threads: OpenMP over (batch, column block) pairs, each a single-threaded OpenBLAS call, so there
+# is one thread pool (libgomp, Jittor's own) and OpenBLAS's pthreads never spin against it. The
+# trans flags are baked into the source, so each (trans_a, trans_b) is its own compiled kernel.
+# M == 1 without transposes is a matrix-vector product: sgemv streams B once (3.1 ms vs sgemm's
+# 11.6 ms for [1,576]x[576,49152], this CPU).
+_GEMM_SRC = """
+const int M = out0_shape1, N = out0_shape2, K = {ta} ? in0_shape1 : in0_shape2;
+const int lda = in0_shape2, ldb = in1_shape2, threads = (int)data["threads"];
+const int parts = N >= 128 * threads ? threads : 1, block = (N + parts - 1) / parts;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+for (int i = 0; i < out0_shape0; i++)
+for (int p = 0; p < parts; p++) {{
+    const int n0 = p * block, n = std::min(N, n0 + block) - n0;
+    const float *A = in0_p + (size_t)i * in0_shape1 * lda;
+    const float *B = in1_p + (size_t)i * in1_shape1 * ldb + ({tb} ? (size_t)n0 * ldb : n0);
+    float *C = out0_p + (size_t)i * M * N + n0;
+    if (M == 1 && !{ta} && !{tb})
+        scipy_cblas_sgemv(CblasRowMajor, CblasTrans, K, n, 1.0f, B, ldb, A, 1, 0.0f, C, 1);
+    else
+        scipy_cblas_sgemm(CblasRowMajor, {ta} ? CblasTrans : CblasNoTrans, {tb} ? CblasTrans : CblasNoTrans,
+                          M, n, K, 1.0f, A, lda, B, ldb, 0.0f, C, N);
+}}
+"""
+
+
+def blas_gemm(a, b, trans_a=False, trans_b=False):
+    """Batched op(a) @ op(b) for 3-D fp32 Vars, OpenBLAS calls in one op (no gradient of its own).
+
+    a: [Bt, M, K] ([Bt, K, M] with trans_a); b: [Bt, K, N] ([Bt, N, K] with trans_b)
+    -> [Bt, M, N] fp32."""
+    Bt, M, K = a.shape[0], *(a.shape[:0:-1] if trans_a else a.shape[1:])
+    bK, N = b.shape[:0:-1] if trans_b else b.shape[1:]
+    if bK != K or b.shape[0] != Bt:
+        raise ValueError(f"gemm shapes do not match: a {list(a.shape)} (trans {trans_a}), "
+                         f"b {list(b.shape)} (trans {trans_b})")
+    flags, _ = _openblas()
+    out = jt.code((Bt, M, N), "float32", [a, b], cpu_header="#include <cblas.h>\n#include <algorithm>",
+                  cpu_src=_GEMM_SRC.format(ta=int(trans_a), tb=int(trans_b)), data={"threads": num_threads()})
+    out.compile_options = flags
+    return out
+
+
+class _BlasMatmul(jt.Function):
+    """a [Bt, M, K] @ b [Bt, K, N] (b^T of [Bt, N, K] with trans_b), with its gradient through
+    the same BLAS (training the heads)."""
+
+    def __init__(self, trans_b=False):
+        self.trans_b = trans_b
+
+    def execute(self, a, b):
+        self.saved = a, b
+        return blas_gemm(a, b, trans_b=self.trans_b)
+
+    def grad(self, g):                                  # g [Bt, M, N]
+        a, b = self.saved
+        da = blas_gemm(g, b, trans_b=not self.trans_b)  # [Bt, M, K]
+        db = blas_gemm(g, a, trans_a=True) if self.trans_b else blas_gemm(a, g, trans_a=True)
+        return da, db                                   # db [Bt, N, K] with trans_b, else [Bt, K, N]
+
+
+def blas_matmul(a, b, trans_b=False):
+    """a [..., M, K] fp32 @ b fp32 -> [..., M, N] fp32 on the CPU through OpenBLAS, differentiable.
+
+    b [K, N] (a weight; [N, K] with trans_b): a's leading axes are folded into the rows, so a
+    batched [B, T, K] input is one gemm. b [..., K, N] with a's leading axes ([..., N, K] with
+    trans_b): one gemm per leading index (attention)."""
+    K = a.shape[-1]
+    if b.ndim == 2:
+        rows = a.reshape(1, -1, K)                                  # [1, R, K]
+        out = _BlasMatmul(trans_b)(rows, b.reshape(1, *b.shape))    # [1, R, N]
+        return out.reshape(*a.shape[:-1], out.shape[-1])
+    if tuple(a.shape[:-2]) != tuple(b.shape[:-2]):
+        raise ValueError(f"blas_matmul: leading axes differ: a {list(a.shape)}, b {list(b.shape)}")
+    lead = tuple(a.shape[:-2])
+    out = _BlasMatmul(trans_b)(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
+    return out.reshape(*lead, *out.shape[-2:])
+
+
+# ---------------------------------------------------------------- few rows, packed weight
+# A few rows (a tree of 9 nodes, 4 heads) against a large weight is bound by streaming the weight,
+# and OpenBLAS's sgemm there reads it at ~11 GB/s ([9,576]x[576,1536]: 0.32 ms, weights out of
+# cache, this CPU). Stored as contiguous 32-column strips, the weight streams at ~45 GB/s on two
+# cores (0.20 ms), each strip read once from memory for all rows.
+PACK_WIDTH = 32                         # columns per strip: four 8-float vectors
+SMALL_ROWS = 16                         # the most rows this kernel is meant for
+_PACK_CACHE_BYTES = 4 << 30             # packed copies kept (least recently used dropped first)
+_packed = collections.OrderedDict()     # weight Var id -> packed Var (ids are never reused)
+
+_SMALL_HEADER = """
+#include <cstring>
+typedef float v8 __attribute__((vector_size(32)));
+// C[0:MR, n0:n0+32] = A[0:MR, :] Bs, Bs one packed strip [K, 32]; 4 * MR accumulators in registers
+template <int MR>
+static inline void small_tile(const float* A, const float* Bs, float* C, int K, int N, int n0) {
+    v8 c[MR][4] = {};
+    for (int k = 0; k < K; k++, Bs += 32) {
+        v8 b[4];
+        std::memcpy(b, Bs, sizeof b);
+        for (int r = 0; r < MR; r++)
+            for (int v = 0; v < 4; v++) c[r][v] += A[r * K + k] * b[v];
+    }
+    for (int r = 0; r < MR; r++) std::memcpy(C + r * N + n0, c[r], sizeof c[r]);
+}
+static void small_strip(const float* A, const float* Bs, float* C, int M, int K, int N, int n0) {
+    int m = 0;
+    for (; m + 3 <= M; m += 3) small_tile<3>(A + m * K, Bs, C + m * N, K, N, n0);
+    if (M - m == 2) small_tile<2>(A + m * K, Bs, C + m * N, K, N, n0);
+    if (M - m == 1) small_tile<1>(A + m * K, Bs, C + m * N, K, N, n0);
+}
+"""
+_SMALL_SRC = """
+const int M = in0_shape0, K = in0_shape1, strips = in1_shape0, N = strips * 32;
+#pragma omp parallel for schedule(static) num_threads((int)data["threads"])
+for (int s = 0; s < strips; s++)
+    small_strip(in0_p, in1_p + (size_t)s * K * 32, out0_p, M, K, N, s * 32);
+"""
+
+
+def pack_weight(w):
+    """w [K, N] (N a multiple of PACK_WIDTH) -> [N / PACK_WIDTH, K, PACK_WIDTH] fp32, strip s holding
+    columns s*W .. s*W+W-1 row after row."""
+    K, N = w.shape
+    return w.float32().reshape(K, N // PACK_WIDTH, PACK_WIDTH).transpose(1, 0, 2).clone().stop_grad()
+
+
+def packed(w):
+    """pack_weight(w), made once per weight Var and kept (an assigned or updated weight is a new
+    Var, so a stale copy is never used)."""
+    key = w.id
+    if key not in _packed:
+        _packed[key] = pack_weight(w).sync()
+        while len(_packed) > 1 and sum(math.prod(v.shape) * 4 for v in _packed.values()) > _PACK_CACHE_BYTES:
+            _packed.popitem(last=False)
+    _packed.move_to_end(key)
+    return _packed[key]
+
+
+def small_rows_matmul(x, w, trans_b=False):
+    """x [..., K] fp32 with few rows (<= SMALL_ROWS meant) @ w [K, N] -> [..., N] fp32, through a
+    packed copy of w (N a multiple of PACK_WIDTH), threads over column strips. No gradient:
+    for inference only. (trans_b is not supported: the argument keeps one signature for all.)"""
+    if trans_b or w.ndim != 2 or w.shape[1] % PACK_WIDTH:
+        raise ValueError(f"small_rows_matmul takes w [K, N] with N % {PACK_WIDTH} == 0, got {list(w.shape)}"
+                         f"{' (trans_b)' if trans_b else ''}")
+    K, N = w.shape
+    rows = x.reshape(-1, K)                                              # [R, K]
+    out = jt.code((rows.shape[0], N), "float32", [rows, packed(w)], cpu_header=_SMALL_HEADER,
+                  cpu_src=_SMALL_SRC, data={"threads": num_threads()})
+    return out.reshape(*x.shape[:-1], N)
+
+
+def reference_matmul(a, b, trans_b=False):
+    """The same contract as blas_matmul through Jittor's own ops (any dtype, any device)."""
+    if trans_b:
+        return jt.nn.bmm_transpose(a, b) if b.ndim > 2 else jt.matmul(a, b.transpose(1, 0))
+    return jt.matmul(a, b)

@@ -1,0 +1,132 @@
+"""medusa/kernels.py against Jittor's own matmul (fp32 tolerance) on odd shapes, its gradients, and
+that model.matmul really dispatches to it on the CPU."""
+import numpy as np
+import pytest
+
+from medusa import kernels, model as model_lib, weights
+from medusa.runtime import jt
+
+RTOL, ATOL = 1e-4, 1e-4
+
+
+def rand(*shape, seed=0):
+    return jt.array(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
+
+
+def close(a, b):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=RTOL, atol=ATOL)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """{kernel name: calls} of the kernels model.matmul picks (wrapped in place)."""
+    calls = {}
+    for name in ("blas_matmul", "small_rows_matmul", "reference_matmul"):
+        original = getattr(kernels, name)
+
+        def wrapper(*args, _name=name, _original=original):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _original(*args)
+        monkeypatch.setattr(kernels, name, wrapper)
+    return calls
+
+
+@pytest.mark.parametrize("lead", [(1,), (7,), (63,), (3, 7), (2, 1)])
+@pytest.mark.parametrize("K, N", [(37, 29), (576, 96)])
+def test_blas_matmul_equals_jittor_for_weights(lead, K, N):
+    x, w = rand(*lead, K), rand(K, N, seed=1)
+    y = kernels.blas_matmul(x, w)
+    assert list(y.shape) == [*lead, N]
+    close(y, kernels.reference_matmul(x, w))
+
+
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("M, K, N", [(1, 37, 29), (7, 64, 13), (63, 37, 130)])
+def test_blas_matmul_equals_jittor_batched(M, K, N, trans_b):
+    a = rand(2, 3, M, K)
+    b = rand(2, 3, N, K, seed=1) if trans_b else rand(2, 3, K, N, seed=1)   # attention: k [B, H, S, D]
+    close(kernels.blas_matmul(a, b, trans_b), kernels.reference_matmul(a, b, trans_b))
+
+
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_blas_gradients_equal_jittor(trans_b):
+    a = rand(2, 7, 37)
+    b = rand(2, 29, 37, seed=1) if trans_b else rand(37, 29, seed=1)
+    target = rand(2, 7, 29, seed=2)
+    grads = [jt.grad(((f(a, b, trans_b) - target) ** 2).sum(), [a, b])
+             for f in (kernels.blas_matmul, kernels.reference_matmul)]
+    for mine, ref in zip(*grads):
+        close(mine, ref)
+
+
+@pytest.mark.parametrize("lead", [(1,), (7,), (16,), (1, 9)])
+@pytest.mark.parametrize("K, N", [(37, 64), (1, 32), (576, 1536)])
+def test_small_rows_matmul_equals_jittor(lead, K, N):
+    x, w = rand(*lead, K), rand(K, N, seed=1).stop_grad()
+    with jt.no_grad():
+        y = kernels.small_rows_matmul(x, w)
+    assert list(y.shape) == [*lead, N]
+    close(y, kernels.reference_matmul(x, w))
+
+
+def test_small_rows_matmul_repacks_an_assigned_weight():
+    x, w = rand(3, 37), rand(37, 64, seed=1).stop_grad()
+    with jt.no_grad():
+        kernels.small_rows_matmul(x, w).sync()
+        w.assign(rand(37, 64, seed=2))            # a new Var id: the packed copy must not be reused
+        close(kernels.small_rows_matmul(x, w), kernels.reference_matmul(x, w))
+
+
+def test_thread_count_does_not_change_results():
+    x, w = rand(9, 576), rand(576, 1536, seed=1)
+    before = kernels.num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            assert kernels.set_num_threads(n) == n
+            results.append(kernels.blas_matmul(x, w).numpy())
+        np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(results[0], results[2], rtol=1e-5, atol=1e-5)
+    finally:
+        kernels.set_num_threads(before)
+    with pytest.raises(ValueError):
+        kernels.set_num_threads(-1)
+
+
+def test_model_matmul_dispatch(counted):
+    w_small, w_vocab = rand(37, 64).stop_grad(), rand(37, 1 << 17).stop_grad()
+    with jt.no_grad():
+        model_lib.matmul(rand(9, 37), w_small)          # a tree's rows: the few-rows kernel
+        model_lib.matmul(rand(1, 1, 37), w_small)       # one token, small weight: Jittor's loop
+        model_lib.matmul(rand(1, 37), w_vocab)          # one token, vocab-sized weight: BLAS gemv
+        model_lib.matmul(rand(63, 37), w_small)         # many rows: BLAS
+    assert counted == {"small_rows_matmul": 1, "reference_matmul": 1, "blas_matmul": 2}
+    counted.clear()
+    model_lib.matmul(rand(9, 37), rand(37, 64))         # gradients wanted: BLAS, never the packed copy
+    assert counted == {"blas_matmul": 1}
+    counted.clear()
+    previous = kernels.use_blas(False)
+    try:
+        model_lib.matmul(rand(9, 37), w_small)
+    finally:
+        kernels.use_blas(previous)
+    assert counted == {"reference_matmul": 1}
+
+
+def test_tiny_model_runs_the_kernels_and_matches_jittor(tiny_pkl, counted):
+    net = weights.load_model(tiny_pkl("llama"), "float32")
+    tokens = jt.array(np.arange(3, 66, dtype=np.int32)[None])      # T = 63
+    positions = jt.array(np.arange(63, dtype=np.int32)[None])
+    mask = model_lib.build_mask(1, 63)
+    logits = {}
+    for on in (True, False):
+        kernels.use_blas(on)
+        try:
+            with jt.no_grad():
+                logits[on] = net.logits(net(tokens[:, :7], positions[:, :7], mask[:, :, :7, :7])).numpy(), \
+                    net.logits(net(tokens, positions, mask)).numpy()
+        finally:
+            kernels.use_blas(True)
+    assert counted.get("small_rows_matmul", 0) > 0 and counted.get("blas_matmul", 0) > 0
+    for mine, ref in zip(logits[True], logits[False]):
+        np.testing.assert_allclose(mine, ref, rtol=RTOL, atol=ATOL)
