@@ -355,9 +355,8 @@ class Trainer:
         """Metrics logged after the saved step are computed again: drop them, so no step repeats."""
         path = self.args.out_dir() / "metrics.jsonl"
         if self.rank == 0 and path.is_file():
-            lines = [line for line in path.read_text(encoding="utf-8").splitlines()
-                     if line.strip() and json.loads(line).get("step", 0) <= step]
-            atomic_write(path, "".join(line + "\n" for line in lines))
+            kept = [r for _, r in data.read_located(path, partial_tail="skip") if r.get("step", 0) <= step]
+            atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     # -- the loop
     def fit(self):

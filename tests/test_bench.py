@@ -233,3 +233,12 @@ def test_multi_turn_sampling_run(tiny_run, tmp_path):
     for side in results.SIDES:
         assert first[1][side]["prompt_tokens"] > first[0][side]["prompt_tokens"] + first[0][side]["new_tokens"]
     assert run["summary"]["num_turns"] == 3 and "identical_outputs" not in run["summary"]
+
+
+def test_default_output_never_replaces_an_earlier_run(tiny_run, tmp_path, monkeypatch):
+    make_config, setup = tiny_run
+    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
+    first = bench.default_output(make_config("x"), setup)
+    first.write_text("{}")
+    second = bench.default_output(make_config("x"), setup)
+    assert second != first and second.name.endswith("-2.json")

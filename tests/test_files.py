@@ -157,3 +157,41 @@ def test_default_model_counts_only_when_complete(tmp_path, monkeypatch):
     (folder / "tokenizer.json").write_text("{}")
     weights.ensure_default_model("float16", verbose=False)
     assert len(calls) == 1
+
+
+def test_hidden_cache_key_follows_the_weights_not_the_folder(tiny_hf, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from medusa.hidden_cache import cache_key
+
+    folder = tmp_path / "hf"
+    shutil.copytree(tiny_hf("llama"), folder)
+    data = tmp_path / "d.jsonl"
+    data.write_text("{}\n")
+    before = cache_key(data, folder, 64, "tokenizer", "float32")
+    st = folder / "model.safetensors"
+    tensors = load_file(str(st))
+    tensors["model.norm.weight"] = tensors["model.norm.weight"] * 2          # same names, shapes and size
+    save_file(tensors, str(st), metadata={"format": "pt"})
+    assert cache_key(data, folder, 64, "tokenizer", "float32") != before
+
+
+def test_gguf_conversions_are_keyed_on_content(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDUSA_JITTOR_HOME", str(tmp_path / "home"))
+    made = []
+    monkeypatch.setattr(weights, "convert", lambda src, out, dtype: made.append(out))
+    for i, payload in enumerate((b"first model", b"second model")):
+        gguf = tmp_path / f"dir{i}" / "model.gguf"            # the same file name, other content
+        gguf.parent.mkdir()
+        gguf.write_bytes(payload)
+        weights.resolve_model(str(gguf), None, "float32")
+    assert len(made) == 2 and made[0].parent != made[1].parent
+
+
+def test_resume_without_a_saved_state_says_so(tiny_pkl, tmp_path):
+    from medusa import training
+    from test_training import tiny_args
+
+    trainer = training.Trainer(tiny_args(tiny_pkl, tmp_path, resume=True))
+    with pytest.raises(UsageError, match="nothing to resume"):
+        trainer.fit()
