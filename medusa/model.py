@@ -175,12 +175,25 @@ class Transformer(jt.nn.Module):
         self.model = Backbone(cfg, dtype)
         self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, False, dtype)
         self._tied_lm_t = None
-        self.max_positions = max_positions or min(cfg.max_position_embeddings, 8192)
-        freqs = np.outer(np.arange(self.max_positions), np.asarray(rope_inv_freq(cfg)))  # [P, D/2]
-        angles = np.concatenate([freqs, freqs], axis=-1)
-        # underscore names: tables, not parameters
-        self._cos = jt.array(np.cos(angles).astype(np.float32)).cast(dtype).stop_grad()
-        self._sin = jt.array(np.sin(angles).astype(np.float32)).cast(dtype).stop_grad()
+        # RoPE tables [P, D] cover the positions asked for so far, grown on demand (see rope_rows);
+        # the context limit itself is the config's max_position_embeddings, checked by core.py
+        self._inv_freq = np.asarray(rope_inv_freq(cfg), dtype=np.float64)
+        self._cos = self._sin = None
+        self.rope_rows(max_positions or min(cfg.max_position_embeddings, 4096))
+
+    def rope_rows(self, n: int) -> int:
+        """Make the RoPE tables cover positions [0, n) (grown to a power of two, so a growing
+        cache rebuilds them a few times at most); returns the rows they hold."""
+        have = 0 if self._cos is None else self._cos.shape[0]
+        if n > have:
+            rows = 1 << max(int(n - 1).bit_length(), 4)
+            angles = np.outer(np.arange(rows), self._inv_freq)                      # [P, D/2]
+            angles = np.concatenate([angles, angles], axis=-1)
+            # underscore names: tables, not parameters
+            self._cos = jt.array(np.cos(angles).astype(np.float32)).cast(self.dtype).stop_grad()
+            self._sin = jt.array(np.sin(angles).astype(np.float32)).cast(self.dtype).stop_grad()
+            have = rows
+        return have
 
     def embed(self, tokens):
         """Token embeddings [B, T, H] in the compute dtype."""
@@ -210,6 +223,8 @@ class Transformer(jt.nn.Module):
         T = tokens.shape[1]
         if cache is not None:
             cache.check_room(T)
+        # positions never exceed the cache's slots (or T without a cache): the tables must hold them
+        self.rope_rows(cache.max_len if cache is not None else T)
         cos = self._cos[positions].unsqueeze(1)           # [B, 1, T, D]
         sin = self._sin[positions].unsqueeze(1)
         x = self.embed(tokens)
