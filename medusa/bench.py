@@ -103,7 +103,7 @@ def default_output(bench: Bench, setup) -> Path:
     """results/<model>_<family>_<tree>_<mode>.json, or with -2, -3, ... when that is taken: a
     run without --output never replaces an earlier one (a fresh clone holds committed results)."""
     family = setup.heads.config.family if setup.heads is not None else "base"
-    tree = Path(bench.generation.medusa_choices).stem if "medusa" in bench.args.sides else "none"
+    tree = setup.plan.tree_name if "medusa" in bench.args.sides else "none"
     name = f"{setup.plan.model_name}_{family}_{tree}_{bench.generation.mode_name}".lower()
     path, n = RESULTS_DIR / f"{name}.json", 1
     while path.exists():

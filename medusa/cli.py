@@ -90,12 +90,18 @@ class Plan:
     heads_path: Path = None   # None: no Medusa
     head_config: object = None
     choices: list = None      # the tree's validated paths, when heads are used
+    tree_spec: str = None     # the preset or file they came from (`auto` resolved)
+
+    @property
+    def tree_name(self) -> str:
+        return Path(self.tree_spec).stem if self.tree_spec else "none"
 
     def resolved(self) -> dict:
         """What a results file records about the model side."""
         out = {"model": str(self.source), "model_name": self.model_name, "device": self.device, "dtype": self.dtype}
         if self.heads_path is not None:
-            out.update(medusa_weights=str(self.heads_path), head_config=self.head_config.to_dict(), tree=self.choices)
+            out.update(medusa_weights=str(self.heads_path), head_config=self.head_config.to_dict(),
+                       tree_spec=self.tree_spec, tree=self.choices)
         return out
 
 
@@ -133,22 +139,25 @@ def plan(margs, settings=None, heads="optional") -> Plan:
     embedded default (or a .gguf) is converted here on first use."""
     from medusa import head_io, weights
     from medusa.runtime import default_compute_dtype, use_device
-    from medusa.tree import load_choices
+    from medusa.tree import AUTO, load_choices, resolve_auto
 
     device = use_device(margs.device)
     dtype = margs.dtype or default_compute_dtype()
     heads_path = resolve_heads(margs, heads)
-    head_config = choices = None
+    head_config = choices = tree_spec = None
     if heads_path is not None:
         head_config = head_io.read_config(heads_path)
-        choices = load_choices((settings.medusa_choices if settings else "chain"), head_config.num_heads)
+        tree_spec = settings.medusa_choices if settings else "chain"
+        if tree_spec == AUTO:
+            tree_spec = resolve_auto(heads_path, device)
+        choices = load_choices(tree_spec, head_config.num_heads)
     source, tok_dir = weights.resolve_model(margs.base_model_path or None, margs.jittor_base_weights or None, dtype)
     config = weights.read_config(source)
     if head_config is not None:
         head_io.check_fits(head_config, config, heads_path)
     tokenizer = weights.load_tokenizer(tok_dir)
     return Plan(source, config, tokenizer, eos_ids_of(config, tokenizer), device, dtype,
-                model_name(margs, source), heads_path, head_config, choices)
+                model_name(margs, source), heads_path, head_config, choices, tree_spec)
 
 
 def load(plan: Plan) -> Setup:

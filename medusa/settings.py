@@ -63,8 +63,10 @@ class GenerationSettings:
         choices=SAMPLING_MODES))
     posterior_threshold: float = field(default=0.09, metadata=_help("typical acceptance: epsilon"))
     posterior_alpha: float = field(default=0.3, metadata=_help("typical acceptance: delta"))
-    medusa_choices: str = field(default="8_node", metadata=_help(
-        "the Medusa tree: a preset (chain, 8_node, 8_node_2, 16_node, mc_sim_7b_63) or a JSON file of paths"))
+    medusa_choices: str = field(default="auto", metadata=_help(
+        "the Medusa tree: auto (the tree `python -m medusa.tune` saved beside the heads for this device, "
+        "else 8_node on a CPU and mc_sim_7b_63 on a GPU), a preset (chain, 8_node, 8_node_2, 16_node, "
+        "mc_sim_7b_63) or a JSON file of paths"))
     seed: int = field(default=0, metadata=_help("seed of every random choice"))
 
     def __post_init__(self):

@@ -114,10 +114,29 @@ def load_choices(spec, num_heads: int | None = None) -> list[list[int]]:
                      "and not an existing JSON file")
 
 
+# `--medusa_choices auto`: the tree `python -m medusa.tune` saved beside the heads for this kind
+# of device, else this preset (cheap trees on a CPU, where every node costs compute; on a GPU a
+# 64-node tree costs about what a 9-node one does: README, GPU section)
+AUTO = "auto"
+AUTO_FALLBACK = {"cpu": "8_node", "cuda": "mc_sim_7b_63"}
+
+
+def tuned_tree_path(heads_path, device) -> Path:
+    """Where the tuner saves, and `auto` looks for, the tree of heads file `heads_path`."""
+    heads_path = Path(heads_path)
+    return heads_path.with_name(f"{heads_path.stem}_tree_{device}.json")
+
+
+def resolve_auto(heads_path, device) -> str:
+    """The spec `auto` stands for: the tuned tree file beside the heads, else the fallback preset."""
+    tuned = tuned_tree_path(heads_path, device)
+    return str(tuned) if tuned.is_file() else AUTO_FALLBACK[device]
+
+
 def check_spec(spec) -> None:
     """Check all of a tree spec that does not depend on the heads (name, file, paths); the
     depth is checked by load_choices once the head count is known."""
-    if spec != "chain":
+    if spec not in ("chain", AUTO):
         load_choices(spec)
 
 

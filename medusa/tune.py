@@ -16,7 +16,9 @@
 5. Check: Medusa with the chosen tree on the same prompts; the report sets the measured
    accepted length (tokens per step) beside the expected one.
 
-Writes the tree (a JSON list of paths, for --medusa_choices) and `<tree>_report.json` beside it.
+Writes the tree (a JSON list of paths, for --medusa_choices) and `<tree>_report.json` beside it;
+by default beside the heads as `<heads>_tree_<device>.json`, the file `--medusa_choices auto`
+(the default of every command) picks for these heads on this kind of device.
 Reference: FasterDecoding/Medusa, medusa/model/medusa_choices.py and the paper's section 3.3.2
 (trees from per-head top-k accuracies).
 """
@@ -34,9 +36,9 @@ from medusa.errors import UsageError
 from medusa.prompt_sets import DATA_FORMATS, load_prompt_set, spread_over_categories
 from medusa.results import dumps_compact
 from medusa.settings import GenerationSettings, ModelArgs
+from medusa.tree import tuned_tree_path
 
 TUNE_PROMPTS = Path(__file__).parent / "prompts" / "smollm2_prompts.jsonl"   # the heads' training prompts
-RESULTS_DIR = Path("results")
 
 
 @dataclasses.dataclass
@@ -49,7 +51,8 @@ class TuneArgs:
     sizes: str = field(default="1,2,4,6,8,12,16,24,32,48,64", metadata={"help": "comma-separated node counts to time"})
     repeats: int = field(default=5, metadata={"help": "timed steps per size (median kept)"})
     verify_prompts: int = field(default=5, metadata={"help": "prompts decoded with the chosen tree (0 = no check)"})
-    output: str = field(default="", metadata={"help": "tree JSON to write (default: results/trees/tuned_<family>.json)"})
+    output: str = field(default="", metadata={"help": "tree JSON to write (default: beside the heads, "
+                                                      "<heads>_tree_<device>.json, which --medusa_choices auto uses)"})
 
     def __post_init__(self):
         try:
@@ -247,10 +250,11 @@ def main(argv=None):
     if not settings.greedy:
         raise UsageError("tuning measures greedy acceptance: drop --temperature")
     settings.medusa_choices = "chain"      # any tree the heads can draft: only the heads are read here
-    setup = cli.load(cli.plan(margs, settings, heads="required"))
-    report = tune(args, settings, setup)
-    family = report["resolved"]["head_config"]["family"]
-    path, report_path = write_tree(report, args.output or RESULTS_DIR / "trees" / f"tuned_{family}.json")
+    plan = cli.plan(margs, settings, heads="required")
+    output = args.output or tuned_tree_path(plan.heads_path, plan.device)   # where `--medusa_choices auto` looks
+    cli.check_writable(output, "--output")
+    report = tune(args, settings, cli.load(plan))
+    path, report_path = write_tree(report, output)
     print(f"wrote {path} ({len(report['tree'])} nodes) and {report_path}")
 
 

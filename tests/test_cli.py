@@ -199,3 +199,19 @@ def test_every_entry_point_gives_the_same_greedy_ids(tiny_pkl, tmp_path, capsys)
 
     assert base["output_ids"] == gen["output_ids"]
     assert base["text"] == gen["text"] == reply
+
+
+def test_auto_tree_is_the_tuned_file_beside_the_heads_else_the_fallback(tiny_pkl, heads_file, tmp_path):
+    from medusa.tree import AUTO_FALLBACK, load_choices, tuned_tree_path
+
+    heads = tmp_path / heads_file.name
+    shutil.copy(heads_file, heads)
+    shutil.copy(heads_file.with_name(heads_file.stem + "_config.json"), tmp_path)
+    margs = ModelArgs(jittor_base_weights=str(tiny_pkl("llama")), medusa_weights=str(heads), device="cpu")
+    plan = cli.plan(margs, GenerationSettings(), heads="required")
+    assert plan.tree_spec == AUTO_FALLBACK["cpu"] and plan.choices == load_choices(AUTO_FALLBACK["cpu"], 4)
+    tuned = tuned_tree_path(heads, "cpu")
+    tuned.write_text("[[0], [1], [0, 0]]")
+    plan = cli.plan(margs, GenerationSettings(), heads="required")
+    assert plan.tree_spec == str(tuned) and plan.choices == [[0], [1], [0, 0]]
+    assert plan.resolved()["tree_spec"] == str(tuned)
