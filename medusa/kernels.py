@@ -202,17 +202,29 @@ def packed(w):
     return _packed[key]
 
 
+class _SmallRows(jt.Function):
+    """x [R, K] @ a frozen w [K, N] through its packed copy; the gradient goes to x only."""
+
+    def execute(self, x, w):
+        self.w = w
+        return jt.code((x.shape[0], w.shape[1]), "float32", [x, packed(w)], cpu_header=_SMALL_HEADER,
+                       cpu_src=_SMALL_SRC, data={"threads": num_threads()})
+
+    def grad(self, g):                                                    # g [R, N]
+        dx = blas_gemm(g.reshape(1, *g.shape), self.w.reshape(1, *self.w.shape), trans_b=True)
+        return dx.reshape(dx.shape[1:]), None                             # [R, K]; w is frozen
+
+
 def small_rows_matmul(x, w, trans_b=False):
     """x [..., K] fp32 with few rows (<= SMALL_ROWS meant) @ w [K, N] -> [..., N] fp32, through a
-    packed copy of w (N a multiple of PACK_WIDTH), threads over column strips. No gradient:
-    for inference only. (trans_b is not supported: the argument keeps one signature for all.)"""
+    packed copy of w (N a multiple of PACK_WIDTH), threads over column strips. w is frozen: its
+    packed copy is cached, and only x gets a gradient. (trans_b is not supported: the argument
+    keeps one signature for every kernel.)"""
     if trans_b or w.ndim != 2 or w.shape[1] % PACK_WIDTH:
         raise ValueError(f"small_rows_matmul takes w [K, N] with N % {PACK_WIDTH} == 0, got {list(w.shape)}"
                          f"{' (trans_b)' if trans_b else ''}")
     K, N = w.shape
-    rows = x.reshape(-1, K)                                              # [R, K]
-    out = jt.code((rows.shape[0], N), "float32", [rows, packed(w)], cpu_header=_SMALL_HEADER,
-                  cpu_src=_SMALL_SRC, data={"threads": num_threads()})
+    out = _SmallRows()(x.reshape(-1, K), w)                              # [R, N]
     return out.reshape(*x.shape[:-1], N)
 
 

@@ -37,8 +37,8 @@ def _kernel(a, b, trans_b):
     if trans_b or b.ndim > 2:                      # attention: one product per (batch, kv head)
         return kernels.blas_matmul if a.shape[-2] >= BLAS_MIN_ROWS else kernels.reference_matmul
     rows = math.prod(a.shape[:-1])
-    inference = jt.flags.no_grad or (a.is_stop_grad() and b.is_stop_grad())
-    if 1 < rows <= kernels.SMALL_ROWS and inference and b.shape[1] % kernels.PACK_WIDTH == 0:
+    frozen = jt.flags.no_grad or b.is_stop_grad()  # the few-rows kernel gives b no gradient
+    if 1 < rows <= kernels.SMALL_ROWS and frozen and b.shape[1] % kernels.PACK_WIDTH == 0:
         return kernels.small_rows_matmul           # a tree or the heads: stream the weight once
     if rows == 1 and math.prod(b.shape) < BLAS_MIN_ONE_ROW:
         return kernels.reference_matmul
