@@ -10,6 +10,8 @@ Defaults only fill in what the user has not set: an explicit environment always 
 - `log_silent=1`: Jittor's per-compile info lines would drown progress bars.
 - `FIX_TORCH_ERROR=0`: else `import jittor` imports torch (when installed) for a workaround of
   torch's own; our runtime never needs torch, and importing it costs ~1.5 s and memory.
+- `DISABLE_MULTIPROCESSING=1` on the CPU: kernels compile in-process, not in a forked pool (see
+  _environment_defaults).
 """
 import os
 import shutil
@@ -37,6 +39,11 @@ def _environment_defaults() -> dict:
         defaults.update(use_cutt="0", use_cutlass="0", use_nccl="0", conv_opt="1")
     else:
         defaults["nvcc_path"] = ""
+        # Jittor compiles kernels in a pool of up to 16 forked processes; when one of them dies
+        # (the OOM killer, on a small machine) Pool.terminate() at exit waits forever for the
+        # lock the dead worker held (seen: a finished distillation that never exited). On the
+        # CPU compile in-process instead; a GPU host keeps the pool (its many cores pay).
+        defaults["DISABLE_MULTIPROCESSING"] = "1"
     return defaults
 
 
