@@ -42,8 +42,9 @@ def available_cores() -> int:
 
 
 def set_num_threads(n: int = None) -> int:
-    """Threads of these kernels (None: $MEDUSA_BLAS_THREADS, else every available core). They
-    are OpenMP threads; OpenBLAS itself is kept on one thread per call. Returns the count."""
+    """Threads of these kernels (None: $MEDUSA_BLAS_THREADS, else every available core): the
+    caller and helpers of their own (see _POOL_HEADER); OpenBLAS itself runs one thread per call.
+    Returns the count."""
     n = int(n or os.environ.get("MEDUSA_BLAS_THREADS") or available_cores())
     if n < 1:
         raise ValueError(f"BLAS threads must be >= 1, got {n}")
@@ -64,20 +65,89 @@ def use_blas(enabled: bool = None) -> bool:
     return _state["enabled"]
 
 
+# Threads for the kernels below. Each job is split into chunks; the calling thread and helper
+# threads claim chunks with one compare-and-swap of (job, next chunk), so the caller runs every
+# chunk no helper has claimed and waits only for chunks a helper is running. A helper the OS has
+# not scheduled costs nothing: an OpenMP team (or OpenBLAS's own threads) waits for every thread
+# at its barrier, which cost milliseconds per call on a loaded 2-core machine. Helpers spin for
+# ~0.5 ms after a job, then sleep. Every compiled kernel has its own helpers (a static per .so).
+_POOL_HEADER = r"""
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+namespace {
+inline void relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+struct Pool {
+    std::atomic<unsigned long long> state{0};     // job << 32 | next unclaimed chunk
+    std::atomic<int> chunks{0}, done{0};
+    std::atomic<void (*)(void*, int)> call{nullptr};
+    std::atomic<void*> ctx{nullptr};
+    std::mutex mu;
+    std::condition_variable cv;
+    int helpers = 0;
+
+    unsigned job_of(unsigned long long s) const { return (unsigned)(s >> 32); }
+    bool run_one(unsigned job) {                   // claim and run one chunk of `job`
+        unsigned long long s = state.load(std::memory_order_acquire);
+        while (job_of(s) == job && (int)(s & 0xffffffffu) < chunks.load(std::memory_order_relaxed))
+            if (state.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) {
+                call.load(std::memory_order_relaxed)(ctx.load(std::memory_order_relaxed), (int)(s & 0xffffffffu));
+                done.fetch_add(1, std::memory_order_release);
+                return true;
+            }
+        return false;
+    }
+    void helper() {
+        unsigned seen = 0;
+        for (;;) {
+            for (int spin = 0; spin < 20000 && job_of(state.load(std::memory_order_acquire)) == seen; spin++) relax();
+            {
+                std::unique_lock<std::mutex> lock(mu);
+                cv.wait(lock, [&] { return job_of(state.load(std::memory_order_acquire)) != seen; });
+            }
+            seen = job_of(state.load(std::memory_order_acquire));
+            while (run_one(seen)) {}
+        }
+    }
+    template <class F> void run(int threads, int n, F& f) {   // f(0) .. f(n - 1), then return
+        if (threads <= 1 || n <= 1) { for (int i = 0; i < n; i++) f(i); return; }
+        for (; helpers < threads - 1; helpers++) std::thread([this] { helper(); }).detach();
+        done.store(0, std::memory_order_relaxed);
+        chunks.store(n, std::memory_order_relaxed);
+        call.store([](void* c, int i) { (*(F*)c)(i); }, std::memory_order_relaxed);
+        ctx.store(&f, std::memory_order_relaxed);
+        unsigned job = job_of(state.load(std::memory_order_relaxed)) + 1;
+        state.store((unsigned long long)job << 32, std::memory_order_release);
+        { std::lock_guard<std::mutex> lock(mu); }        // a helper between its check and its wait
+        cv.notify_all();
+        while (run_one(job)) {}
+        for (int spin = 0; done.load(std::memory_order_acquire) < n; spin++)
+            if (spin > 1000) std::this_thread::yield(); else relax();
+    }
+};
+Pool& pool() { static Pool* p = new Pool; return *p; }   // never destroyed: helpers are detached
+}  // namespace
+"""
+
+
 # C[i] = op(A[i]) op(B[i]) for i < batch, row-major; in0 = A [batch, ., .], in1 = B [batch, ., .].
-# Threads: OpenMP over (batch, column block) pairs, each a single-threaded OpenBLAS call, so there
-# is one thread pool (libgomp, Jittor's own) and OpenBLAS's pthreads never spin against it. The
-# trans flags are baked into the source, so each (trans_a, trans_b) is its own compiled kernel.
+# Threads: the pool above over (batch, column block) chunks, each a single-threaded OpenBLAS call
+# (OpenBLAS's own threads are never used). The trans flags are baked into the source, so each
+# (trans_a, trans_b) is its own compiled kernel.
 # M == 1 without transposes is a matrix-vector product: sgemv streams B once (3.1 ms vs sgemm's
 # 11.6 ms for [1,576]x[576,49152], this CPU).
 _GEMM_SRC = """
 const int M = out0_shape1, N = out0_shape2, K = {ta} ? in0_shape1 : in0_shape2;
 const int lda = in0_shape2, ldb = in1_shape2, threads = (int)data["threads"];
-const int parts = N >= 128 * threads ? threads : 1, block = (N + parts - 1) / parts;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
-for (int i = 0; i < out0_shape0; i++)
-for (int p = 0; p < parts; p++) {{
-    const int n0 = p * block, n = std::min(N, n0 + block) - n0;
+const int parts = N >= 128 * threads ? 2 * threads : 1, block = (N + parts - 1) / parts;
+auto chunk = [&](int c) {{                     // one (batch index, column block) of C
+    const int i = c / parts, n0 = (c % parts) * block, n = std::min(N, n0 + block) - n0;
+    if (n <= 0) return;
     const float *A = in0_p + (size_t)i * in0_shape1 * lda;
     const float *B = in1_p + (size_t)i * in1_shape1 * ldb + ({tb} ? (size_t)n0 * ldb : n0);
     float *C = out0_p + (size_t)i * M * N + n0;
@@ -86,7 +156,8 @@ for (int p = 0; p < parts; p++) {{
     else
         scipy_cblas_sgemm(CblasRowMajor, {ta} ? CblasTrans : CblasNoTrans, {tb} ? CblasTrans : CblasNoTrans,
                           M, n, K, 1.0f, A, lda, B, ldb, 0.0f, C, N);
-}}
+}};
+pool().run(threads, out0_shape0 * parts, chunk);
 """
 
 
@@ -101,7 +172,7 @@ def blas_gemm(a, b, trans_a=False, trans_b=False):
         raise ValueError(f"gemm shapes do not match: a {list(a.shape)} (trans {trans_a}), "
                          f"b {list(b.shape)} (trans {trans_b})")
     flags, _ = _openblas()
-    out = jt.code((Bt, M, N), "float32", [a, b], cpu_header="#include <cblas.h>\n#include <algorithm>",
+    out = jt.code((Bt, M, N), "float32", [a, b], cpu_header=_POOL_HEADER + "#include <cblas.h>\n#include <algorithm>\n",
                   cpu_src=_GEMM_SRC.format(ta=int(trans_a), tb=int(trans_b)), data={"threads": num_threads()})
     out.compile_options = flags
     return out
@@ -144,27 +215,32 @@ def blas_matmul(a, b, trans_b=False):
 
 
 # ---------------------------------------------------------------- few rows, packed weight
-# A few rows (a tree of 9 nodes, 4 heads) against a large weight is bound by streaming the weight,
-# and OpenBLAS's sgemm there reads it at ~11 GB/s ([9,576]x[576,1536]: 0.32 ms, weights out of
-# cache, this CPU). Stored as contiguous 32-column strips, the weight streams at ~45 GB/s on two
-# cores (0.20 ms), each strip read once from memory for all rows.
+# A few rows (a tree's nodes, the heads) against a large weight is bound by streaming the weight,
+# and OpenBLAS's sgemm there reads it slowly: [9,576]x[576,1536] with the weights out of cache,
+# two threads, this CPU: OpenBLAS 0.35 ms, this kernel on the weight stored as contiguous
+# 32-column strips 0.16 ms (each strip read once for all rows). It matches OpenBLAS up to 64 rows
+# (0.77 vs 0.77 ms) and is not meant for more.
 PACK_WIDTH = 32                         # columns per strip: four 8-float vectors
-SMALL_ROWS = 16                         # the most rows this kernel is meant for
+SMALL_ROWS = 64                         # the most rows this kernel is used for
 _PACK_CACHE_BYTES = 4 << 30             # packed copies kept (least recently used dropped first)
 _packed = collections.OrderedDict()     # weight Var id -> packed Var (ids are never reused)
 
-_SMALL_HEADER = """
+_SMALL_HEADER = _POOL_HEADER + """
+#include <algorithm>
 #include <cstring>
 typedef float v8 __attribute__((vector_size(32)));
-// C[0:MR, n0:n0+32] = A[0:MR, :] Bs, Bs one packed strip [K, 32]; 4 * MR accumulators in registers
+// C[0:MR, n0:n0+32] = A[0:MR, :] Bs, Bs one packed strip [K, 32]; 4 * MR sums kept in registers
 template <int MR>
 static inline void small_tile(const float* A, const float* Bs, float* C, int K, int N, int n0) {
     v8 c[MR][4] = {};
     for (int k = 0; k < K; k++, Bs += 32) {
-        v8 b[4];
-        std::memcpy(b, Bs, sizeof b);
-        for (int r = 0; r < MR; r++)
-            for (int v = 0; v < 4; v++) c[r][v] += A[r * K + k] * b[v];
+        v8 a[MR];                                  // MR broadcasts + one B vector + 4 MR sums: 16 registers
+        for (int r = 0; r < MR; r++) a[r] = A[r * K + k] - (v8){};
+        for (int v = 0; v < 4; v++) {
+            v8 b;
+            std::memcpy(&b, Bs + 8 * v, sizeof b);
+            for (int r = 0; r < MR; r++) c[r][v] += a[r] * b;
+        }
     }
     for (int r = 0; r < MR; r++) std::memcpy(C + r * N + n0, c[r], sizeof c[r]);
 }
@@ -177,9 +253,12 @@ static void small_strip(const float* A, const float* Bs, float* C, int M, int K,
 """
 _SMALL_SRC = """
 const int M = in0_shape0, K = in0_shape1, strips = in1_shape0, N = strips * 32;
-#pragma omp parallel for schedule(static) num_threads((int)data["threads"])
-for (int s = 0; s < strips; s++)
-    small_strip(in0_p, in1_p + (size_t)s * K * 32, out0_p, M, K, N, s * 32);
+const int threads = (int)data["threads"], chunks = std::min(strips, 8 * threads);
+auto chunk = [&](int c) {                       // strips [s0, s1) of the weight
+    for (int s = strips * c / chunks, s1 = strips * (c + 1) / chunks; s < s1; s++)
+        small_strip(in0_p, in1_p + (size_t)s * K * 32, out0_p, M, K, N, s * 32);
+};
+pool().run(threads, chunks, chunk);
 """
 
 
@@ -216,7 +295,7 @@ class _SmallRows(jt.Function):
 
 
 def small_rows_matmul(x, w, trans_b=False):
-    """x [..., K] fp32 with few rows (<= SMALL_ROWS meant) @ w [K, N] -> [..., N] fp32, through a
+    """x [..., K] fp32 with few rows (up to SMALL_ROWS) @ w [K, N] -> [..., N] fp32, through a
     packed copy of w (N a multiple of PACK_WIDTH), threads over column strips. w is frozen: its
     packed copy is cached, and only x gets a gradient. (trans_b is not supported: the argument
     keeps one signature for every kernel.)"""

@@ -30,7 +30,7 @@ BLAS_MIN_ONE_ROW = 1 << 22     # weight elements from which a single row goes to
 BLAS_MIN_ROWS = 8              # attention: query rows per (batch, kv head) from which BLAS is used
 
 
-def _kernel(a, b, trans_b):
+def matmul_kernel(a, b, trans_b):
     """The function that computes matmul(a, b, trans_b): Jittor's own or one of medusa/kernels.py."""
     if jt.flags.use_cuda or a.dtype != "float32" or b.dtype != "float32" or not kernels.use_blas():
         return kernels.reference_matmul
@@ -51,7 +51,7 @@ def matmul(a, b, trans_b=False):
     trans_b: b is given as [..., N, K]. On the CPU in fp32, OpenBLAS or a few-rows kernel
     (medusa/kernels.py: Jittor's own CPU matmul is a single-threaded loop) where they win; else
     Jittor's own ops (always on a GPU, in fp16, or after kernels.use_blas(False))."""
-    return _kernel(a, b, trans_b)(a, b, trans_b)
+    return matmul_kernel(a, b, trans_b)(a, b, trans_b)
 
 
 class Linear(jt.nn.Module):

@@ -107,7 +107,7 @@ def test_model_matmul_dispatch(counted):
         model_lib.matmul(rand(9, 37), w_small)          # a tree's rows: the few-rows kernel
         model_lib.matmul(rand(1, 1, 37), w_small)       # one token, small weight: Jittor's loop
         model_lib.matmul(rand(1, 37), w_vocab)          # one token, vocab-sized weight: BLAS gemv
-        model_lib.matmul(rand(63, 37), w_small)         # many rows: BLAS
+        model_lib.matmul(rand(kernels.SMALL_ROWS + 1, 37), w_small)   # many rows: BLAS
     assert counted == {"small_rows_matmul": 1, "reference_matmul": 1, "blas_matmul": 2}
     counted.clear()
     model_lib.matmul(rand(9, 37), rand(37, 64))         # gradients wanted: BLAS, never the packed copy
