@@ -68,12 +68,21 @@ def check_writable(path, flag):
 
 
 def check_prompt_fits(plan, prompt_ids, max_new_tokens, where="the prompt"):
+    """The prompt fits the context, and (sliced embedding) every token is in the vocabulary."""
     from medusa.core import GenerationError, check_request
 
     try:
         check_request(plan.config, len(prompt_ids), max_new_tokens)
     except GenerationError as e:
         raise GenerationError(f"{where}: {e}") from None
+    cfg = plan.config
+    if cfg.embedding_sliced:
+        kept = set(cfg.kept_ids)
+        bad = [t for t in prompt_ids if t not in kept]
+        if bad:
+            raise GenerationError(f"{where}: token {bad[0]} ({plan.tokenizer.decode([bad[0]])!r}) is outside this "
+                                  f"model's reduced vocabulary of {len(kept)} tokens (its embedding is sliced): use "
+                                  "the full model, or a vocabulary built from data like this prompt")
 
 
 # ---------------------------------------------------------------- resolving and loading

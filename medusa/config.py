@@ -34,10 +34,33 @@ class ModelConfig:
     qk_norm: bool = False                    # Qwen3: RMSNorm over head_dim on q and k
     bos_token_id: Optional[int] = None
     eos_token_id: list = field(default_factory=list)
+    # a reduced output vocabulary (medusa/vocab.py): the original ids the lm_head rows stand for,
+    # ascending; the embedding keeps all vocab_size rows unless embedding_sliced
+    kept_ids: Optional[list] = None
+    embedding_sliced: bool = False
 
     @property
     def kv_groups(self) -> int:
         return self.num_attention_heads // self.num_key_value_heads
+
+    @property
+    def output_size(self) -> int:
+        """Rows of the lm_head: the logits' last dimension."""
+        return len(self.kept_ids) if self.kept_ids is not None else self.vocab_size
+
+    @property
+    def embedding_rows(self) -> int:
+        return len(self.kept_ids) if self.embedding_sliced else self.vocab_size
+
+    @property
+    def vocab_id(self) -> str:
+        """"" for the full vocabulary, else a digest of the kept ids: heads record which
+        vocabulary they were trained for (head_io.check_fits)."""
+        if self.kept_ids is None:
+            return ""
+        import hashlib
+
+        return hashlib.sha1(",".join(map(str, self.kept_ids)).encode()).hexdigest()[:12]
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -71,6 +94,7 @@ class ModelConfig:
             qk_norm=model_type == "qwen3",
             bos_token_id=d.get("bos_token_id"),
             eos_token_id=eos,
+            **_reduced_vocab(d),
         )
         if d.get("mlp_bias"):
             raise UsageError("mlp_bias=True is not supported")
@@ -89,6 +113,19 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+REDUCED_VOCAB_KEY = "medusa_reduced_vocab"   # written into config.json by `medusa.vocab slice`
+
+
+def _reduced_vocab(d: dict) -> dict:
+    r = d.get(REDUCED_VOCAB_KEY)
+    if not r:
+        return {}
+    kept = [int(i) for i in r["kept_ids"]]
+    if not kept or kept != sorted(set(kept)) or kept[0] < 0 or kept[-1] >= d["vocab_size"]:
+        raise UsageError(f"{REDUCED_VOCAB_KEY}.kept_ids must be distinct ascending ids in [0, {d['vocab_size']})")
+    return {"kept_ids": kept, "embedding_sliced": bool(r.get("embedding_sliced", False))}
 
 
 def _rope_theta(d: dict) -> float:

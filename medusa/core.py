@@ -47,6 +47,18 @@ def check_request(config, prompt_len: int, max_new_tokens: int):
                               "positions (max_position_embeddings): shorten the prompt or lower max_new_tokens")
 
 
+def check_tokens(model, ids):
+    """With a sliced embedding (medusa/vocab.py --slice_embedding) every input token must be in
+    the reduced vocabulary: GenerationError naming the first one that is not."""
+    if model.config.embedding_sliced:
+        rows = model.vocab.rows(np.asarray(ids).reshape(-1))
+        if (rows < 0).any():
+            bad = int(np.asarray(ids).reshape(-1)[np.argmax(rows < 0)])
+            raise GenerationError(f"token {bad} is outside the reduced vocabulary of this model "
+                                  f"({len(model.vocab.kept)} tokens, embedding sliced): use the full model or a "
+                                  "vocabulary built with this kind of input")
+
+
 def ints(array):
     """int32 jt.Var of an array-like (token ids, positions)."""
     return jt.array(np.asarray(array, dtype=np.int32))
@@ -101,13 +113,14 @@ def stream_tokens(model, prompt_ids, max_new_tokens, eos_ids=(), sampling: Sampl
     Stops after an EOS token (yielded) or max_new_tokens."""
     sampling = sampling or Sampling()
     check_request(model.config, len(prompt_ids), max_new_tokens)
+    check_tokens(model, prompt_ids)
     rng = np.random.default_rng(sampling.seed)
     cache = new_cache(model, 1, max_len or len(prompt_ids) + max_new_tokens)
     cache.check_room(len(prompt_ids) + max_new_tokens - 1)
     start = time.perf_counter()
     hidden = prefill(model, cache, prompt_ids)   # the base is frozen (stop_grad): no graph is kept
     for i in range(max_new_tokens):
-        token = choose_token(last_logits(model, hidden).numpy(), sampling, rng)
+        token = int(model.vocab.tokens(choose_token(last_logits(model, hidden).numpy(), sampling, rng)))
         yield token, time.perf_counter() - start
         if token in eos_ids or i + 1 == max_new_tokens:
             return
@@ -129,7 +142,7 @@ def generate(model, prompt_ids, max_new_tokens, eos_ids=(), sampling: Sampling =
 
 
 def forced_logits(model, prompt_ids, tokens):
-    """fp64 logits [len(tokens) + 1, V]: after the prompt, then after each of `tokens` fed one by
+    """fp64 logits [len(tokens) + 1, V] (V: the lm_head's rows, model.vocab maps them to ids): after the prompt, then after each of `tokens` fed one by
     one through the KV cache (teacher forcing: a reference's tokens, so one tie cannot derail it)."""
     check_request(model.config, len(prompt_ids), len(tokens) + 1)
     cache = new_cache(model, 1, len(prompt_ids) + len(tokens) + 1)
@@ -160,6 +173,7 @@ def greedy_batch(model, prompts, max_new_tokens, eos_ids, pad_id=0):
     and a padding mask. Stops when every row has met an EOS or max_new_tokens."""
     for p in prompts:
         check_request(model.config, len(p), max_new_tokens)
+        check_tokens(model, p)
     tokens, positions, padding = left_pad(prompts, pad_id)
     B, P = tokens.shape
     cache = new_cache(model, B, P + max_new_tokens)
@@ -169,7 +183,7 @@ def greedy_batch(model, prompts, max_new_tokens, eos_ids, pad_id=0):
     with jt.no_grad():
         hidden = forward(model, tokens, positions, build_mask(B, P, 0, padding), cache)
         for step in range(max_new_tokens):
-            nxt = model.logits(hidden[:, -1:]).argmax(-1)[0].numpy().reshape(B)
+            nxt = model.vocab.tokens(model.logits(hidden[:, -1:]).argmax(-1)[0].numpy().reshape(B))
             for b in np.flatnonzero(~done):
                 if int(nxt[b]) in eos_ids:
                     done[b] = True

@@ -161,16 +161,17 @@ def _typical_sample(row, sampling, rng):
     return int(rng.choice(len(p), p=p / p.sum()))
 
 
-def _root_token(top_of, row_of, sampling, rng):
+def _root_token(top_of, row_of, sampling, rng, vocab):
     """The next token at a node where no candidate is tried: argmax, typical or plain sample.
-    top_of() / row_of(): that node's argmax / fp64 logits row, fetched only when needed."""
+    top_of() / row_of(): that node's argmax token / fp64 logits row, fetched only when needed;
+    vocab (model.VocabMap) turns a sampled logit row index into its token id."""
     kind = sampling.kind
     if kind == "greedy" or (kind == "typical" and sampling.root == "argmax"):
         return int(top_of())
     if kind == "typical":
-        return _typical_sample(row_of(), sampling, rng)
+        return int(vocab.tokens(_typical_sample(row_of(), sampling, rng)))
     p = _probs(row_of(), sampling)
-    return int(rng.choice(len(p), p=p))
+    return int(vocab.tokens(rng.choice(len(p), p=p)))
 
 
 # ---------------------------------------------------------------- the steps
@@ -196,8 +197,8 @@ def prefill(model, cache, prompt_ids, sampling, rng):
     """Run the prompt into the cache -> (hidden_last [1, 1, H], first new token)."""
     hidden = core.prefill(model, cache, prompt_ids)[:, -1:]
     logits = core.last_logits(model, hidden)                       # [V]
-    token = _root_token(lambda: jt.argmax(logits, 0)[0].item(), lambda: logits.numpy().astype(np.float64),
-                        sampling, rng)
+    token = _root_token(lambda: model.vocab.tokens(jt.argmax(logits, 0)[0].item()),
+                        lambda: logits.numpy().astype(np.float64), sampling, rng, model.vocab)
     return hidden, token
 
 
@@ -208,7 +209,7 @@ def propose(model, heads, tree, hidden_last, root):
     buf = tree.buffers
     logits, _ = heads(hidden_last, None, model.lm_head_t(), model.embed_weight(),
                       project=range(buf.depth))                                   # [depth, 1, 1, V]
-    top = topk_indices(logits[:, 0, 0], max(buf.topk)).numpy()                      # [depth, k]
+    top = model.vocab.tokens(topk_indices(logits[:, 0, 0], max(buf.topk)).numpy())  # [depth, k] token ids
     flat = np.concatenate([[root]] + [top[d, :k] for d, k in enumerate(buf.topk)])
     return flat[buf.tree_indices].astype(np.int64)
 
@@ -223,10 +224,10 @@ def _propose_sequential(model, heads, tree, hidden_last, root):
         parents = [n for n in buf.nodes_at_depth[d] if tree.children[n]]
         drafted = np.zeros((1, len(parents), K), dtype=np.int32)   # tokens t+1..t+d+1, 0-padded
         for i, p in enumerate(parents):
-            drafted[0, i, :d + 1] = tokens[list(tree.ancestry[p])]
+            drafted[0, i, :d + 1] = model.vocab.embedding_rows(tokens[list(tree.ancestry[p])])
         hidden = hidden_last.broadcast((1, len(parents), hidden_last.shape[-1]))
         logits, _ = heads(hidden, jt.array(drafted), model.lm_head_t(), model.embed_weight(), project=[d])
-        top = topk_indices(logits[0, 0], buf.topk[d]).numpy()        # [parents, topk[d]]
+        top = model.vocab.tokens(topk_indices(logits[0, 0], buf.topk[d]).numpy())   # [parents, topk[d]]
         for i, p in enumerate(parents):
             for c in tree.children[p]:
                 tokens[c] = top[i, tree.rank[c]]
@@ -253,9 +254,10 @@ class TreeScores:
         return self._logits(node).numpy().astype(np.float64)
 
     def top(self, node):
+        """The argmax token id after `node`."""
         if self.argmax[node] >= 0:
             return int(self.argmax[node])
-        return int(jt.argmax(self._logits(node), 0)[0].item())
+        return int(self.model.vocab.tokens(jt.argmax(self._logits(node), 0)[0].item()))
 
 
 def score_leaves() -> bool:
@@ -279,15 +281,16 @@ def tree_decode(model, cache, tree, tokens, sampling):
     argmax = np.full(tree.num_nodes, -1, dtype=np.int64)
     if sampling.kind != "typical":
         jt.sync([argmax_var, logits])
-        argmax[scoring.nodes] = argmax_var.numpy()
+        argmax[scoring.nodes] = model.vocab.tokens(argmax_var.numpy())
         return hidden, TreeScores(scoring, argmax, logits, hidden, model)
     z = logits / sampling.temperature
     z = z - z.max(1, keepdims=True)
     logp = z - jt.log(jt.exp(z).sum(1, keepdims=True))              # [M, V]
     entropy_var = -(jt.exp(logp) * jt.log(jt.exp(logp) + 1e-5)).sum(1)  # [M]
-    cand = logp[scoring.parent_slot_var, tokens_var[0, 1:]]         # [N - 1]
+    cand_rows = jt.array(model.vocab.rows(tokens[1:]).astype(np.int32))  # drafts are always in the vocabulary
+    cand = logp[scoring.parent_slot_var, cand_rows]                 # [N - 1]
     jt.sync([argmax_var, entropy_var, cand])
-    argmax[scoring.nodes] = argmax_var.numpy()
+    argmax[scoring.nodes] = model.vocab.tokens(argmax_var.numpy())
     entropy = np.full(tree.num_nodes, np.nan)
     entropy[scoring.nodes] = entropy_var.numpy()
     return hidden, TreeScores(scoring, argmax, logits, hidden, model,
@@ -312,11 +315,11 @@ def _best_path(tree, ok, score=None):
 
 def _speculative_walk(tree, tokens, scores, sampling, rng):
     """Sample mode: try the children of each reached node in rank order (see the docstring)."""
-    node, path = 0, [0]
-    r = _probs(scores.row(0), sampling)
+    node, path, vocab = 0, [0], scores.model.vocab
+    r = _probs(scores.row(0), sampling)                  # over logit rows (== token ids unless reduced)
     while True:
         for child in tree.children[node]:
-            x = tokens[child]
+            x = int(vocab.rows(tokens[child]))
             if rng.random() < r[x]:
                 node = child
                 path.append(child)
@@ -325,7 +328,7 @@ def _speculative_walk(tree, tokens, scores, sampling, rng):
             r[x] = 0.0
             r /= r.sum()
         else:
-            return path, int(rng.choice(len(r), p=r))
+            return path, int(vocab.tokens(rng.choice(len(r), p=r)))
 
 
 def evaluate_posterior(tree, tokens, scores, sampling, rng):
@@ -342,7 +345,7 @@ def evaluate_posterior(tree, tokens, scores, sampling, rng):
         ok = np.concatenate([[True], scores.cand_logp[1:] > log_threshold[parent[1:]]])
         path = _best_path(tree, ok, scores.cand_logp)
     last = path[-1]
-    return path, _root_token(lambda: scores.top(last), lambda: scores.row(last), sampling, rng)
+    return path, _root_token(lambda: scores.top(last), lambda: scores.row(last), sampling, rng, scores.model.vocab)
 
 
 def update_inputs(cache, tree, path, hidden):
@@ -374,6 +377,7 @@ def medusa_stream(model, heads, prompt_ids, max_new_tokens, choices="8_node", eo
     tree = resolve_tree(choices, heads.config.num_heads)
     eos_ids, rng = set(eos_ids), np.random.default_rng(sampling.seed)
     core.check_request(model.config, len(prompt_ids), max_new_tokens)
+    core.check_tokens(model, prompt_ids)
     # room for the last tree beyond the output: its extra nodes are verified, never emitted
     cache = core.new_cache(model, 1, max_len or len(prompt_ids) + max_new_tokens + tree.num_nodes)
     start = time.perf_counter()

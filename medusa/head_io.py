@@ -78,9 +78,14 @@ def read_config(path) -> HeadConfig:
 def check_fits(cfg: HeadConfig, base, source):
     """Heads trained for another hidden size or vocabulary cannot draft for this base
     (base: its ModelConfig): a UsageError naming the file and both sizes."""
-    if (cfg.hidden_size, cfg.vocab_size) != (base.hidden_size, base.vocab_size):
+    if (cfg.hidden_size, cfg.vocab_size) != (base.hidden_size, base.output_size):
         raise UsageError(f"{source}: heads for hidden size {cfg.hidden_size} and vocabulary {cfg.vocab_size}, "
-                         f"the base model has {base.hidden_size} and {base.vocab_size}: use heads trained "
+                         f"the base model has {base.hidden_size} and {base.output_size}: use heads trained "
+                         "for this base model")
+    if cfg.vocab != base.vocab_id:
+        found = f"reduced vocabulary {cfg.vocab}" if cfg.vocab else "the full vocabulary"
+        want = f"reduced vocabulary {base.vocab_id}" if base.vocab_id else "the full vocabulary"
+        raise UsageError(f"{source}: heads trained for {found}, the base model has {want}: use heads trained "
                          "for this base model")
 
 

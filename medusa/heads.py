@@ -44,6 +44,7 @@ class HeadConfig:
     share_lm_head: bool = False   # True: project with the base lm_head passed at call time
     moe_num_experts: int = 4      # E (moe only)
     moe_top_k: int = 2            # experts mixed per token (moe only); == E means soft routing
+    vocab: str = ""               # the base's reduced vocabulary (ModelConfig.vocab_id); "" = full
 
     def __post_init__(self):
         if self.family not in HEAD_FAMILIES:

@@ -164,7 +164,7 @@ class Backbone(jt.nn.Module):
     """Named like transformers' `LlamaModel` so checkpoint keys start with `model.`."""
 
     def __init__(self, cfg: ModelConfig, dtype):
-        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, dtype)
+        self.embed_tokens = Embedding(cfg.embedding_rows, cfg.hidden_size, dtype)
         self.layers = jt.nn.ModuleList([DecoderLayer(cfg, dtype) for _ in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
 
@@ -173,8 +173,10 @@ class Transformer(jt.nn.Module):
     def __init__(self, cfg: ModelConfig, dtype: str = "float32", max_positions: int = None):
         self.config, self.dtype = cfg, dtype
         self.model = Backbone(cfg, dtype)
-        self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, False, dtype)
+        own_head = not cfg.tie_word_embeddings or cfg.kept_ids is not None   # a sliced head is its own
+        self.lm_head = Linear(cfg.hidden_size, cfg.output_size, False, dtype) if own_head else None
         self._tied_lm_t = None
+        self.vocab = VocabMap(cfg)
         # RoPE tables [P, D] cover the positions asked for so far, grown on demand (see rope_rows);
         # the context limit itself is the config's max_position_embeddings, checked by core.py
         self._inv_freq = np.asarray(rope_inv_freq(cfg), dtype=np.float64)
@@ -196,7 +198,9 @@ class Transformer(jt.nn.Module):
         return have
 
     def embed(self, tokens):
-        """Token embeddings [B, T, H] in the compute dtype."""
+        """Token embeddings [B, T, H] in the compute dtype of original token ids [B, T]."""
+        if self.config.embedding_sliced:
+            tokens = self.vocab.row_table()[tokens]     # ids outside are refused before (core.check_tokens)
         return self.model.embed_tokens(tokens)
 
     def lm_head_t(self):
@@ -233,6 +237,44 @@ class Transformer(jt.nn.Module):
         if cache is not None:
             cache.advance(T)
         return self.model.norm(x)
+
+
+class VocabMap:
+    """Token ids <-> rows of a reduced vocabulary (identity for the full one). Logits index the
+    lm_head's rows; everything that leaves the model (tokens, drafts) is an original id."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.kept = None if cfg.kept_ids is None else np.asarray(cfg.kept_ids, dtype=np.int64)
+        self.sliced = cfg.embedding_sliced
+        self.row = None
+        if self.kept is not None:
+            self.row = np.full(cfg.vocab_size, -1, dtype=np.int64)
+            self.row[self.kept] = np.arange(len(self.kept))
+        self._row_var = None
+
+    @property
+    def reduced(self) -> bool:
+        return self.kept is not None
+
+    def tokens(self, rows):
+        """Logit rows (argmax, top-k, sampled index) -> original token ids, same shape."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return rows if self.kept is None else self.kept[rows]
+
+    def rows(self, tokens):
+        """Original token ids -> logit rows, -1 where a token is outside the vocabulary."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        return tokens if self.row is None else self.row[tokens]
+
+    def embedding_rows(self, tokens):
+        """Original ids -> rows of the embedding matrix (rnn heads read it with drafted tokens)."""
+        return self.rows(tokens) if self.sliced else np.asarray(tokens, dtype=np.int64)
+
+    def row_table(self):
+        """jt int32 [V]: the embedding row of every original id (0 where dropped)."""
+        if self._row_var is None:
+            self._row_var = jt.array(np.maximum(self.row, 0).astype(np.int32)).stop_grad()
+        return self._row_var
 
 
 def build_mask(batch: int, new_len: int, past_len: int = 0, padding=None, tree=None):

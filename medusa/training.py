@@ -122,19 +122,33 @@ class TrainArgs:
 
 
 # ---------------------------------------------------------------- batches and loss
-def flat_rows(samples, hiddens, num_heads, pad_id):
+def labels(ids, loss_mask, num_heads, vocab=None):
+    """Head targets as logit rows [K, B, T] and their validity: data.head_targets, mapped through
+    a reduced vocabulary (model.VocabMap; the users' orig2draft) with the targets outside it
+    masked out."""
+    targets, valid = data.head_targets(ids, loss_mask, num_heads)
+    if vocab is None or not vocab.reduced:
+        return targets, valid
+    rows = vocab.rows(targets)
+    return np.maximum(rows, 0).astype(targets.dtype), valid & (rows >= 0)
+
+
+def flat_rows(samples, hiddens, num_heads, pad_id, vocab=None):
     """One micro-batch as the flat rows the heads see.
 
     hiddens: per-sample [T_i, H] arrays (or one jt.Var [B, T, H]). Returns (hidden [1, N, H],
-    drafted tokens [1, N, K] (tokens[..., k] = token t+k+1, what rnn heads read), targets
-    [K, N], valid [K, N]) over the N positions where at least one head has a target.
+    drafted tokens [1, N, K] (tokens[..., k] = token t+k+1, what rnn heads read, as embedding
+    rows), targets [K, N] (logit rows), valid [K, N]) over the N positions where at least one
+    head has a target.
     """
     batch = data.collate(samples, pad_id)
     ids = batch["input_ids"]
-    targets, valid = data.head_targets(ids, batch["loss_mask"], num_heads)
+    targets, valid = labels(ids, batch["loss_mask"], num_heads, vocab)
     bi, ti = np.nonzero(valid.any(0))
     B = ids.shape[0]
     drafted = data.drafted_tokens(ids, bi, ti, num_heads, pad_id)
+    if vocab is not None and vocab.sliced:
+        drafted = np.maximum(vocab.embedding_rows(drafted), 0).astype(drafted.dtype)
     if isinstance(hiddens, jt.Var):
         h = hiddens[jt.array(bi.astype(np.int32)), jt.array(ti.astype(np.int32))]
     else:
@@ -206,7 +220,7 @@ class Trainer:
         cfg = self.model.config
         self.heads = build_heads(HeadConfig(
             family=args.family, num_heads=args.medusa_num_heads, num_layers=args.medusa_num_layers,
-            hidden_size=cfg.hidden_size, vocab_size=cfg.vocab_size, share_lm_head=args.share_lm_head,
+            hidden_size=cfg.hidden_size, vocab_size=cfg.output_size, vocab=cfg.vocab_id, share_lm_head=args.share_lm_head,
             moe_num_experts=args.moe_num_experts, moe_top_k=args.moe_top_k))
         self.heads.init_from_base(self.model.lm_head_t())
         self.opt = AdamW(self.heads.parameters(), args.lr, weight_decay=args.weight_decay)
@@ -250,12 +264,21 @@ class Trainer:
         epoch, i = divmod(step, self.steps_per_epoch)
         order = np.random.default_rng(a.seed + epoch).permutation(self.train_set)
         glob = order[i * self.global_batch:(i + 1) * self.global_batch]
-        return sum(data.head_targets(s.input_ids[None], s.loss_mask[None], self.K)[1].sum((1, 2))
+        return sum(labels(s.input_ids[None], s.loss_mask[None], self.K, self.model.vocab)[1].sum((1, 2))
                    for s in (self.samples[j] for j in glob))
+
+    def targets_outside_vocab(self) -> int:
+        """Head targets a reduced vocabulary cannot express (masked out of the loss)."""
+        if not self.model.vocab.reduced:
+            return 0
+        return int(sum(data.head_targets(s.input_ids[None], s.loss_mask[None], self.K)[1].sum()
+                       - labels(s.input_ids[None], s.loss_mask[None], self.K, self.model.vocab)[1].sum()
+                       for s in self.samples))
 
     # -- one step
     def forward(self, idx):
-        h, drafted, targets, valid = flat_rows([self.samples[i] for i in idx], self.hiddens_of(idx), self.K, self.pad_id)
+        h, drafted, targets, valid = flat_rows([self.samples[i] for i in idx], self.hiddens_of(idx), self.K,
+                                               self.pad_id, self.model.vocab)
         logits, aux = self.heads(h, drafted, self.model.lm_head_t(), self.model.embed_weight())
         nll, hit1, hit5 = head_losses(logits[:, 0], targets, valid)
         return nll, aux, hit1, hit5, valid.sum(-1)
@@ -374,7 +397,8 @@ class Trainer:
             out.mkdir(parents=True, exist_ok=True)
             atomic_write(out / "train_args.json", json.dumps(
                 dict(dataclasses.asdict(a), world_size=self.world, global_batch=self.global_batch,
-                     samples=self.report.kept, skipped=dict(self.report.skipped)), indent=2))
+                     samples=self.report.kept, skipped=dict(self.report.skipped),
+                     targets_outside_vocab=self.targets_outside_vocab()), indent=2))
         bar = tqdm(total=self.stop_at, initial=self.step, desc=f"train {a.family}", disable=self.rank != 0)
         totals, t0 = Totals(self.K), time.time()
         with interrupts_deferred() as stop:

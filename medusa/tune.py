@@ -86,12 +86,14 @@ def head_ranks(model, heads, ids, start):
     with jt.no_grad():
         positions = np.arange(start - 1, T - 1)                      # the base predicts t+1 there
         drafted = data.drafted_tokens(ids[None], np.zeros_like(positions), positions, K)   # [n, K]: t+k+1
+        drafted = np.maximum(model.vocab.embedding_rows(drafted), 0).astype(np.int32)
         logits, _ = heads(hidden[:, start - 1:T - 1], jt.array(drafted[None]), model.lm_head_t(), model.embed_weight())
         logits = logits[:, 0].numpy()                                # [K, n, V]
+    truth = model.vocab.rows(ids)                                    # logit rows; -1 outside a reduced vocabulary
     ranks = np.full((K, len(positions)), -1, np.int64)
     for k in range(K):
-        rows = np.flatnonzero(positions + k + 2 < T)
-        true = logits[k, rows, ids[positions[rows] + k + 2]]
+        rows = np.flatnonzero((positions + k + 2 < T) & (truth[np.minimum(positions + k + 2, T - 1)] >= 0))
+        true = logits[k, rows, truth[positions[rows] + k + 2]]
         ranks[k, rows] = (logits[k, rows] > true[:, None]).sum(-1)
     return ranks
 

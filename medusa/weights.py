@@ -242,8 +242,14 @@ def convert(src, output, dtype="float16"):
     if output.suffix not in (".pkl", ".safetensors"):
         raise UsageError(f"--output {output}: name a .pkl or .safetensors file")
     config, tensors = read_checkpoint(src)
-    cfg = ModelConfig.from_dict(config)
-    tensors = check_tensors(cfg, tensors, src)
+    tensors = check_tensors(ModelConfig.from_dict(config), tensors, src)
+    return write_unit(output, config, tensors, dtype, tokenizer_src=src)
+
+
+def write_unit(output, config: dict, tensors: dict, dtype, tokenizer_src):
+    """Write checked `tensors` (HF names and layout) as `output` with config.json and the
+    tokenizer of `tokenizer_src` beside it, staged and renamed into place (see convert)."""
+    output = Path(output)
     config_text = json.dumps(config, indent=2, default=json_default)
     out_dir = output.parent
     _refuse_other_model(out_dir, json.loads(config_text))
@@ -252,8 +258,8 @@ def convert(src, output, dtype="float16"):
         arrays = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in tensors.items()}
         (stage / output.name).write_bytes(tensor_bytes(arrays, output.suffix, {"config": config_text}))
         (stage / "config.json").write_text(config_text)
-        if not save_tokenizer(src, stage):
-            print(f"note: {src} has no tokenizer; none written beside {output} (pass --base_model_path "
+        if not save_tokenizer(tokenizer_src, stage):
+            print(f"note: {tokenizer_src} has no tokenizer; none written beside {output} (pass --base_model_path "
                   "<a folder with the tokenizer> when you load it)", file=sys.stderr)
         _install(stage, out_dir, output.name)
     finally:

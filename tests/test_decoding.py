@@ -157,7 +157,12 @@ def test_sampling_runs_and_is_reproducible(models, sampling):
 
 class _FixedScores:
     def __init__(self, rows):
+        from types import SimpleNamespace
+
+        from medusa.model import VocabMap
+
         self.rows = rows
+        self.model = SimpleNamespace(vocab=VocabMap(SimpleNamespace(kept_ids=None, embedding_sliced=False)))
 
     def row(self, node):
         return self.rows[node]

@@ -1,0 +1,100 @@
+"""Self-distillation on a machine without a tokenizer (the GPU image, see notes/gpu.md): token
+ids in, token ids out, text made here.
+
+    python scripts/distill_ids.py encode --prompts P.jsonl --output ids.jsonl          # here: chat template
+    python scripts/distill_ids.py decode --model M.gguf --ids ids.jsonl --output replies.jsonl \
+        --max_new_tokens 160 --batch_size 256 --dtype float32                          # on the GPU
+    python scripts/distill_ids.py text --prompts P.jsonl --replies replies.jsonl --output distill.jsonl
+
+`decode` is medusa.core.greedy_batch over length-sorted batches (as medusa.distill), appending one
+{"id", "reply_ids"} line per prompt after each batch and skipping ids already in --output, so a
+cut-off run resumes. `text` writes the ShareGPT records medusa.distill writes. The model is read
+with medusa.weights (a .gguf needs only the `gguf` package; no transformers).
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def encode(args):
+    from medusa import cli, distill
+    from medusa.data import load_prompts
+    from medusa.settings import ModelArgs
+
+    plan = cli.plan(ModelArgs(base_model_path=args.base_model_path, device="cpu"), heads="none")
+    with open(args.output, "w", encoding="utf-8") as f:
+        for p in load_prompts(args.prompts):
+            ids = distill.user_prompt_ids(plan.tokenizer, p["prompt"])
+            f.write(json.dumps({"id": p["id"], "prompt_ids": ids}) + "\n")
+    print(json.dumps({"eos_ids": list(plan.eos_ids), "pad_id": plan.tokenizer.pad_token_id}))
+
+
+def decode(args):
+    from tqdm import tqdm
+
+    from medusa import core, weights
+    from medusa.data import read_located
+    from medusa.runtime import use_device
+
+    device = use_device(args.device)
+    model = weights.load_model(args.model, args.dtype)
+    eos = set(int(e) for e in args.eos_ids.split(","))
+    out = Path(args.output)
+    done = {r["id"] for _, r in read_located(out, partial_tail="skip")} if out.is_file() else set()
+    todo = sorted((r for _, r in read_located(args.ids) if r["id"] not in done), key=lambda r: len(r["prompt_ids"]))
+    tokens, start = 0, time.time()
+    with open(out, "a", encoding="utf-8") as f:
+        for i in tqdm(range(0, len(todo), args.batch_size), desc=f"distill ({device})"):
+            chunk = todo[i:i + args.batch_size]
+            replies = core.greedy_batch(model, [r["prompt_ids"] for r in chunk], args.max_new_tokens, eos, args.pad_id)
+            f.write("".join(json.dumps({"id": r["id"], "reply_ids": reply}) + "\n" for r, reply in zip(chunk, replies)))
+            f.flush()
+            tokens += sum(len(r) for r in replies)
+    seconds = time.time() - start
+    print(json.dumps({"device": device, "prompts": len(todo), "reply_tokens": tokens, "seconds": round(seconds, 1),
+                      "tokens_per_second": round(tokens / max(seconds, 1e-9), 1)}))
+
+
+def text(args):
+    from medusa import cli, distill
+    from medusa.data import load_prompts, read_located
+    from medusa.settings import ModelArgs
+
+    tok = cli.plan(ModelArgs(base_model_path=args.base_model_path, device="cpu"), heads="none").tokenizer
+    prompts = {p["id"]: p for p in load_prompts(args.prompts)}
+    with open(args.output, "w", encoding="utf-8") as f:
+        for _, r in sorted(read_located(args.replies), key=lambda x: x[1]["id"]):
+            reply = tok.decode(r["reply_ids"], skip_special_tokens=True)
+            f.write(json.dumps(distill.sharegpt_record(prompts[r["id"]], reply), ensure_ascii=False) + "\n")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("encode")
+    e.add_argument("--prompts", required=True)
+    e.add_argument("--output", required=True)
+    e.add_argument("--base_model_path", default="")
+    d = sub.add_parser("decode")
+    d.add_argument("--model", required=True)
+    d.add_argument("--ids", required=True)
+    d.add_argument("--output", required=True)
+    d.add_argument("--eos_ids", required=True, help="comma-separated (encode prints them)")
+    d.add_argument("--pad_id", type=int, default=0)
+    d.add_argument("--max_new_tokens", type=int, default=160)
+    d.add_argument("--batch_size", type=int, default=256)
+    d.add_argument("--dtype", default="float32")
+    d.add_argument("--device", default="auto")
+    t = sub.add_parser("text")
+    t.add_argument("--prompts", required=True)
+    t.add_argument("--replies", required=True)
+    t.add_argument("--output", required=True)
+    t.add_argument("--base_model_path", default="")
+    args = p.parse_args(argv)
+    {"encode": encode, "decode": decode, "text": text}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
