@@ -12,7 +12,8 @@ a JSON record with fixed keys:
 
 The generator is seeded and deterministic; prompts are deduplicated and split 90/10 into
 `train.jsonl` and `heldout.jsonl` (JSONL of {"id", "category", "prompt"}, what medusa.distill
-and the benchmark read). Nothing here comes from an evaluation set.
+and the benchmark read). By default 90% of the prompts are one-shot: a worked example (another
+scene and its exact record) comes first. Nothing here comes from an evaluation set.
 """
 import argparse
 import json
@@ -67,6 +68,18 @@ def scene(rng):
     return people, pets
 
 
+def record(people, pets) -> dict:
+    """The JSON record a scene asks for (fixed keys; every seat present, null when empty)."""
+    seats = {}
+    for seat in SEATS:
+        p = people.get(seat)
+        seats[seat] = None if p is None else {
+            "occupant": p["occupant"], "mask": "mask" in p["acts"], "smoking": "smoking" in p["acts"],
+            "phone": "phone" in p["acts"], "seatbelt": "no_seatbelt" not in p["acts"]}
+    alerts = [f"{seat}_{a}" for seat, p in people.items() for a in p["acts"] if a != "mask"]
+    return {"seats": seats, "pets": [{"kind": k, "seat": s} for k, s in pets], "alerts": alerts}
+
+
 def describe(people, pets, rng):
     parts = []
     for seat, p in people.items():
@@ -82,8 +95,17 @@ def describe(people, pets, rng):
     return f"{rng.choice(OPENINGS)} {body}. {rng.choice(ASKS)}{hint}"
 
 
-def generate(num, seed=0):
-    """`num` distinct prompts (deduplicated; deterministic for a seed)."""
+def with_example(text, rng):
+    """A one-shot prompt: a worked example (another random scene and its exact record) first, as
+    a structured-output deployment prompts a small model."""
+    people, pets = scene(rng)
+    example = describe(people, pets, rng).split(". ")[0]
+    return f"Example: {example}.\nJSON: {json.dumps(record(people, pets))}\n\nNow this one: {text}"
+
+
+def generate(num, seed=0, one_shot=0.9):
+    """`num` distinct prompts (deduplicated; deterministic for a seed); a `one_shot` share
+    carries a worked example first."""
     rng = np.random.default_rng(seed)
     seen, prompts = set(), []
     attempts = 0
@@ -92,6 +114,8 @@ def generate(num, seed=0):
         if attempts > 50 * num:
             raise UsageError(f"could not make {num} distinct prompts (made {len(prompts)}): ask for fewer")
         text = describe(*scene(rng), rng)
+        if rng.random() < one_shot:
+            text = with_example(text, rng)
         if text not in seen:
             seen.add(text)
             prompts.append(text)
@@ -112,11 +136,12 @@ def main(argv=None):
     p.add_argument("--output_dir", required=True)
     p.add_argument("--num", type=int, default=2400, help="distinct prompts to make")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--one_shot", type=float, default=0.9, help="share of prompts with a worked example first")
     args = p.parse_args(argv)
     if args.num < 10:
         raise UsageError("--num must be >= 10")
     out = Path(args.output_dir)
-    train, held = split(generate(args.num, args.seed), seed=args.seed)
+    train, held = split(generate(args.num, args.seed, args.one_shot), seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
     for name, records in (("train.jsonl", train), ("heldout.jsonl", held)):
         if (out / name).exists():

@@ -118,3 +118,24 @@ def test_training_on_a_reduced_base_maps_and_masks_labels(tiny_pkl, reduced, tmp
     assert saved.vocab == tr.model.config.vocab_id
     saved_args = json.loads((Path(args.output_dir) / "train_args.json").read_text())
     assert saved_args["targets_outside_vocab"] == outside
+
+
+def test_vocab_bench_compares_full_and_reduced(tiny_pkl, reduced, tmp_path):
+    from medusa import vocab_bench
+
+    kept, _, units = reduced
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "category": "c", "prompt": p}) + "\n"
+                               for i, p in enumerate(["hello there", "the cat sat on the mat"])))
+    out = tmp_path / "vb.json"
+    args = vocab_bench.VocabBenchArgs(full=str(tiny_pkl("qwen2")), reduced=str(units[False]), data=str(prompts),
+                                      output=str(out), num_samples=2, max_new_tokens=8, warmup_tokens=2)
+    summary = vocab_bench.run(args)["summary"]
+    saved = json.loads(out.read_text())
+    assert saved["summary"] == summary and len(saved["samples"]) == 2 and out.with_suffix(".png").is_file()
+    assert summary["bytes_per_step"]["reduced"] < summary["bytes_per_step"]["full"]
+    for s in saved["samples"]:
+        assert s["reduced_identical"] == (s["reduced"]["output_ids"] == s["full"]["output_ids"])
+    assert vocab_bench.first_difference([1, 2, 3], [1, 5, 3]) == 1 and vocab_bench.first_difference([1], [1]) is None
+    with pytest.raises(UsageError, match="exists"):
+        vocab_bench.VocabBenchArgs(full=args.full, reduced=args.reduced, data=args.data, output=str(out))
