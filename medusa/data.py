@@ -89,12 +89,18 @@ class LoadReport:
 
 def read_located(path, partial_tail="error"):
     """[(where, record)] of a JSON array file ("record i") or a JSONL file ("line n"), detected by
-    content: the one reader of JSON data in this package. partial_tail="skip" ignores a
+    content, optionally gzip-compressed (.gz): the one reader of JSON data in this package. partial_tail="skip" ignores a
     malformed last line that has no newline (what a killed writer leaves); else it is an error
     like any malformed line. Raises DataError naming the file and the line or record."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        if str(path).endswith(".gz"):        # shipped data is kept compressed
+            import gzip
+
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                text = f.read()
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, EOFError) as e:
         raise DataError(f"{path}: cannot read it ({e})") from e
     if text.lstrip().startswith("["):
         try:

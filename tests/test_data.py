@@ -264,3 +264,14 @@ def test_drafted_tokens_are_the_next_tokens_padded_past_the_end():
     got = data.drafted_tokens(ids, np.array([0, 1, 1]), np.array([0, 1, 3]), num_heads=3, pad_id=-1)
     assert got.dtype == np.int32
     assert got.tolist() == [[11, 12, 13], [22, 23, -1], [-1, -1, -1]]
+
+
+def test_gzip_compressed_data_reads_like_plain(tmp_path):
+    import gzip
+
+    records = [{"id": i, "category": "c", "prompt": f"p{i}"} for i in range(3)]
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    (tmp_path / "p.jsonl").write_text(text)
+    with gzip.open(tmp_path / "p.jsonl.gz", "wt") as f:
+        f.write(text)
+    assert data.load_prompts(tmp_path / "p.jsonl.gz") == data.load_prompts(tmp_path / "p.jsonl") == records
