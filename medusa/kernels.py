@@ -6,7 +6,9 @@ steps. The BLAS here is OpenBLAS from the `scipy-openblas32` wheel (numpy/scipy'
 symbols prefixed `scipy_`), threaded over all cores by default.
 
     y = blas_matmul(x, w)                   # x [..., K] @ w [K, N] -> [..., N] (Linear layers)
-    s = blas_matmul(q, k, trans_b=True)     # q [..., M, D] @ k [..., S, D]^T -> [..., M, S] (attention)
+    s = blas_matmul(q, k, trans_b=True)     # q [..., M, D] @ k [..., S, D]^T -> [..., M, S] (batched;
+                                            # attention stays on Jittor's fused loop: model.py says why)
+    y = small_rows_matmul(x, w)             # <= 64 rows against a frozen weight, packed once
     y = reference_matmul(x, w)              # the same contracts through Jittor (any dtype, device)
 
 Each function here is one kernel with its plain Jittor reference; `model.matmul` picks one of

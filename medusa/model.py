@@ -23,11 +23,12 @@ from medusa.runtime import jt
 NEG_INF = -1e9  # additive mask value; scores are accumulated in fp32, so this never overflows
 
 
-# Jittor's own loop fuses a matmul with the ops around it, which wins where the product is tiny:
+# Jittor's own loop fuses a matmul with the ops around it, which wins where the product is small:
 # one token against a small weight (a SmolLM2 decode step was ~10% slower with a BLAS call per
-# layer; the [576, 49152] vocab projection is 2x faster on BLAS) and one token's attention.
+# layer; the [576, 49152] vocab projection is 2x faster on BLAS), and attention: with
+# kernels.blas_matmul for q k^T and p v a SmolLM2 8_node step took 101 vs 87 ms and mc_sim_7b_63
+# 329 vs 315 ms (3 runs each, loaded 2-core CPU; profile: 240 vs 66 ms of attention ops).
 BLAS_MIN_ONE_ROW = 1 << 22     # weight elements from which a single row goes to BLAS
-BLAS_MIN_ROWS = 8              # attention: query rows per (batch, kv head) from which BLAS is used
 
 
 def matmul_kernel(a, b, trans_b):
@@ -35,7 +36,7 @@ def matmul_kernel(a, b, trans_b):
     if jt.flags.use_cuda or a.dtype != "float32" or b.dtype != "float32" or not kernels.use_blas():
         return kernels.reference_matmul
     if trans_b or b.ndim > 2:                      # attention: one product per (batch, kv head)
-        return kernels.blas_matmul if a.shape[-2] >= BLAS_MIN_ROWS else kernels.reference_matmul
+        return kernels.reference_matmul
     rows = math.prod(a.shape[:-1])
     frozen = jt.flags.no_grad or b.is_stop_grad()  # the few-rows kernel gives b no gradient
     if 1 < rows <= kernels.SMALL_ROWS and frozen and b.shape[1] % kernels.PACK_WIDTH == 0:

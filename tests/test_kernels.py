@@ -123,9 +123,10 @@ def test_model_matmul_dispatch(counted):
 
 def test_tiny_model_runs_the_kernels_and_matches_jittor(tiny_pkl, counted):
     net = weights.load_model(tiny_pkl("llama"), "float32")
-    tokens = jt.array(np.arange(3, 66, dtype=np.int32)[None])      # T = 63
-    positions = jt.array(np.arange(63, dtype=np.int32)[None])
-    mask = model_lib.build_mask(1, 63)
+    T = kernels.SMALL_ROWS + 7                                      # a prompt: BLAS; its first 7: few rows
+    tokens = jt.array(np.arange(3, 3 + T, dtype=np.int32)[None])
+    positions = jt.array(np.arange(T, dtype=np.int32)[None])
+    mask = model_lib.build_mask(1, T)
     logits = {}
     for on in (True, False):
         kernels.use_blas(on)
