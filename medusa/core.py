@@ -118,14 +118,17 @@ def stream_tokens(model, prompt_ids, max_new_tokens, eos_ids=(), sampling: Sampl
     cache = new_cache(model, 1, max_len or len(prompt_ids) + max_new_tokens)
     cache.check_room(len(prompt_ids) + max_new_tokens - 1)
     start = time.perf_counter()
-    hidden = prefill(model, cache, prompt_ids)   # the base is frozen (stop_grad): no graph is kept
+    with jt.no_grad():                           # not around the yield: the caller's code runs there
+        hidden = prefill(model, cache, prompt_ids)
     for i in range(max_new_tokens):
-        token = int(model.vocab.tokens(choose_token(last_logits(model, hidden).numpy(), sampling, rng)))
+        with jt.no_grad():
+            token = int(model.vocab.tokens(choose_token(last_logits(model, hidden).numpy(), sampling, rng)))
         yield token, time.perf_counter() - start
         if token in eos_ids or i + 1 == max_new_tokens:
             return
         start = time.perf_counter()
-        hidden = decode_one(model, cache, token)
+        with jt.no_grad():
+            hidden = decode_one(model, cache, token)
 
 
 def generate(model, prompt_ids, max_new_tokens, eos_ids=(), sampling: Sampling = None, max_len=None):
