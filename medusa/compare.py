@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from medusa.errors import UsageError
 from medusa.results import STAGES, max_new_tokens, summarize
 
 # (label, getter of (config, summary, environment)) for every metric shown; a getter may
@@ -35,8 +36,11 @@ README_METRICS = ("heads", "tree", "samples", "base tokens/s", "medusa tokens/s"
 
 def load_run(path):
     """(name, config, summary recomputed from the samples, environment) of a results file."""
-    results = json.loads(Path(path).read_text())
-    summary = summarize(results["samples"], results["config"]["greedy"])
+    try:
+        results = json.loads(Path(path).read_text())
+        summary = summarize(results["samples"], results["config"]["greedy"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UsageError(f"{path}: not a readable results file of test_medusa_benchmark.py ({type(e).__name__}: {e})") from e
     return Path(path).stem, results["config"], summary, results["environment"]
 
 
@@ -80,4 +84,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from medusa import cli
+
+    cli.run(main)
