@@ -23,7 +23,6 @@ summarised and plotted by results.py. References: FasterDecoding/Medusa llm_judg
 """
 import dataclasses
 import os
-import sys
 import time
 from dataclasses import field
 from pathlib import Path
@@ -32,7 +31,7 @@ from tqdm import tqdm
 
 from medusa import cli
 from medusa.data import chat_prompt_ids
-from medusa.errors import UsageError
+from medusa.errors import Interrupted, UsageError
 from medusa.prompt_sets import DATA_FORMATS, DEFAULT_PROMPTS, BenchPrompt, load_prompt_set, spread_over_categories
 from medusa.results import (SIDES, STAGES, environment, plot_results, print_summary, start_results,
                             write_results)
@@ -110,15 +109,6 @@ def default_output(bench: Bench, setup) -> Path:
         n += 1
         path = RESULTS_DIR / f"{name}-{n}.json"
     return path
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM during a run: the finished samples are saved in `path`."""
-
-    def __init__(self, path, samples):
-        super().__init__(f"interrupted: {samples} finished sample(s) are saved in {path}; "
-                         f"run the same command with --resume --output {path} to continue")
-        self.path, self.samples = path, samples
 
 
 def decode_turn(side, setup, settings: GenerationSettings, prompt_ids, max_new_tokens, seed):
@@ -202,7 +192,8 @@ def run(bench: Bench, setup=None, progress=True):
     except KeyboardInterrupt:
         bar.close()
         write_results(out, results)
-        raise Interrupted(out, len(results["samples"])) from None
+        raise Interrupted(f"interrupted: {len(results['samples'])} finished sample(s) are saved in {out}; "
+                          f"run the same command with --resume --output {out} to continue") from None
     if not todo:
         write_results(out, results)
     if args.plot:
@@ -216,11 +207,6 @@ def parse_args(argv=None) -> Bench:
 
 
 def main(argv=None):
-    bench = parse_args(argv)
-    try:
-        results, out = run(bench)
-    except Interrupted as e:
-        print(e, file=sys.stderr)
-        sys.exit(130)
+    results, out = run(parse_args(argv))
     print_summary(results["summary"])
     print(f"wrote {out}")

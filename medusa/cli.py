@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from medusa.errors import MissingFileError, UsageError
+from medusa.errors import Interrupted, MissingFileError, UsageError
 
 # old spelling -> new one; the old one still works and warns
 RENAMED = {"--max_new_token": "--max_new_tokens"}
@@ -45,7 +45,8 @@ def parse(argv, types, description=None):
 
 
 def run(main, argv=None):
-    """Call main(argv); a UsageError prints `error: ...` as one line and exits 2."""
+    """Call main(argv); a UsageError prints `error: ...` as one line and exits 2, an Interrupted
+    run prints how to continue and exits 130."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return main(argv)
@@ -54,6 +55,9 @@ def run(main, argv=None):
             raise
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(130)
 
 
 def check_writable(path, flag):

@@ -24,7 +24,7 @@ from dataclasses import field
 from pathlib import Path
 
 from medusa import cli
-from medusa.errors import UsageError
+from medusa.errors import Interrupted, UsageError
 from medusa.settings import GenerationSettings, ModelArgs
 
 DEFAULT_PROMPTS = Path(__file__).parent / "prompts" / "smollm2_prompts.jsonl"
@@ -127,10 +127,6 @@ def distill(args: DistillArgs, margs: ModelArgs = None, settings: GenerationSett
     return {"replies": len(todo), "new_tokens": n_tokens, "seconds": round(time.time() - t0, 1)}
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM: every finished batch is in the output file."""
-
-
 def sharegpt_record(prompt, reply):
     return {"id": prompt["id"], "category": prompt["category"],
             "conversations": [{"from": "human", "value": prompt["prompt"]}, {"from": "gpt", "value": reply}]}
@@ -138,11 +134,7 @@ def sharegpt_record(prompt, reply):
 
 def main(argv=None):
     margs, settings, args = cli.parse(argv, (ModelArgs, GenerationSettings, DistillArgs), __doc__)
-    try:
-        stats = distill(args, margs, settings)
-    except Interrupted as e:
-        print(e, file=sys.stderr)
-        sys.exit(130)
+    stats = distill(args, margs, settings)
     print(f"wrote {stats['replies']} replies ({stats['new_tokens']} tokens, {stats['seconds']} s) to {args.output}")
 
 

@@ -13,3 +13,8 @@ class UsageError(ValueError):
 
 class MissingFileError(UsageError, FileNotFoundError):
     """A file or folder the user named (or that should sit beside it) does not exist."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a long run, after it saved what it finished; the message says
+    where and how to continue (cli.run prints it and exits 130)."""

@@ -39,27 +39,27 @@ def cache_key(data_path, model_src, max_length, template, dtype):
 
 
 def weights_identity(src) -> str:
-    """What identifies a model's weights: the bytes of a weights file (.pkl, .gguf, .bin), and
-    for safetensors each file's header (names, dtypes, shapes, offsets) and size (the header is
-    written from the tensors, so new weights of the same shapes also change the size rarely:
-    the data of each shard is sampled too). A folder is the sorted list of its weight files."""
+    """What identifies a model's weights: the content of each weights file (weights.content_id),
+    except safetensors shards, which are identified by their header (names, dtypes, shapes,
+    offsets), size and 16 samples of their data. A folder is the sorted list of its weight files."""
+    from medusa.weights import content_id
+
     src = Path(src)
     files = [src] if src.is_file() else sorted(
         f for pattern in ("*.safetensors", "*.bin", "*.pkl", "*.gguf") for f in src.glob(pattern))
     h = hashlib.sha1()
     for f in files:
-        h.update(f"{f.name}|{f.stat().st_size}|".encode())
+        size = f.stat().st_size
+        h.update(f"{f.name}|{size}|".encode())
+        if f.suffix != ".safetensors":
+            h.update(content_id(f).encode())
+            continue
         with open(f, "rb") as fh:
-            if f.suffix == ".safetensors":
-                header_len = int.from_bytes(fh.read(8), "little")
-                h.update(fh.read(header_len))
-                size = f.stat().st_size
-                for offset in np.linspace(8 + header_len, max(size - (1 << 16), 8 + header_len), 16).astype(int):
-                    fh.seek(int(offset))
-                    h.update(fh.read(1 << 16))
-            else:
-                while block := fh.read(1 << 24):
-                    h.update(block)
+            header_len = int.from_bytes(fh.read(8), "little")
+            h.update(fh.read(header_len))
+            for offset in np.linspace(8 + header_len, max(size - (1 << 16), 8 + header_len), 16).astype(int):
+                fh.seek(int(offset))
+                h.update(fh.read(1 << 16))
     return h.hexdigest()
 
 

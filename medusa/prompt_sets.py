@@ -8,7 +8,6 @@ Every format is read with plain `json` so that errors name the file and the line
 record (JSON array). Pure python: no Jittor, cheap to import.
 """
 import dataclasses
-import json
 from pathlib import Path
 
 from medusa.data import DataError, SkipRecord, load_prompts, normalise_record, read_located

@@ -26,14 +26,13 @@ import argparse
 import dataclasses
 import io
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from medusa import data, hidden_cache
-from medusa.errors import UsageError
+from medusa.errors import Interrupted, UsageError
 from medusa.files import atomic_write
 from medusa.optim import AdamW, lr_at
 from medusa.runtime import jt
@@ -43,10 +42,6 @@ MOE_ONLY = ("moe_num_experts", "moe_top_k", "aux_loss_weight")
 RESUME_FREE = ("resume", "save_every", "max_steps", "device", "cache_dir", "cache_hidden", "output_dir")
 STATE_NAME = "last_state.npz"
 SHIPPED_DATA = Path(__file__).parent / "trained" / "smollm2_selfdistill.jsonl"   # package data
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM: the state was saved at the last whole optimizer step."""
 
 
 HELP = {
@@ -469,11 +464,7 @@ def check_args(args: TrainArgs):
 def main(argv=None, family="medusa"):
     args = parse_args(argv, family)
     trainer = Trainer(args)
-    try:
-        best = trainer.fit()
-    except Interrupted as e:
-        print(e, file=sys.stderr)
-        sys.exit(130)
+    best = trainer.fit()
     if trainer.rank == 0:
         print(f"best val loss {best:.4f}; heads in {args.out_dir() / 'best.jtr'}")
     return trainer

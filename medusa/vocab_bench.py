@@ -16,7 +16,6 @@ continues), with a PNG beside it.
 import dataclasses
 import json
 import os
-import sys
 import time
 from dataclasses import field
 from pathlib import Path

@@ -13,7 +13,6 @@ with medusa.weights (a .gguf needs only the `gguf` package; no transformers).
 """
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -97,4 +96,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from medusa import cli
+
+    cli.run(main)
