@@ -170,10 +170,16 @@ def left_pad(prompts, pad_id):
     return tokens, positions, padding
 
 
-def greedy_batch(model, prompts, max_new_tokens, eos_ids, pad_id=0):
-    """Greedy continuations of several prompts (lists of ids) -> [B] lists of new ids, each
-    without its EOS. Every row computes what it would alone: left padding, its own positions
-    and a padding mask. Stops when every row has met an EOS or max_new_tokens."""
+def greedy_batch(model, prompts, max_new_tokens, eos_ids, pad_id=0, temperature=0.0):
+    """Continuations of several prompts (lists of ids) -> [B] lists of new ids, each without its
+    EOS: greedy, or sampled at `temperature` > 0 (seed with jt.set_global_seed). Every row
+    computes what it would alone: left padding, its own positions and a padding mask. Stops when
+    every row has met an EOS or max_new_tokens.
+
+    Sampling is Gumbel-max on the device: argmax(logits / T + g), g = -log(-log(u)), u ~ U(0, 1),
+    draws exactly from softmax(logits / T) and fetches only B ids per step, like greedy."""
+    if temperature < 0:
+        raise GenerationError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     for p in prompts:
         check_request(model.config, len(p), max_new_tokens)
         check_tokens(model, p)
@@ -186,7 +192,11 @@ def greedy_batch(model, prompts, max_new_tokens, eos_ids, pad_id=0):
     with jt.no_grad():
         hidden = forward(model, tokens, positions, build_mask(B, P, 0, padding), cache)
         for step in range(max_new_tokens):
-            nxt = model.vocab.tokens(model.logits(hidden[:, -1:]).argmax(-1)[0].numpy().reshape(B))
+            logits = model.logits(hidden[:, -1:])[:, 0].float32()                          # [B, V]
+            if temperature > 0:
+                u = jt.rand(logits.shape, "float32").clamp(1e-20, 1.0 - 1e-7)
+                logits = logits / temperature - (-u.log()).log()
+            nxt = model.vocab.tokens(logits.argmax(-1)[0].numpy().reshape(B))
             for b in np.flatnonzero(~done):
                 if int(nxt[b]) in eos_ids:
                     done[b] = True

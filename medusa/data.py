@@ -300,17 +300,89 @@ def drafted_tokens(input_ids, rows, positions, num_heads, pad_id=0):
     return np.stack([padded[rows, positions + k + 1] for k in range(num_heads)], axis=-1).astype(np.int32)
 
 
-def train_val_split(items, val_ratio, seed):
-    """(train, val): a seeded random val_ratio share goes to val; both keep the input order."""
+def train_val_split(items, val_ratio, seed, groups=None):
+    """(train, val): a seeded random val_ratio share goes to val; both keep the input order.
+    With `groups` (one key per item, e.g. the prompt a reply answers) whole groups are split,
+    so no prompt has a reply on both sides."""
     if not 0.0 <= val_ratio < 1.0:
         raise ValueError(f"val_ratio must be in [0, 1), got {val_ratio}")
-    n = len(items)
+    keys = list(range(len(items))) if groups is None else list(groups)
+    if len(keys) != len(items):
+        raise ValueError(f"{len(keys)} groups for {len(items)} items")
+    unique = sorted(set(keys))
+    n = len(unique)
     n_val = int(round(n * val_ratio))
     if val_ratio > 0 and n > 1:
         n_val = min(max(n_val, 1), n - 1)   # a nonzero ratio always gives both sides something
-    in_val = np.zeros(n, bool)
-    in_val[np.random.default_rng(seed).permutation(n)[:n_val]] = True
-    return ([x for x, v in zip(items, in_val) if not v], [x for x, v in zip(items, in_val) if v])
+    in_val = {unique[i] for i in np.random.default_rng(seed).permutation(n)[:n_val]}
+    return ([x for x, g in zip(items, keys) if g not in in_val], [x for x, g in zip(items, keys) if g in in_val])
+
+
+# ---------------------------------------------------------------- token samples (.npz)
+# Samples as token ids, already rendered with the chat template: what a machine without a
+# tokenizer trains on (the GPU image), and the exact tokens the base model wrote when distilled.
+#     input_ids [sum T] int32, loss_mask [sum T] int8, lengths [n] int64,
+#     groups [n] int64 (the prompt id: train/val split by prompt), temperature [n] float32
+#     (0 = greedy reply), meta: a JSON string (pad_id, eos_ids, source, ...)
+# Read with allow_pickle=False: nothing in the file can run code.
+
+@dataclass
+class TokenSamples:
+    samples: list                 # [Sample]
+    groups: np.ndarray            # [n] int64
+    temperature: np.ndarray       # [n] float32
+    meta: dict
+
+
+def save_token_samples(path, samples, groups, temperature, meta):
+    """Write token samples atomically (compressed npz)."""
+    import io
+
+    from medusa.files import atomic_write
+
+    if not (len(samples) == len(groups) == len(temperature)) or not samples:
+        raise ValueError(f"{len(samples)} samples, {len(groups)} groups, {len(temperature)} temperatures")
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf, input_ids=np.concatenate([s.input_ids for s in samples]).astype(np.int32),
+        loss_mask=np.concatenate([s.loss_mask for s in samples]).astype(np.int8),
+        lengths=np.asarray([len(s) for s in samples], np.int64), groups=np.asarray(groups, np.int64),
+        temperature=np.asarray(temperature, np.float32), meta=np.array(json.dumps(meta)))
+    atomic_write(path, buf.getvalue())
+
+
+def load_token_samples(path, max_length=None) -> TokenSamples:
+    """TokenSamples of a .npz written by save_token_samples, each cut to max_length tokens
+    (a sample left without a loss token is dropped). Raises DataError naming the file."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            ids, mask, lengths = f["input_ids"], f["loss_mask"], f["lengths"]
+            groups, temperature, meta = f["groups"], f["temperature"], json.loads(str(f["meta"]))
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not a token-samples file ({e}); write one with "
+                        "scripts/distill_ids.py samples") from e
+    if lengths.sum() != len(ids) or len(mask) != len(ids) or not len(groups) == len(temperature) == len(lengths):
+        raise DataError(f"{path}: token-samples arrays disagree in length")
+    samples, keep = [], []
+    for i, (a, b) in enumerate(zip(np.cumsum(lengths) - lengths, np.cumsum(lengths))):
+        b = a + min(b - a, max_length or b - a)
+        if mask[a:b].any():
+            samples.append(Sample(ids[a:b].astype(np.int32), mask[a:b].astype(np.int32)))
+            keep.append(i)
+    if not samples:
+        raise DataError(f"{path}: no sample has a loss token in its first {max_length} tokens")
+    return TokenSamples(samples, groups[keep], temperature[keep], meta)
+
+
+def reply_sample(prompt_ids, reply_ids, end_id, max_new_tokens):
+    """The Sample of one distilled reply: prompt (no loss) + reply + the end-of-turn token
+    (loss), as encode_messages makes of the same conversation; a reply cut at max_new_tokens
+    gets no end token (the model did not write one)."""
+    tail = [end_id] if len(reply_ids) < max_new_tokens else []
+    ids = np.asarray(list(prompt_ids) + list(reply_ids) + tail, np.int32)
+    mask = np.zeros(len(ids), np.int32)
+    mask[len(prompt_ids):] = 1
+    return Sample(ids, mask)
 
 
 # ---------------------------------------------------------------- prompt sets

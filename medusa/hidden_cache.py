@@ -2,15 +2,18 @@
 
 Heads read the base's final-normed hidden states [T, H]; the base never trains, so its states
 for a fixed data set can be computed once and reused every epoch (the trainer's offline mode).
-The cache is one .npz per (data file content, model, max_length, template, dtype) key:
+The cache is one folder per (data file content, model, max_length, template, dtype) key:
 
-    hidden  [sum T_i, H] fp16   the states of every sample, concatenated
-    lengths [n] int64           T_i
-    ids     [sum T_i] int32     the token ids they belong to (checked on load)
+    hidden.npy   [sum T_i, H] fp16   the states of every sample, concatenated; memory-mapped
+    index.npz    lengths [n] int64 (T_i), ids [sum T_i] int32 (the token ids, checked on load)
 
-fp16 halves the disk and memory (H = 576, ~1.1 KB per token); heads compute in fp32.
-Under MPI only rank 0 builds and writes it (tmp file + os.replace, so a reader never sees a
-half-written file) while the others wait at a barrier, then every rank reads the same file.
+fp16 halves the disk (H = 576: ~1.1 KB per token, 2.5 GB for 2.2M tokens). The states are
+written into a memory-mapped file batch by batch and read back memory-mapped, so neither
+building nor training holds them in RAM: a batch reads only its own rows. Heads compute in fp32.
+hidden.npy is written under a temporary name and renamed when complete, index.npz after it, so
+a killed build leaves no cache that looks finished.
+Under MPI only rank 0 builds and writes it while the others wait at a barrier, then every rank
+maps the same file.
 """
 import hashlib
 import os
@@ -63,13 +66,15 @@ def weights_identity(src) -> str:
     return h.hexdigest()
 
 
-def build(model, samples, pad_id, tokens_per_batch=4096):
-    """[T_i, H] fp16 arrays of every sample, computed in length-sorted batches."""
+def build(model, samples, pad_id, out, tokens_per_batch=4096):
+    """Write the [T_i, H] fp16 states of every sample into `out` ([sum T_i, H], e.g. a memmap),
+    computed in length-sorted batches."""
     from tqdm import tqdm
 
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in samples])])
     order = sorted(range(len(samples)), key=lambda i: len(samples[i]))
-    out, i = [None] * len(samples), 0
-    bar = tqdm(total=len(samples), desc="base hidden states", unit="sample")
+    i = 0
+    bar = tqdm(total=int(offsets[-1]), desc="base hidden states", unit="tok", unit_scale=True)
     while i < len(order):
         longest = len(samples[order[i]])
         j = i + 1
@@ -78,36 +83,47 @@ def build(model, samples, pad_id, tokens_per_batch=4096):
         chunk = order[i:j]
         hidden = base_hidden(model, [samples[k] for k in chunk], pad_id).numpy()
         for row, k in enumerate(chunk):
-            out[k] = hidden[row, :len(samples[k])].astype(np.float16)
-        bar.update(len(chunk))
+            out[offsets[k]:offsets[k + 1]] = hidden[row, :len(samples[k])].astype(np.float16)
+        bar.update(sum(len(samples[k]) for k in chunk))
         i = j
     bar.close()
     return out
 
 
-def save(path, samples, hiddens):
+def save(path, model, samples, pad_id):
+    """Build the cache folder `path` (see the module docstring)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, hidden=np.concatenate(hiddens), lengths=np.asarray([len(s) for s in samples], np.int64),
+    path.mkdir(parents=True, exist_ok=True)
+    total, H = sum(len(s) for s in samples), model.config.hidden_size
+    tmp = path / "hidden.tmp.npy"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(total, H))
+    build(model, samples, pad_id, out)
+    out.flush()
+    del out
+    os.replace(tmp, path / "hidden.npy")
+    index_tmp = path / "index.tmp.npz"
+    np.savez(index_tmp, lengths=np.asarray([len(s) for s in samples], np.int64),
              ids=np.concatenate([s.input_ids for s in samples]).astype(np.int32))
-    os.replace(tmp, path)
+    os.replace(index_tmp, path / "index.npz")
 
 
 def load(path, samples):
-    """The cached [T_i, H] arrays; ValueError when the file does not match `samples`."""
-    with np.load(path) as f:
-        hidden, lengths, ids = f["hidden"], f["lengths"], f["ids"]
+    """The cached [T_i, H] arrays (read-only memory-mapped views); ValueError when the folder
+    does not match `samples`."""
+    path = Path(path)
+    with np.load(path / "index.npz", allow_pickle=False) as f:
+        lengths, ids = f["lengths"], f["ids"]
     expected = np.concatenate([s.input_ids for s in samples]).astype(np.int32)
     if len(lengths) != len(samples) or not np.array_equal(ids, expected):
         raise ValueError(f"{path}: hidden-state cache does not match the data (delete it to rebuild)")
+    hidden = np.load(path / "hidden.npy", mmap_mode="r", allow_pickle=False)
     return np.split(hidden, np.cumsum(lengths)[:-1])
 
 
 def load_or_build(model, samples, path, pad_id):
     path = Path(path)
-    if jt.rank == 0 and not path.is_file():
-        save(path, samples, build(model, samples, pad_id))
+    if jt.rank == 0 and not (path / "index.npz").is_file():
+        save(path, model, samples, pad_id)
     if jt.in_mpi:
         jt.mpi.mpi_barrier()
     return load(path, samples)

@@ -10,7 +10,20 @@ warmup + cosine schedule, gradient accumulation, clipping, resumable checkpoints
 
 The base model never gets a gradient. Its final-normed hidden states are computed once per
 batch, or, with --cache_hidden (the default), once for the whole data set and kept on disk in
-fp16 (hidden_cache.py): every epoch after the first then costs only the heads.
+fp16, memory-mapped (hidden_cache.py): every epoch after the first then costs only the heads.
+
+Data: chat JSON(L) rendered with the tokenizer's chat template (data.load_samples), or token
+samples (.npz, data.save_token_samples: the exact tokens the base model wrote when distilled,
+split into train/val by prompt), which need no tokenizer.
+
+Loss (--loss): `hard` is Medusa's cross-entropy to the data's next tokens; `soft` is Hydra++'s
+teacher loss, the cross-entropy to the base model's whole distribution at the same position
+(softmax of the base lm_head on the base hidden state that predicts that token), which also
+teaches the heads the base's second and third choices, what a tree's other branches need.
+Both report the same validation metrics (hard CE, top-1, top-5), so runs compare directly.
+The best checkpoint is the lowest validation hard-CE loss; --early_stop N ends a run after N
+evaluations without a new best. --preset fills in a published recipe (PRESETS) for every flag
+not given on the command line.
 Only the positions where some head has a target (the assistant tokens, see data.head_targets)
 are fed to the heads, as one flat row list: the [rows, H] x [H, V] vocab projections dominate the
 cost and every family is position-wise, so the prompt and padding positions would be waste.
@@ -39,9 +52,21 @@ from medusa.runtime import jt
 
 MOE_ONLY = ("moe_num_experts", "moe_top_k", "aux_loss_weight")
 # flags that may differ between a run and its --resume (they do not change what is computed)
-RESUME_FREE = ("resume", "save_every", "max_steps", "device", "cache_dir", "cache_hidden", "output_dir")
+RESUME_FREE = ("resume", "save_every", "max_steps", "device", "cache_dir", "cache_hidden", "output_dir", "early_stop")
 STATE_NAME = "last_state.npz"
 SHIPPED_DATA = Path(__file__).parent / "trained" / "smollm2_selfdistill.jsonl"   # package data
+LOSSES = ("hard", "soft")
+# Published recipes; a preset sets each of these unless the flag is on the command line.
+PRESETS = {
+    # FasterDecoding/Medusa (Medusa-1 heads on a frozen base): lr 1e-3, cosine, 10 % warmup,
+    # no weight decay, 8 samples x 4 accumulation, 2 epochs.
+    "medusa1": dict(lr=1e-3, warmup_ratio=0.1, weight_decay=0.0, batch_size=8, gradient_accumulation_steps=4,
+                    epochs=2),
+    # The users' fairness configuration against EAGLE-3 (../shared/reference): lr 1e-4, batch 1,
+    # 4 accumulation, warmup 0.015, gradient norm 0.5, 10 epochs.
+    "seed_fair": dict(lr=1e-4, batch_size=1, gradient_accumulation_steps=4, warmup_ratio=0.015,
+                      max_grad_norm=0.5, epochs=10),
+}
 
 
 HELP = {
@@ -75,6 +100,9 @@ HELP = {
     'max_steps': 'stop (and save) after this many optimizer steps; 0 = all epochs',
     'device': 'auto, cpu or cuda',
     'base_dtype': 'compute dtype of the frozen base; empty = fp16 on GPU, fp32 on CPU',
+    'preset': 'a published recipe for the flags not given: ' + ', '.join(PRESETS) + ' (empty = none)',
+    'loss': "hard: CE to the data's tokens; soft: CE to the base model's distribution (Hydra++ teacher loss)",
+    'early_stop': 'stop after this many evaluations (epoch ends) without a lower validation loss; 0 = never',
 }
 
 
@@ -110,6 +138,9 @@ class TrainArgs:
     max_steps: int = 0
     device: str = "auto"
     base_dtype: str = ""
+    preset: str = ""
+    loss: str = "hard"
+    early_stop: int = 2
     family: str = "medusa"                  # set by the calling script, not a flag
 
     def out_dir(self) -> Path:
@@ -134,7 +165,7 @@ def flat_rows(samples, hiddens, num_heads, pad_id, vocab=None):
     hiddens: per-sample [T_i, H] arrays (or one jt.Var [B, T, H]). Returns (hidden [1, N, H],
     drafted tokens [1, N, K] (tokens[..., k] = token t+k+1, what rnn heads read, as embedding
     rows), targets [K, N] (logit rows), valid [K, N]) over the N positions where at least one
-    head has a target.
+    head has a target, and where those rows are: (batch rows bi [N], positions ti [N]).
     """
     batch = data.collate(samples, pad_id)
     ids = batch["input_ids"]
@@ -148,24 +179,58 @@ def flat_rows(samples, hiddens, num_heads, pad_id, vocab=None):
         h = hiddens[jt.array(bi.astype(np.int32)), jt.array(ti.astype(np.int32))]
     else:
         h = jt.array(np.concatenate([hiddens[b][ti[bi == b]] for b in range(B)]).astype(np.float32))
-    return h.float32().unsqueeze(0), jt.array(drafted[None]), targets[:, bi, ti], valid[:, bi, ti]
+    return h.float32().unsqueeze(0), jt.array(drafted[None]), targets[:, bi, ti], valid[:, bi, ti], (bi, ti)
 
 
-def head_losses(logits, targets, valid):
-    """Per-head sums over the valid rows: (nll [K] Var, top1 [K], top5 [K] numpy).
+def head_losses(logits, targets, valid, teacher=None):
+    """Per-head sums over the valid rows: (nll [K] Var, top1 [K], top5 [K] numpy, soft [K] Var).
 
-    logits [K, N, V] fp32, targets / valid [K, N] numpy."""
+    logits [K, N, V] fp32, targets / valid [K, N] numpy; teacher [K, N, V] fp32 probabilities
+    (the base model's) or None. nll is the hard cross-entropy; soft = -sum_v teacher_v log p_v
+    (None without a teacher)."""
     K, N, V = logits.shape
     flat = logits.reshape(K * N, V)
     target_logit = flat[jt.arange(K * N), jt.array(targets.reshape(-1).astype(np.int32))].reshape(K, N)
     top = logits.max(-1, keepdims=True).detach()                                 # jt.nn.logsumexp overflows
-    nll = (logits - top).exp().sum(-1).log() + top.squeeze(-1) - target_logit    # [K, N]
+    lse = (logits - top).exp().sum(-1).log() + top.squeeze(-1)                   # [K, N]
+    nll = lse - target_logit
     w = jt.array(valid.astype(np.float32))
     # rank of the target = how many logits beat it (ties count for the target)
     rank = (logits.detach() > target_logit.detach().unsqueeze(-1)).int32().sum(-1).numpy()
     hit1 = ((rank < 1) * valid).sum(-1)
     hit5 = ((rank < 5) * valid).sum(-1)
-    return (nll * w).sum(-1), hit1, hit5
+    soft = None if teacher is None else ((lse - (teacher * logits).sum(-1)) * w).sum(-1)
+    return (nll * w).sum(-1), hit1, hit5, soft
+
+
+def teacher_positions(bi, ti, valid):
+    """Where the base predicts each head target: head k's row n (sample bi[n], position ti[n])
+    targets token t+k+2, which the base lm_head predicts from its hidden state at t+k+1.
+    Returns (rows, positions) of the M distinct such states and index [K, N] into them
+    (0 where the target is invalid)."""
+    K, N = valid.shape
+    pos = ti[None, :] + 1 + np.arange(K)[:, None]                       # [K, N]
+    key = np.where(valid > 0, bi[None, :].astype(np.int64) * (1 << 32) + pos, -1)
+    uniq, inverse = np.unique(key[key >= 0], return_inverse=True)
+    index = np.zeros((K, N), np.int64)
+    index[key >= 0] = inverse
+    return (uniq >> 32).astype(np.int64), (uniq & ((1 << 32) - 1)).astype(np.int64), index
+
+
+def teacher_probs(model, hiddens, bi, ti, valid):
+    """The base model's next-token distribution [K, N, V] fp32 for every head target (no gradient),
+    from the same hidden states the heads read."""
+    from medusa.model import matmul
+
+    rows, positions, index = teacher_positions(bi, ti, valid)
+    if isinstance(hiddens, jt.Var):
+        h = hiddens[jt.array(rows.astype(np.int32)), jt.array(positions.astype(np.int32))]
+    else:
+        h = jt.array(np.stack([hiddens[b][p] for b, p in zip(rows, positions)]).astype(np.float32))
+    with jt.no_grad():
+        probs = jt.nn.softmax(matmul(h.float32(), model.lm_head_t().float32()), dim=-1)   # [M, V]
+        K, N = index.shape
+        return probs[jt.array(index.reshape(-1).astype(np.int32))].reshape(K, N, -1).stop_grad()
 
 
 class Totals:
@@ -205,12 +270,14 @@ class Trainer:
         self.args, self.rank, self.world = args, jt.rank, jt.world_size
         jt.set_global_seed(args.seed, different_seed_for_mpi=False)
         dtype = args.base_dtype or default_compute_dtype()
-        src, tok_dir = weights.resolve_model(args.base_model_path or None, args.jittor_base_weights or None, dtype)
+        if str(args.data_path).endswith(".npz") and args.base_model_path and not args.jittor_base_weights:
+            src, tok_dir = Path(args.base_model_path), None   # token samples need no tokenizer: no conversion
+        else:
+            src, tok_dir = weights.resolve_model(args.base_model_path or None, args.jittor_base_weights or None, dtype)
         self.model = weights.load_model(src, dtype)
-        self.tok = weights.load_tokenizer(tok_dir)
-        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
-        samples, self.report = data.load_samples(args.data_path, self.tok, args.max_length, args.template)
-        self.train_set, self.val_set = data.train_val_split(list(range(len(samples))), args.val_ratio, args.seed)
+        samples, groups = self._load_data(args, tok_dir)
+        self.train_set, self.val_set = data.train_val_split(list(range(len(samples))), args.val_ratio, args.seed,
+                                                            groups)
         self.samples = samples
         cfg = self.model.config
         self.heads = build_heads(HeadConfig(
@@ -230,12 +297,29 @@ class Trainer:
                              f"(batch_size x gradient_accumulation_steps x world_size)")
         self.total_steps = args.epochs * self.steps_per_epoch          # the schedule's length
         self.stop_at = min(args.max_steps or self.total_steps, self.total_steps)
-        self.step, self.best = 0, float("inf")
+        self.step, self.best, self.since_best = 0, float("inf"), 0
+
+    def _load_data(self, args, tok_dir):
+        """(samples, groups or None); sets pad_id and report."""
+        from medusa import weights
+
+        if str(args.data_path).endswith(".npz"):       # token samples: no tokenizer needed
+            token = data.load_token_samples(args.data_path, args.max_length)
+            self.pad_id = int(token.meta.get("pad_id", 0))
+            self.report = data.LoadReport(str(args.data_path), total=len(token.samples), kept=len(token.samples))
+            self.sampled = int((token.temperature > 0).sum())
+            self.groups = token.groups
+            return token.samples, token.groups.tolist()
+        tok = weights.load_tokenizer(tok_dir)
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        samples, self.report = data.load_samples(args.data_path, tok, args.max_length, args.template)
+        self.sampled, self.groups = 0, None
+        return samples, None
 
     def _cache_file(self, src):
         a = self.args
         key = hidden_cache.cache_key(a.data_path, src, a.max_length, a.template, self.model.dtype)
-        return Path(a.cache_dir) / f"{key}.npz"
+        return Path(a.cache_dir) / key
 
     # -- data
     def hiddens_of(self, idx):
@@ -271,20 +355,24 @@ class Trainer:
                        for s in self.samples))
 
     # -- one step
-    def forward(self, idx):
-        h, drafted, targets, valid = flat_rows([self.samples[i] for i in idx], self.hiddens_of(idx), self.K,
-                                               self.pad_id, self.model.vocab)
+    def forward(self, idx, soft=False):
+        """-> (loss per head [K] Var: hard CE sums, or soft CE sums when `soft`; aux; hit1; hit5;
+        counts; hard CE sums [K] Var)."""
+        hiddens = self.hiddens_of(idx)
+        h, drafted, targets, valid, (bi, ti) = flat_rows([self.samples[i] for i in idx], hiddens, self.K,
+                                                         self.pad_id, self.model.vocab)
+        teacher = teacher_probs(self.model, hiddens, bi, ti, valid) if soft else None
         logits, aux = self.heads(h, drafted, self.model.lm_head_t(), self.model.embed_weight())
-        nll, hit1, hit5 = head_losses(logits[:, 0], targets, valid)
-        return nll, aux, hit1, hit5, valid.sum(-1)
+        nll, hit1, hit5, soft_ce = head_losses(logits[:, 0], targets, valid, teacher)
+        return (soft_ce if soft else nll), aux, hit1, hit5, valid.sum(-1), nll
 
     def train_step(self, totals):
         a = self.args
         counts = np.maximum(self.target_counts(self.step), 1)
         scale = jt.array((self.lambdas / counts * self.world).astype(np.float32))
         for idx in self.micro_batches(self.step):
-            nll, aux, hit1, hit5, n = self.forward(idx)
-            loss = (nll * scale).sum() + aux.sum() * (a.aux_loss_weight * self.world / a.gradient_accumulation_steps)
+            objective, aux, hit1, hit5, n, nll = self.forward(idx, soft=a.loss == "soft")
+            loss = (objective * scale).sum() + aux.sum() * (a.aux_loss_weight * self.world / a.gradient_accumulation_steps)
             self.opt.backward(loss)
             totals.add(nll.numpy(), hit1, hit5, n)
             totals.aux += float(aux.sum().item()) / a.gradient_accumulation_steps
@@ -307,7 +395,7 @@ class Trainer:
         mine = list(indices)[self.rank::self.world]
         with jt.no_grad():
             for j in range(0, len(mine), self.args.batch_size):
-                nll, _, hit1, hit5, n = self.forward(mine[j:j + self.args.batch_size])
+                nll, _, hit1, hit5, n, _ = self.forward(mine[j:j + self.args.batch_size])
                 totals.add(nll.numpy(), hit1, hit5, n)
         return totals.metrics(self.lambdas)
 
@@ -330,7 +418,7 @@ class Trainer:
             return
         self.save("last.jtr")
         opt = self.opt.state()
-        meta = {"step": self.step, "best": self.best, "optimizer_steps": opt["steps"],
+        meta = {"step": self.step, "best": self.best, "since_best": self.since_best, "optimizer_steps": opt["steps"],
                 "args": dataclasses.asdict(self.args), "head_config": self.heads.config.to_dict()}
         arrays = {f"heads/{name}": p.numpy() for name, p in self.heads.named_parameters()}
         arrays.update({f"m/{i}": m for i, m in enumerate(opt["m"])})
@@ -366,7 +454,7 @@ class Trainer:
         n = len([k for k in arrays if k.startswith("m/")])
         self.opt.load({"steps": meta["optimizer_steps"], "m": [arrays[f"m/{i}"] for i in range(n)],
                        "v": [arrays[f"v/{i}"] for i in range(n)]})
-        self.step, self.best = meta["step"], meta["best"]
+        self.step, self.best, self.since_best = meta["step"], meta["best"], meta.get("since_best", 0)
         self._drop_metrics_after(self.step)
 
     def _drop_metrics_after(self, step):
@@ -392,12 +480,13 @@ class Trainer:
             out.mkdir(parents=True, exist_ok=True)
             atomic_write(out / "train_args.json", json.dumps(
                 dict(dataclasses.asdict(a), world_size=self.world, global_batch=self.global_batch,
-                     samples=self.report.kept, skipped=dict(self.report.skipped),
+                     samples=self.report.kept, skipped=dict(self.report.skipped), sampled_replies=self.sampled,
+                     train_samples=len(self.train_set), val_samples=len(self.val_set),
                      targets_outside_vocab=self.targets_outside_vocab()), indent=2))
         bar = tqdm(total=self.stop_at, initial=self.step, desc=f"train {a.family}", disable=self.rank != 0)
         totals, t0 = Totals(self.K), time.time()
         with interrupts_deferred() as stop:
-            while self.step < self.stop_at:
+            while self.step < self.stop_at and not self.early_stopped():
                 self.train_step(totals)
                 bar.update(1)
                 epoch_end = self.step % self.steps_per_epoch == 0 or self.step == self.stop_at
@@ -418,14 +507,21 @@ class Trainer:
         bar.close()
         return self.best
 
+    def early_stopped(self) -> bool:
+        return bool(self.args.early_stop) and self.since_best >= self.args.early_stop
+
     def end_of_epoch(self):
         val = self.evaluate() if self.val_set else None
         if val is not None:
             self.log(dict(split="val", step=self.step, epoch=self.step / self.steps_per_epoch, **val))
         score = val["loss"] if val is not None else -self.step
         if score < self.best:
-            self.best = score
+            self.best, self.since_best = score, 0
             self.save("best.jtr")
+        else:
+            self.since_best += 1
+        if self.early_stopped() and self.step < self.stop_at:
+            self.log(dict(split="early_stop", step=self.step, best=self.best, evaluations_without_best=self.since_best))
         self.save_state()
 
 
@@ -443,9 +539,26 @@ def parse_args(argv=None, family="medusa") -> TrainArgs:
         else:
             p.add_argument(f"--{f.name}", type=type(value), default=value,
                            help=f"{HELP[f.name]} (default: %(default)r)")
-    args = dataclasses.replace(defaults, **vars(p.parse_args(argv)))
+    given = vars(p.parse_args(argv))
+    explicit = _explicit_flags(p, argv)
+    preset = given["preset"]
+    if preset and preset not in PRESETS:
+        raise UsageError(f"--preset {preset!r}: unknown; known: {', '.join(PRESETS)}")
+    given.update({k: v for k, v in PRESETS.get(preset, {}).items() if k not in explicit})
+    args = dataclasses.replace(defaults, **given)
     check_args(args)
     return args
+
+
+def _explicit_flags(parser, argv):
+    """The dests given on the command line (a copy of the parser with every default suppressed)."""
+    import copy
+    import sys
+
+    quiet = copy.deepcopy(parser)
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(quiet.parse_args(sys.argv[1:] if argv is None else argv)))
 
 
 def check_args(args: TrainArgs):
@@ -457,6 +570,12 @@ def check_args(args: TrainArgs):
             raise UsageError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.save_every < 0 or args.max_steps < 0:
         raise UsageError("--save_every and --max_steps must be >= 0")
+    if args.loss not in LOSSES:
+        raise UsageError(f"--loss {args.loss!r}: choose one of {', '.join(LOSSES)}")
+    if args.early_stop < 0:
+        raise UsageError(f"--early_stop must be >= 0 (0 = never), got {args.early_stop}")
+    if str(args.data_path).endswith(".npz") and args.template != "tokenizer":
+        raise UsageError(f"--template {args.template}: token samples ({args.data_path}) are rendered already")
     if args.lr <= 0 or not 0 <= args.warmup_ratio < 1:
         raise UsageError(f"--lr must be > 0 and --warmup_ratio in [0, 1), got {args.lr} and {args.warmup_ratio}")
 

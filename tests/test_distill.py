@@ -55,3 +55,27 @@ def test_distill_writes_resumable_sharegpt(tiny_pkl, tmp_path):
     assert [t["from"] for t in records[0]["conversations"]] == ["human", "gpt"]
     _, report = load_samples(out, weights.load_tokenizer(tiny_pkl("qwen2")), max_length=64)
     assert report.total == 3
+
+
+def test_sampled_batch_draws_from_the_tempered_softmax(tiny_pkl):
+    from medusa.runtime import jt
+
+    model = weights.load_model(tiny_pkl("qwen2"), "float32")
+    prompt = [11, 42, 7, 99]
+    logits = core.last_logits(model, core.hidden_states(model, np.array([prompt]))).numpy().astype(np.float64)
+    T = 0.7
+    p = np.exp((logits - logits.max()) / T)
+    p /= p.sum()
+    jt.set_global_seed(3)
+    n = 3000
+    first = [r[0] for r in core.greedy_batch(model, [prompt] * n, 1, eos_ids=set(), temperature=T)]
+    freq = np.bincount(first, minlength=len(p)) / n
+    top = np.argsort(-p)[:5]
+    # each of the 5 likeliest tokens within 4 standard errors of its probability
+    assert (np.abs(freq[top] - p[top]) <= 4 * np.sqrt(p[top] * (1 - p[top]) / n) + 1e-3).all(), (freq[top], p[top])
+    jt.set_global_seed(3)
+    again = [r[0] for r in core.greedy_batch(model, [prompt] * 50, 1, eos_ids=set(), temperature=T)]
+    jt.set_global_seed(3)
+    assert again == [r[0] for r in core.greedy_batch(model, [prompt] * 50, 1, eos_ids=set(), temperature=T)]
+    greedy = core.greedy_batch(model, [prompt], 6, eos_ids=set())
+    assert core.greedy_batch(model, [prompt], 6, eos_ids=set(), temperature=1e-4) == greedy

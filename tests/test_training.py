@@ -35,7 +35,7 @@ def test_rows_align_head_k_at_t_with_token_t_plus_k_plus_2():
     ids = np.arange(100, 110, dtype=np.int32)
     mask = np.array([0, 0, 0, 1, 1, 1, 1, 1, 1, 1], np.int32)
     fake_hidden = [np.arange(10, dtype=np.float32)[:, None] * np.ones((1, 4), np.float32)]   # h[t] = t
-    h, drafted, targets, valid = training.flat_rows([Sample(ids, mask)], fake_hidden, 3, pad_id=0)
+    h, drafted, targets, valid, _ = training.flat_rows([Sample(ids, mask)], fake_hidden, 3, pad_id=0)
     t = h.numpy()[0, :, 0].astype(int)                      # the position of each row
     for k in range(3):
         rows = valid[k].astype(bool)
@@ -111,8 +111,10 @@ def test_hidden_cache_matches_the_base_and_rejects_other_data(tiny_pkl, tmp_path
     model = weights.load_model(tiny_pkl("qwen2"), "float32")
     rng = np.random.default_rng(0)
     samples = [Sample(rng.integers(6, 300, n).astype(np.int32), np.ones(n, np.int32)) for n in (5, 9, 7)]
-    path = tmp_path / "c.npz"
+    path = tmp_path / "cache"
     cached = hidden_cache.load_or_build(model, samples, path, pad_id=0)
+    assert all(isinstance(h, np.memmap) or isinstance(h.base, np.memmap) for h in cached)   # not in RAM
+    assert not list(path.glob("*.tmp.*"))
     for s, h in zip(samples, cached):
         ref = hidden_cache.base_hidden(model, [s], 0).numpy()[0]
         np.testing.assert_allclose(h.astype(np.float32), ref, atol=2e-2, rtol=1e-2)   # fp16 storage
@@ -153,3 +155,146 @@ def test_every_flag_has_help(family, capsys):
         if f.name == "family" or (f.name in training.MOE_ONLY and family != "moe"):
             continue
         assert f"--{f.name}" in text and "".join(training.HELP[f.name].split()) in text, f.name
+
+
+# ---------------------------------------------------------------- recipe: soft loss, presets, early stop, token samples
+def test_teacher_positions_point_at_the_state_that_predicts_each_target():
+    bi = np.array([0, 0, 1])
+    ti = np.array([3, 4, 0])
+    valid = np.array([[1, 1, 1], [1, 0, 1]])
+    rows, positions, index = training.teacher_positions(bi, ti, valid)
+    for k in range(2):
+        for n in range(3):
+            if valid[k, n]:   # head k at t predicts t+k+2, which the base predicts from state t+k+1
+                assert (rows[index[k, n]], positions[index[k, n]]) == (bi[n], ti[n] + k + 1)
+    assert len(rows) == len(set(zip(rows, positions))) == 4     # (0,4) serves head 1 at t=3 and head 0 at t=4... once
+    assert index[1, 1] == 0                                     # invalid -> 0
+
+
+def test_soft_loss_with_a_one_hot_teacher_is_the_hard_loss_and_its_gradient_is_p_minus_q():
+    from medusa.runtime import jt
+
+    rng = np.random.default_rng(0)
+    K, N, V = 2, 5, 7
+    z = rng.normal(size=(K, N, V)).astype(np.float32)
+    targets = rng.integers(0, V, (K, N)).astype(np.int32)
+    valid = np.ones((K, N), np.int32)
+    valid[1, 4] = 0
+    logits = jt.array(z)
+    one_hot = np.eye(V, dtype=np.float32)[targets]
+    nll, _, _, soft = training.head_losses(logits, targets, valid, jt.array(one_hot))
+    np.testing.assert_allclose(soft.numpy(), nll.numpy(), rtol=1e-5)
+    q = rng.dirichlet(np.ones(V), (K, N)).astype(np.float32)
+    logits = jt.array(z)
+    _, _, _, soft = training.head_losses(logits, targets, valid, jt.array(q))
+    grad = jt.grad(soft.sum(), logits).numpy()
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(grad, (p - q) * valid[..., None], atol=1e-5)
+
+
+def test_teacher_probs_are_the_base_models_next_token_distribution(tiny_pkl):
+    from medusa import core
+    from medusa.runtime import jt
+
+    model = weights.load_model(tiny_pkl("qwen2"), "float32")
+    ids = np.random.default_rng(1).integers(6, 300, (1, 12)).astype(np.int32)
+    hidden = core.hidden_states(model, ids)
+    ref = jt.nn.softmax(model.logits(hidden).float32(), dim=-1).numpy()[0]     # [T, V]
+    mask = np.zeros((1, 12), np.int32)
+    mask[0, 4:] = 1
+    targets, valid = data.head_targets(ids, mask, 3)
+    bi, ti = np.nonzero(valid.any(0))
+    probs = training.teacher_probs(model, [hidden.numpy()[0]], bi, ti, valid[:, bi, ti]).numpy()
+    for k in range(3):
+        for n in np.flatnonzero(valid[k, bi, ti]):
+            np.testing.assert_allclose(probs[k, n], ref[ti[n] + k + 1], atol=1e-5)
+            assert probs[k, n].argmax() == ref[ti[n] + k + 1].argmax()
+
+
+def test_presets_fill_only_the_flags_not_given():
+    args = training.parse_args(["--preset", "seed_fair", "--data_path", training.SHIPPED_DATA.as_posix(), "--lr", "3e-4"])
+    assert (args.lr, args.batch_size, args.gradient_accumulation_steps, args.warmup_ratio, args.max_grad_norm,
+            args.epochs) == (3e-4, 1, 4, 0.015, 0.5, 10)
+    args = training.parse_args(["--preset", "medusa1"])
+    assert (args.lr, args.batch_size * args.gradient_accumulation_steps, args.epochs) == (1e-3, 32, 2)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "eagle9"], "--preset 'eagle9': unknown"),
+    (["--loss", "kl"], "--loss 'kl': choose one of hard, soft"),
+    (["--early_stop", "-1"], "--early_stop must be >= 0"),
+])
+def test_bad_recipe_flags_are_one_line_errors(argv, message):
+    from medusa.errors import UsageError
+
+    with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+        training.parse_args(argv)
+
+
+def token_file(tiny_pkl, tmp_path, n=24, seed=0):
+    """Token samples made as scripts/distill_ids.py makes them: prompt ids + reply ids, 2 replies
+    (greedy and sampled) for some prompts."""
+    rng = np.random.default_rng(seed)
+    samples, groups, temps = [], [], []
+    for i in range(n):
+        prompt = rng.integers(6, 300, int(rng.integers(3, 8))).tolist()
+        for temperature in ((0.0, 0.7) if i % 3 == 0 else (0.0,)):
+            reply = rng.choice(np.arange(20, 28), int(rng.integers(6, 14))).tolist()
+            samples.append(data.reply_sample(prompt, reply, end_id=2, max_new_tokens=12))
+            groups.append(i)
+            temps.append(temperature)
+    path = tmp_path / "samples.npz"
+    data.save_token_samples(path, samples, groups, temps, {"pad_id": 0, "end_id": 2})
+    return path, samples
+
+
+def test_token_samples_round_trip_and_train_split_by_prompt(tiny_pkl, tmp_path):
+    path, samples = token_file(tiny_pkl, tmp_path)
+    got = data.load_token_samples(path)
+    assert len(got.samples) == len(samples) and (got.temperature > 0).sum() == 8
+    for a, b in zip(got.samples, samples):
+        np.testing.assert_array_equal(a.input_ids, b.input_ids)
+        np.testing.assert_array_equal(a.loss_mask, b.loss_mask)
+    cut = data.load_token_samples(path, max_length=5)
+    assert max(len(s) for s in cut.samples) <= 5 and all(s.loss_mask.any() for s in cut.samples)
+    tr = training.Trainer(tiny_args(tiny_pkl, tmp_path, data_path=str(path), epochs=1))
+    train_prompts = {int(tr.groups[i]) for i in tr.train_set}
+    assert train_prompts.isdisjoint(int(tr.groups[i]) for i in tr.val_set) and tr.val_set
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(data.DataError, match="not a token-samples file"):
+        data.load_token_samples(tmp_path / "junk.npz")
+
+
+def test_reply_sample_gets_an_end_token_unless_cut():
+    s = data.reply_sample([1, 5, 6], [9, 9], end_id=2, max_new_tokens=4)
+    assert s.input_ids.tolist() == [1, 5, 6, 9, 9, 2] and s.loss_mask.tolist() == [0, 0, 0, 1, 1, 1]
+    assert data.reply_sample([1], [9, 9], end_id=2, max_new_tokens=2).input_ids.tolist() == [1, 9, 9]
+
+
+@pytest.mark.parametrize("family", ["medusa", "rnn"])
+def test_soft_loss_trains_on_token_samples(tiny_pkl, tmp_path, family):
+    path, _ = token_file(tiny_pkl, tmp_path)
+    tr = training.Trainer(tiny_args(tiny_pkl, tmp_path, family, data_path=str(path), loss="soft", epochs=3,
+                                    val_ratio=0.0))
+    before = tr.evaluate_on(tr.train_set)
+    tr.fit()
+    after = tr.evaluate_on(tr.train_set)
+    assert after["loss"] < before["loss"], (before, after)
+    assert json.loads((tr.args.out_dir() / "train_args.json").read_text())["sampled_replies"] == 8
+
+
+def test_early_stop_ends_the_run_after_evaluations_without_a_new_best(tiny_pkl, tmp_path, monkeypatch):
+    tr = training.Trainer(tiny_args(tiny_pkl, tmp_path, epochs=8, early_stop=2))
+    scores = iter([5.0, 4.0, 4.5, 3.9, 4.2, 4.1, 1.0, 1.0])      # best at epochs 2 and 4, then two worse
+    real = tr.evaluate
+    monkeypatch.setattr(tr, "evaluate", lambda: dict(real(), loss=next(scores)))
+    tr.fit()
+    records = [json.loads(line) for line in (tr.args.out_dir() / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in records if r["split"] == "val"] == [5.0, 4.0, 4.5, 3.9, 4.2, 4.1]
+    stops = [r for r in records if r["split"] == "early_stop"]
+    assert len(stops) == 1 and stops[0]["step"] == tr.step == 6 * tr.steps_per_epoch < tr.stop_at
+    assert tr.best == 3.9
+    resumed = training.Trainer(tiny_args(tiny_pkl, tmp_path, epochs=8, early_stop=2, resume=True))
+    resumed.fit()      # --resume of an early-stopped run stops at once (the count is in the state)
+    assert resumed.step == tr.step

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Heads at scale on one GPU without network or tokenizer, as back-to-back device calls that share
+# /tmp while the machine stays warm (notes/gpu.md). Every stage is one call:
+#
+#   scripts/gpu_heads.sh setup               # carry .whl: install Jittor into /tmp/site, patch it for CUDA 13
+#   scripts/gpu_heads.sh keep DIR            # carry DIR (one part of the split GGUF): copy it to /tmp/keep
+#   scripts/gpu_heads.sh model DIR           # carry the last part: join the parts into /tmp/keep/model.gguf
+#   scripts/gpu_heads.sh sample              # sampled replies (T=0.7) for a seeded share of the prompts,
+#                                            # then all token samples (greedy + sampled) in one .npz
+#   scripts/gpu_heads.sh train NAME FAMILY [train flags...]   # one head training (resumed if cut off)
+#
+# Inputs in the working tree: data/selfdistill/prompt_ids_12k.jsonl.gz (scripts/distill_ids.py
+# encode) and data/selfdistill/smollm2_12k_greedy_ids.jsonl.gz (the greedy replies' ids).
+# Outputs under $OUT (what comes back): sampled_ids.jsonl, samples.npz, NAME/{best.jtr, best_config.json,
+# metrics.jsonl, train_args.json, train.log}. Environment: LIMIT (seconds a training may run in
+# this call, default 540; the trainer saves its state on SIGTERM and the next `train` call resumes),
+# PICK (prompts sampled, 2400), TEMPERATURE (0.7), SEED (1).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+K=/tmp/keep
+OUT=${OUT:-/tmp/out}
+mkdir -p "$K" "$OUT"
+export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
+[ -x /usr/local/cuda/bin/nvcc ] && export nvcc_path=/usr/local/cuda/bin/nvcc
+stage=${1:?stage}
+shift
+case $stage in
+setup)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    python3 -m medusa.setup_gpu --patch-only
+    python3 -c "from medusa.runtime import jt, use_device; print(use_device('cuda'), jt.flags.use_cuda)"
+    ;;
+keep)
+    cp "$1"/part.* "$K"/ && ls -l "$K"
+    ;;
+model)
+    cp "$1"/part.* "$K"/ && cat "$K"/part.* > "$K"/model.gguf && rm "$K"/part.* && md5sum "$K"/model.gguf
+    ;;
+sample)
+    zcat data/selfdistill/prompt_ids_12k.jsonl.gz > "$K"/prompt_ids.jsonl
+    zcat data/selfdistill/smollm2_12k_greedy_ids.jsonl.gz > "$K"/greedy_ids.jsonl
+    python3 scripts/distill_ids.py decode --model "$K"/model.gguf --ids "$K"/prompt_ids.jsonl \
+        --output "$K"/sampled_ids.jsonl --eos_ids 2 --pad_id 2 --max_new_tokens 192 --batch_size 480 \
+        --dtype float32 --device cuda --temperature "${TEMPERATURE:-0.7}" --seed "${SEED:-1}" --pick "${PICK:-2400}" \
+        || exit 1
+    python3 scripts/distill_ids.py samples --prompt_ids "$K"/prompt_ids.jsonl \
+        --replies "$K"/greedy_ids.jsonl "$K"/sampled_ids.jsonl --end_id 2 --pad_id 2 --output "$K"/samples.npz \
+        || exit 1
+    cp "$K"/sampled_ids.jsonl "$K"/samples.npz "$OUT"/
+    ;;
+train)
+    name=$1 family=$2
+    shift 2
+    script=train_ddp.py
+    [ "$family" = rnn ] && script=train_rnn.py
+    [ "$family" = moe ] && script=train_moe.py
+    run=$K/runs/$name
+    resume=()
+    [ -f "$run/last_state.npz" ] && resume=(--resume)
+    timeout -s TERM "${LIMIT:-540}" python3 "$script" --base_model_path "$K"/model.gguf --base_dtype float32 \
+        --data_path "$K"/samples.npz --cache_dir "$K"/hidden --output_dir "$run" --device cuda "${resume[@]}" "$@" \
+        2>&1 | tr '\r' '\n' | grep -v -E '^\s*$' | awk 'NR % 20 == 1 || /val|error|Error|best|interrupted|early/' \
+        | tee -a "$OUT/$name.log"
+    mkdir -p "$OUT/$name"
+    cp "$run"/best.jtr "$run"/best_config.json "$run"/metrics.jsonl "$run"/train_args.json "$OUT/$name"/ 2>/dev/null
+    ls -l "$OUT/$name"
+    ;;
+*)
+    echo "unknown stage $stage" >&2
+    exit 2
+    ;;
+esac
