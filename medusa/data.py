@@ -17,9 +17,11 @@ which it starts. Diffing characters rather than token counts keeps the tokenizat
 to the one the model sees (no merges broken at span edges). A template whose prefixes are not
 prefixes of the full render (one that rewrites history) makes the record skipped, not mislabelled.
 
-Files are read with plain `json` rather than `datasets.load_dataset("json")`: Arrow schema
-inference rejects the heterogeneous records ShareGPT dumps contain, and we want errors that
-name the file and line.
+Files are read through Hugging Face `datasets` when a cache folder is given (load_dataset("json")
+or ("parquet"), then `map` over the records, cached as memory-mapped Arrow: what the trainer does),
+else with plain `json`. Arrow's schema inference rejects some heterogeneous ShareGPT dumps, and
+its errors do not name the line: such files fall back to the plain reader, whose errors name the
+file and line.
 """
 import json
 import logging
@@ -230,8 +232,13 @@ def encode_messages(messages, tokenizer, max_length, template="tokenizer"):
     return Sample(ids, mask)
 
 
-def load_samples(path, tokenizer, max_length, template="tokenizer"):
-    """(samples, LoadReport) of one JSON/JSONL file; bad records are skipped and counted.
+def load_samples(path, tokenizer, max_length, template="tokenizer", cache_dir=None):
+    """(samples, LoadReport) of one JSON/JSONL(.gz) or Parquet file; bad records are skipped and
+    counted. With `cache_dir` the file is read and tokenized through Hugging Face `datasets`
+    (load_dataset + map, cached as memory-mapped Arrow under cache_dir: a second run on the same
+    file, tokenizer and settings tokenizes nothing); without it, or when Arrow cannot read the
+    file (its schema inference rejects heterogeneous records), by the plain JSON reader.
+    Both give the same samples.
 
     Raises DataError when the file is malformed or no record is usable.
     """
@@ -239,18 +246,75 @@ def load_samples(path, tokenizer, max_length, template="tokenizer"):
         raise ValueError("tokenizer has no chat template; pass template='vicuna' for Vicuna models")
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("load_samples needs a fast tokenizer (it uses offset mappings)")
-    records = read_records(path)
-    report, samples = LoadReport(str(path), total=len(records)), []
-    for i, record in enumerate(records):
-        try:
-            samples.append(encode_messages(normalise_record(record), tokenizer, max_length, template))
-        except SkipRecord as err:
-            report.skip(i, err)
+    encoded = _encode_with_datasets(path, tokenizer, max_length, template, cache_dir) if cache_dir else None
+    if encoded is not None:
+        report, samples = LoadReport(str(path), total=len(encoded)), []
+        for i, row in enumerate(encoded.with_format("numpy")):
+            if row["skip"]:
+                report.skip(i, SkipRecord(str(row["skip"]), str(row["detail"])))
+            else:
+                samples.append(Sample(row["input_ids"].astype(np.int32), row["loss_mask"].astype(np.int32)))
+    else:
+        records = read_records(path)
+        report, samples = LoadReport(str(path), total=len(records)), []
+        for i, record in enumerate(records):
+            try:
+                samples.append(encode_messages(normalise_record(record), tokenizer, max_length, template))
+            except SkipRecord as err:
+                report.skip(i, err)
     report.kept = len(samples)
     if not samples:
         raise DataError(f"no usable records: {report.summary()}")
     (log.warning if report.skipped else log.info)("%s", report.summary())
     return samples, report
+
+
+def _drop_nones(value):
+    """Arrow gives every record every column (None where a record has no such key): drop them,
+    so a record reads as it was written."""
+    if isinstance(value, dict):
+        return {k: _drop_nones(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nones(v) for v in value]
+    return value
+
+
+def _encode_batch(batch, tokenizer, max_length, template):
+    """datasets.map function: raw records -> input_ids, loss_mask, and skip / detail ("" = kept)."""
+    out = {"input_ids": [], "loss_mask": [], "skip": [], "detail": []}
+    for i in range(len(next(iter(batch.values())))):
+        try:
+            s = encode_messages(normalise_record(_drop_nones({k: v[i] for k, v in batch.items()})),
+                                tokenizer, max_length, template)
+            row = (s.input_ids.tolist(), s.loss_mask.tolist(), "", "")
+        except SkipRecord as err:
+            row = ([], [], err.reason, err.detail)
+        for key, value in zip(out, row):
+            out[key].append(value)
+    return out
+
+
+def _encode_with_datasets(path, tokenizer, max_length, template, cache_dir):
+    """The file's records encoded by encode_messages, as a cached Arrow dataset; None when
+    `datasets` is not installed or cannot read the file (then the plain reader does, and its
+    errors name the line)."""
+    try:
+        import datasets
+    except ImportError:
+        return None
+    builder = "parquet" if str(path).endswith(".parquet") else "json"
+    try:
+        raw = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=str(cache_dir))
+    except Exception as e:   # pyarrow / datasets raise many kinds here: the fallback reports properly
+        log.warning("%s: datasets cannot read it (%s); using the plain JSON reader",
+                    path, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        return None
+    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
+                                  "loss_mask": datasets.Sequence(datasets.Value("int8")),
+                                  "skip": datasets.Value("string"), "detail": datasets.Value("string")})
+    return raw.map(_encode_batch, batched=True, batch_size=256, remove_columns=raw.column_names, features=features,
+                   fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, template=template),
+                   desc=f"tokenize {Path(path).name}")
 
 
 # ---------------------------------------------------------------- batches and head labels

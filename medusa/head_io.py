@@ -45,18 +45,24 @@ def config_path(path) -> Path:
     return path.with_name(path.stem + CONFIG_SUFFIX)
 
 
-def _to_disk(heads) -> dict:
-    """{name: fp32 array} in the on-disk (torch) layout."""
+STORE_DTYPES = ("float32", "float16")
+
+
+def _to_disk(heads, dtype="float32") -> dict:
+    """{name: array} in the on-disk (torch) layout."""
     transposed = transposed_names(heads)
-    return {name: np.ascontiguousarray(p.numpy().T if name in transposed else p.numpy(), dtype=np.float32)
+    return {name: np.ascontiguousarray(p.numpy().T if name in transposed else p.numpy(), dtype=dtype)
             for name, p in heads.named_parameters()}
 
 
-def save_heads(heads, path) -> Path:
-    """Write the heads' fp32 parameters to `path` (.jtr, Linear weights as [out, in]) and their
-    HeadConfig beside it."""
+def save_heads(heads, path, dtype="float32") -> Path:
+    """Write the heads' parameters to `path` (.jtr, Linear weights as [out, in]) and their
+    HeadConfig beside it. dtype="float16" halves the file; loading computes in fp32 either way
+    (fp16's 11-bit mantissa moves a weight by at most 2^-11 of itself)."""
+    if dtype not in STORE_DTYPES:
+        raise ValueError(f"heads are stored as {' or '.join(STORE_DTYPES)}, not {dtype}")
     path = Path(path)
-    atomic_write(path, tensor_bytes(_to_disk(heads), path.suffix))
+    atomic_write(path, tensor_bytes(_to_disk(heads, dtype), path.suffix))
     atomic_write(config_path(path), json.dumps(heads.config.to_dict(), indent=2).encode())
     return path
 
@@ -208,3 +214,24 @@ def import_fasterdecoding_heads(src, base_lm_head_t=None):
         else:
             renamed[f"lm_heads.{key.split('.')[0]}.weight"] = value
     return load_state(build_heads(cfg), renamed, source=path)
+
+
+def main(argv=None):
+    """python -m medusa.head_io IN.jtr OUT.jtr --dtype float16: the same heads stored in another dtype."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--dtype", choices=STORE_DTYPES, default="float16")
+    args = p.parse_args(argv)
+    if Path(args.output).exists():
+        raise UsageError(f"{args.output} exists: choose another output (nothing is overwritten)")
+    out = save_heads(load_heads(args.input), args.output, args.dtype)
+    print(f"{out}: {out.stat().st_size / 1e6:.1f} MB ({args.dtype})")
+
+
+if __name__ == "__main__":
+    from medusa import cli
+
+    cli.run(main)

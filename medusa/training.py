@@ -94,7 +94,7 @@ HELP = {
     'val_ratio': 'fraction of the samples held out for validation',
     'template': "chat template: tokenizer (the model's own) or vicuna",
     'cache_hidden': 'compute the base hidden states once and cache them on disk (fp16 .npz)',
-    'cache_dir': 'where the cached hidden states go',
+    'cache_dir': 'where the cached hidden states (and the tokenized data, as Arrow) go',
     'resume': 'continue from output_dir/last_state.npz (the settings that shape the run must match)',
     'save_every': 'save the training state every N optimizer steps (and at each epoch end and at Ctrl-C); 0 = epoch ends only',
     'max_steps': 'stop (and save) after this many optimizer steps; 0 = all epochs',
@@ -312,7 +312,8 @@ class Trainer:
             return token.samples, token.groups.tolist()
         tok = weights.load_tokenizer(tok_dir)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-        samples, self.report = data.load_samples(args.data_path, tok, args.max_length, args.template)
+        samples, self.report = data.load_samples(args.data_path, tok, args.max_length, args.template,
+                                                 cache_dir=Path(args.cache_dir) / "datasets")
         self.sampled, self.groups = 0, None
         return samples, None
 

@@ -38,7 +38,7 @@ from medusa.results import dumps_compact
 from medusa.settings import GenerationSettings, ModelArgs
 from medusa.tree import tuned_tree_path
 
-TUNE_PROMPTS = Path(__file__).parent / "prompts" / "smollm2_prompts.jsonl"   # the heads' training prompts
+TUNE_PROMPTS = Path(__file__).parent / "prompts" / "smollm2_prompts.jsonl"   # not the benchmark's (the first heads' training prompts)
 
 
 @dataclasses.dataclass

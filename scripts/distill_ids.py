@@ -83,7 +83,10 @@ def text(args):
     with open(args.output, "w", encoding="utf-8") as f:
         for _, r in sorted(read_located(args.replies), key=lambda x: x[1]["id"]):
             reply = tok.decode(r["reply_ids"], skip_special_tokens=True)
-            f.write(json.dumps(distill.sharegpt_record(prompts[r["id"]], reply), ensure_ascii=False) + "\n")
+            record = distill.sharegpt_record(prompts[r["id"]], reply)
+            if r.get("temperature"):      # sampled replies stay marked
+                record["temperature"] = r["temperature"]
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def samples(args):

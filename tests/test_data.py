@@ -129,7 +129,9 @@ def test_truncation(tok):
     assert e.value.reason == "no_loss_tokens"
 
 
-def test_bad_records_are_skipped_and_counted(tok, tmp_path):
+@pytest.mark.parametrize("reader", ["plain", "datasets"])
+def test_bad_records_are_skipped_and_counted(tok, tmp_path, reader):
+    cache = tmp_path / "arrow" if reader == "datasets" else None
     good = sharegpt(CONV[1:3])
     records = [good, "a string", {"id": 1}, {"conversations": []},
                {"conversations": [{"from": "human"}]},
@@ -137,14 +139,14 @@ def test_bad_records_are_skipped_and_counted(tok, tmp_path):
                {"messages": [{"role": "user", "content": "hi"}]},
                sharegpt(CONV), messages(CONV)]
     path = write_jsonl(tmp_path / "mixed.jsonl", records)
-    samples, report = data.load_samples(path, tok, 512)
+    samples, report = data.load_samples(path, tok, 512, cache_dir=cache)
     assert len(samples) == report.kept == 3 and report.total == len(records)
     assert report.skipped == Counter(not_an_object=1, no_messages_field=1, empty_conversation=1,
                                      bad_message=1, unknown_role=1, no_assistant_turn=1)
     assert report.examples["unknown_role"].startswith("record 5:")
     # truncation that leaves no assistant token is a skip reason too (here: of every record)
     with pytest.raises(data.DataError, match="kept 0/9; skipped no_loss_tokens=3"):
-        data.load_samples(path, tok, 6)
+        data.load_samples(path, tok, 6, cache_dir=cache)
 
 
 def test_unusable_file_is_an_error_naming_it(tok, tmp_path):
@@ -153,15 +155,49 @@ def test_unusable_file_is_an_error_naming_it(tok, tmp_path):
         data.load_samples(path, tok, 512)
 
 
-def test_malformed_json_names_file_and_line(tok, tmp_path):
+@pytest.mark.parametrize("reader", ["plain", "datasets"])
+def test_malformed_json_names_file_and_line(tok, tmp_path, reader):
     path = tmp_path / "broken.jsonl"
     path.write_text(json.dumps(messages(CONV)) + "\n\n" + '{"messages": [}\n')
     with pytest.raises(data.DataError, match=r"broken\.jsonl: line 3 \(record 1\)"):
-        data.load_samples(path, tok, 512)
+        data.load_samples(path, tok, 512, cache_dir=tmp_path / "arrow" if reader == "datasets" else None)
     path = tmp_path / "broken.json"
     path.write_text('[\n {"messages": []},\n {"messages": [,]}\n]')
     with pytest.raises(data.DataError, match=r"broken\.json: line 3 column \d+: malformed JSON"):
         data.read_records(path)
+
+
+def test_datasets_reader_equals_the_plain_one_and_caches_the_tokenized_records(tok, tmp_path):
+    import gzip
+
+    import datasets
+
+    rng = np.random.default_rng(0)
+    records = [sharegpt(CONV[1:3]) if i % 2 else messages(CONV) for i in range(30)]
+    records += [{"conversations": [{"from": "human", "value": "hi"}]}]            # no assistant turn
+    for r in records:
+        r["id"] = int(rng.integers(1000))
+    path = tmp_path / "chat.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+    plain, plain_report = data.load_samples(path, tok, 512)
+    cache = tmp_path / "arrow"
+    arrow, report = data.load_samples(path, tok, 512, cache_dir=cache)
+    assert report.kept == plain_report.kept == 30 and report.skipped == plain_report.skipped
+    assert report.examples == plain_report.examples
+    for a, b in zip(arrow, plain):
+        np.testing.assert_array_equal(a.input_ids, b.input_ids)
+        np.testing.assert_array_equal(a.loss_mask, b.loss_mask)
+    files = sorted(p.name for p in cache.rglob("*.arrow"))
+    assert any(name.startswith("cache-") for name in files)        # the tokenized records, as Arrow
+    again, _ = data.load_samples(path, tok, 512, cache_dir=cache)   # same file, tokenizer, settings: cached
+    assert sorted(p.name for p in cache.rglob("*.arrow")) == files and len(again) == 30
+    data.load_samples(path, tok, 40, cache_dir=cache)               # other settings: tokenized again
+    assert len(list(cache.rglob("cache-*.arrow"))) > len([f for f in files if f.startswith("cache-")])
+    parquet = tmp_path / "chat.parquet"
+    datasets.Dataset.from_list([r for r in records if "messages" in r]).to_parquet(str(parquet))
+    from_parquet, _ = data.load_samples(parquet, tok, 512, cache_dir=cache)
+    np.testing.assert_array_equal(from_parquet[0].input_ids, [s for s, r in zip(plain, records) if "messages" in r][0].input_ids)
 
 
 # ---------------------------------------------------------------- collate and head targets

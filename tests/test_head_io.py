@@ -171,3 +171,26 @@ def test_import_rejects_inconsistent_files(tmp_path):
     torch.save(state, tmp_path / "ok.pt")
     with pytest.raises(ValueError, match=r"base_lm_head_t has shape"):
         import_fasterdecoding_heads(tmp_path / "ok.pt", np.zeros((H, V + 1), "float32"))
+
+
+def test_fp16_storage_halves_the_file_and_loads_as_fp32(tmp_path):
+    import subprocess
+    import sys
+
+    heads = make("moe", share=True)
+    randomise(heads)
+    full = save_heads(heads, tmp_path / "full.jtr")
+    out = subprocess.run([sys.executable, "-m", "medusa.head_io", str(full), str(tmp_path / "half.jtr")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    half = tmp_path / "half.jtr"
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    assert {v.dtype for v in pickle.loads(half.read_bytes()).values()} == {np.dtype("float16")}
+    loaded = load_heads(half)
+    for (name, p), q in zip(heads.named_parameters(), loaded.parameters()):
+        assert q.dtype == "float32"
+        np.testing.assert_allclose(q.numpy(), p.numpy(), rtol=2 ** -10, atol=1e-7, err_msg=name)
+    again = subprocess.run([sys.executable, "-m", "medusa.head_io", str(full), str(half)], capture_output=True, text=True)
+    assert again.returncode == 2 and "exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    with pytest.raises(ValueError, match="float32 or float16"):
+        save_heads(heads, tmp_path / "x.jtr", dtype="int8")
