@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Tokens per step of the shipped SmolLM2 heads (medusa/trained/), as issue 13 measures them:
+# greedy, CPU fp32, the bench prompt set, 10 prompts x 128 new tokens, base and Medusa in one run
+# (outputs checked identical). Tunes each family's CPU tree first (python -m medusa.tune writes
+# medusa/trained/smollm2_<family>_tree_cpu.json, what --medusa_choices auto picks), then
+# benchmarks each family with auto (the tuned tree), chain, 8_node and mc_sim_7b_63.
+#   scripts/heads_report.sh            # results/heads/<family>_<tree>.json + results/heads/table.md
+# Runs pass --resume: a cut-off script continues; delete a file to measure it again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HEADS=medusa/trained
+O=results/heads
+mkdir -p "$O"
+for family in medusa rnn moe; do
+    [ -f "$HEADS/smollm2_${family}_tree_cpu.json" ] || \
+        python -m medusa.tune --device cpu --medusa_weights "$HEADS/smollm2_$family.jtr"
+done
+for family in medusa rnn moe; do
+    for tree in auto chain 8_node mc_sim_7b_63; do
+        python test_medusa_benchmark.py --greedy --device cpu --resume --no_plot --num_samples 10 \
+            --max_new_tokens 128 --medusa_weights "$HEADS/smollm2_$family.jtr" --medusa_choices "$tree" \
+            --output "$O/${family}_${tree}.json"
+    done
+done
+python -m medusa.compare "$O"/*.json --markdown > "$O/table.md"
+cat "$O/table.md"
