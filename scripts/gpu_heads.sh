@@ -15,6 +15,13 @@
 # metrics.jsonl, train_args.json, train.log}. Environment: LIMIT (seconds a training may run in
 # this call, default 540; the trainer saves its state on SIGTERM and the next `train` call resumes),
 # PICK (prompts sampled, 2400), TEMPERATURE (0.7), SEED (1).
+#
+# The machine is given back ~30 s after a call ends, and with it /tmp (wheels, model, hidden cache):
+# measured twice, after calls that returned files. Chain what depends on /tmp in one call, e.g. the
+# last part and the trainings, started in parallel once the first has written the hidden cache:
+#   scripts/gpu_heads.sh model DIR && cp data/selfdistill/smollm2_selfdistill_ids.npz /tmp/keep/samples.npz &&
+#   (LIMIT=470 scripts/gpu_heads.sh train rnn_soft rnn ... > /tmp/rnn.out 2>&1) & P=$!;
+#   until ls /tmp/keep/hidden/*/index.npz; do sleep 2; done; scripts/gpu_heads.sh train moe_soft moe ...; wait $P
 set -uo pipefail
 cd "$(dirname "$0")/.."
 K=/tmp/keep
