@@ -6,10 +6,10 @@ steps. The BLAS here is OpenBLAS from the `scipy-openblas32` wheel (numpy/scipy'
 symbols prefixed `scipy_`), threaded over all cores by default.
 
     y = blas_matmul(x, w)                   # x [..., K] @ w [K, N] -> [..., N] (Linear layers)
-    s = blas_matmul(q, k, trans_b=True)     # q [..., M, D] @ k [..., S, D]^T -> [..., M, S] (batched;
-                                            # attention stays on Jittor's fused loop: model.py says why)
+    s = blas_matmul(q, k, trans_b=True)     # q [..., M, D] @ k [..., S, D]^T -> [..., M, S] (batched)
     y = small_rows_matmul(x, w)             # <= 64 rows against a frozen weight, packed once
     y = reference_matmul(x, w)              # the same contracts through Jittor (any dtype, device)
+    o = fused_attention(q, k, v, mask, s)   # softmax(q k^T s + mask) v in one op (inference)
 
 Each function here is one kernel with its plain Jittor reference; `model.matmul` picks one of
 the two, in one place. Threads: `set_num_threads(n)`, else $MEDUSA_BLAS_THREADS, else every
@@ -314,3 +314,90 @@ def reference_matmul(a, b, trans_b=False):
     if trans_b:
         return jt.nn.bmm_transpose(a, b) if b.ndim > 2 else jt.matmul(a, b.transpose(1, 0))
     return jt.matmul(a, b)
+
+
+# ---------------------------------------------------------------- attention (inference, CPU)
+# One pass per query row: scores against every cached key, the additive mask, softmax, and the
+# weighted sum of values, threaded over (batch, kv head, row block). Jittor's own ops make each
+# of those a separate loop over [B, Hkv, G*T, S] (about a third of an mc_sim_7b_63 tree step on
+# this CPU); here the row's scores stay in a small buffer. Dot products over head_dim use 8-float
+# vectors when head_dim % 8 == 0.
+_ATTN_HEADER = _POOL_HEADER + """
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+typedef float v8 __attribute__((vector_size(32)));
+static inline float attn_dot(const float* a, const float* b, int D) {
+    if (D % 8 == 0) {
+        v8 acc = {};
+        for (int d = 0; d < D; d += 8) {
+            v8 x, y;
+            std::memcpy(&x, a + d, sizeof x);
+            std::memcpy(&y, b + d, sizeof y);
+            acc += x * y;
+        }
+        float s = 0;
+        for (int i = 0; i < 8; i++) s += acc[i];
+        return s;
+    }
+    float s = 0;
+    for (int d = 0; d < D; d++) s += a[d] * b[d];
+    return s;
+}
+"""
+_ATTN_SRC = """
+// in0 q [B, H, R, D] (R = G * T rows: query head g of this kv head at position t is row g * T + t),
+// in1 k, in2 v [B, H, S, D], in3 mask [B, T, S] additive; out0 [B, H, R, D]
+const int B = in0_shape0, H = in0_shape1, R = in0_shape2, D = in0_shape3, S = in1_shape2, T = in3_shape1;
+const float scale = (float)data["scale"];
+const int threads = (int)data["threads"], block = 8, per_bh = (R + block - 1) / block;
+auto chunk = [&](int c) {
+    const int bh = c / per_bh, r0 = (c % per_bh) * block, r1 = std::min(R, r0 + block), b = bh / H;
+    const float *K = in1_p + (size_t)bh * S * D, *V = in2_p + (size_t)bh * S * D;
+    std::vector<float> p(S);
+    for (int r = r0; r < r1; r++) {
+        const float *q = in0_p + ((size_t)bh * R + r) * D, *m = in3_p + ((size_t)b * T + r % T) * S;
+        float top = -INFINITY;
+        for (int s = 0; s < S; s++) {
+            p[s] = attn_dot(q, K + (size_t)s * D, D) * scale + m[s];
+            top = std::max(top, p[s]);
+        }
+        float sum = 0;
+        for (int s = 0; s < S; s++) sum += (p[s] = std::exp(p[s] - top));
+        float *o = out0_p + ((size_t)bh * R + r) * D;
+        std::fill(o, o + D, 0.0f);
+        for (int s = 0; s < S; s++) {
+            const float w = p[s] / sum, *vs = V + (size_t)s * D;
+            for (int d = 0; d < D; d++) o[d] += w * vs[d];
+        }
+    }
+};
+pool().run(threads, B * H * per_bh, chunk);
+"""
+
+
+def fused_attention(q, k, v, mask, scale):
+    """softmax(q k^T * scale + mask) v in one op, fp32, no gradient (inference on the CPU).
+
+    q [B, Hkv, G*T, D] (the G query heads of each kv head folded into rows, head-major), k, v
+    [B, Hkv, S, D], mask [B, T, S] additive fp32 -> [B, Hkv, G*T, D]."""
+    B, H, R, D = q.shape
+    if k.shape != v.shape or tuple(k.shape[:2]) != (B, H) or k.shape[3] != D or mask.shape[0] != B \
+            or R % mask.shape[1] or mask.shape[2] != k.shape[2]:
+        raise ValueError(f"fused_attention shapes do not match: q {list(q.shape)}, k {list(k.shape)}, "
+                         f"v {list(v.shape)}, mask {list(mask.shape)}")
+    return jt.code(q.shape, "float32", [q.float32(), k.float32(), v.float32(), mask.float32()],
+                   cpu_header=_ATTN_HEADER, cpu_src=_ATTN_SRC,
+                   data={"threads": num_threads(), "scale": float(scale)}).stop_grad()
+
+
+def reference_attention(q, k, v, mask, scale):
+    """The same contract as fused_attention through Jittor's own ops."""
+    B, H, R, D = q.shape
+    T, S = mask.shape[1], k.shape[2]
+    scores = jt.nn.bmm_transpose(q.float32(), k.float32()) * scale                 # [B, H, R, S]
+    scores = scores.reshape(B, H, R // T, T, S) + mask.reshape(B, 1, 1, T, S)
+    scores = (scores - scores.max(dim=-1, keepdims=True)).exp()
+    probs = (scores / scores.sum(dim=-1, keepdims=True)).reshape(B, H, R, S)
+    return jt.matmul(probs, v.float32())

@@ -25,9 +25,10 @@ NEG_INF = -1e9  # additive mask value; scores are accumulated in fp32, so this n
 
 # Jittor's own loop fuses a matmul with the ops around it, which wins where the product is small:
 # one token against a small weight (a SmolLM2 decode step was ~10% slower with a BLAS call per
-# layer; the [576, 49152] vocab projection is 2x faster on BLAS), and attention: with
+# layer; the [576, 49152] vocab projection is 2x faster on BLAS). Attention: with
 # kernels.blas_matmul for q k^T and p v a SmolLM2 8_node step took 101 vs 87 ms and mc_sim_7b_63
-# 329 vs 315 ms (3 runs each, loaded 2-core CPU; profile: 240 vs 66 ms of attention ops).
+# 329 vs 315 ms (3 runs each, loaded 2-core CPU); kernels.fused_attention (one pass per query row)
+# took mc_sim_7b_63 from 200 to 186 ms on a quiet machine, so inference uses it (fused_attention_ok).
 BLAS_MIN_ONE_ROW = 1 << 22     # weight elements from which a single row goes to BLAS
 
 
@@ -44,6 +45,13 @@ def matmul_kernel(a, b, trans_b):
     if rows == 1 and math.prod(b.shape) < BLAS_MIN_ONE_ROW:
         return kernels.reference_matmul
     return kernels.blas_matmul
+
+
+def fused_attention_ok(q, mask) -> bool:
+    """Attention runs as kernels.fused_attention (one op instead of Jittor's six loops) on the
+    CPU, in fp32, without gradients, with a mask, while the BLAS kernels are on."""
+    return (not jt.flags.use_cuda and jt.flags.no_grad and mask is not None and q.dtype == "float32"
+            and kernels.use_blas())
 
 
 def matmul(a, b, trans_b=False):
@@ -124,6 +132,10 @@ class Attention(jt.nn.Module):
         S, G = k.shape[2], self.n_heads // self.n_kv
         # grouped-query attention: fold the G query heads of each kv head into the row axis
         q = q.reshape(B, self.n_kv, G * T, self.head_dim)
+        if fused_attention_ok(q, mask):
+            out = kernels.fused_attention(q, k, v, mask.reshape(B, T, S), self.head_dim ** -0.5)
+            out = out.reshape(B, self.n_heads, T, self.head_dim)
+            return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, self.n_heads * self.head_dim))
         # q k^T with k transposed in place (on CUDA jt.nn.bmm_transpose, one cuBLAS call): Jittor's
         # transpose kernel copies the cached keys at a few GB/s (9.7 ms per Vicuna-7B step at 133
         # positions, H100)

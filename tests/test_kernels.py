@@ -139,3 +139,36 @@ def test_tiny_model_runs_the_kernels_and_matches_jittor(tiny_pkl, counted):
     assert counted.get("small_rows_matmul", 0) > 0 and counted.get("blas_matmul", 0) > 0
     for mine, ref in zip(logits[True], logits[False]):
         np.testing.assert_allclose(mine, ref, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("B, H, G, T, S, D", [(1, 3, 3, 1, 5, 64), (1, 3, 3, 7, 70, 64), (2, 2, 1, 63, 100, 12),
+                                             (1, 3, 3, 64, 120, 64), (1, 1, 2, 9, 9, 20)])
+def test_fused_attention_equals_jittor(B, H, G, T, S, D):
+    q, k, v = rand(B, H, G * T, D, seed=1), rand(B, H, S, D, seed=2), rand(B, H, S, D, seed=3)
+    masked = np.random.default_rng(4).random((B, T, S)) < 0.4        # a tree mask: some keys hidden
+    masked[:, :, -1] = False                                           # each row sees itself
+    mask = jt.array(np.where(masked, model_lib.NEG_INF, 0.0).astype(np.float32))
+    with jt.no_grad():
+        close(kernels.fused_attention(q, k, v, mask, D ** -0.5), kernels.reference_attention(q, k, v, mask, D ** -0.5))
+    with pytest.raises(ValueError, match="do not match"):
+        kernels.fused_attention(q, k, v, mask[:, :, :-1], 1.0)
+
+
+def test_model_attention_dispatch(tiny_pkl, monkeypatch):
+    calls = []
+    original = kernels.fused_attention
+    monkeypatch.setattr(kernels, "fused_attention", lambda *a: calls.append(1) or original(*a))
+    net = weights.load_model(tiny_pkl("qwen2"), "float32")
+    tokens = jt.array(np.arange(3, 12, dtype=np.int32)[None])
+    positions = jt.array(np.arange(9, dtype=np.int32)[None])
+    with jt.no_grad():
+        fused = net(tokens, positions, model_lib.build_mask(1, 9)).numpy()
+    assert len(calls) == net.config.num_hidden_layers                 # every layer, inference on the CPU
+    previous = kernels.use_blas(False)
+    try:
+        with jt.no_grad():
+            ref = net(tokens, positions, model_lib.build_mask(1, 9)).numpy()
+    finally:
+        kernels.use_blas(previous)
+    assert len(calls) == net.config.num_hidden_layers                 # off with the kernels
+    np.testing.assert_allclose(fused, ref, rtol=RTOL, atol=ATOL)
