@@ -53,6 +53,22 @@ for _key, _value in _environment_defaults().items():
 import jittor as jt  # noqa: E402  (must follow the environment set-up above)
 
 
+def _cache_float_limits():
+    """Compiled CPU kernels (medusa/kernels.py's jt.code ops) switch the process to flush-to-zero
+    when their library loads, and numpy's first np.finfo after that warns "The value of the
+    smallest subnormal ... is zero" (four lines at the top of every benchmark). numpy caches
+    finfo per type: computing it once here, before any kernel loads, keeps the true limits and
+    the output clean. (Denormals still flush to zero afterwards; nothing here computes with
+    values below 1e-38.)"""
+    import numpy as np
+
+    for t in (np.float16, np.float32, np.float64, np.longdouble):
+        np.finfo(t)
+
+
+_cache_float_limits()
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
