@@ -2,6 +2,7 @@
 
     python -m medusa.compare results/a.json results/b.json          # one column per run
     python -m medusa.compare results/*.json --markdown              # one row per run (README table)
+    python -m medusa.compare results/heads/*.json --png results/heads/tokens_per_step.png   # and a chart
 
 Summaries are recomputed from each file's samples with `results.summarize`, so a table never
 shows numbers its file does not support.
@@ -74,13 +75,50 @@ def markdown_table(runs, labels=README_METRICS):
     return "\n".join(lines)
 
 
+def plot_runs(runs, png):
+    """Tokens per step and speedup of each run (Medusa side), two bar charts one above the
+    other, runs in the given order; runs without Medusa numbers are left out. Returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")   # files only; no display on CI machines
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for name, config, summary, env in runs:
+        try:
+            rows.append((name, summary["medusa"]["compression_ratio"], summary["speedup"]))
+        except (KeyError, TypeError):
+            continue
+    if not rows:
+        raise UsageError("--png: no run has Medusa numbers to plot")
+    names, accept, speedup = zip(*rows)
+    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.55 * len(rows) + 2), 6.5), sharex=True)
+    for ax, values, label, line in ((axes[0], accept, "tokens per step", 1.0), (axes[1], speedup, "speedup", 1.0)):
+        bars = ax.bar(range(len(rows)), values, color="C0" if label == "tokens per step" else "C1")
+        ax.axhline(line, color="grey", lw=0.8, ls="--")
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    axes[1].set_xticks(range(len(rows)), names, rotation=60, ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    return Path(png)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="+", help="results JSON files of test_medusa_benchmark.py")
     p.add_argument("--markdown", action="store_true", help="one row per run, Markdown")
+    p.add_argument("--png", default="", help="also write a chart of tokens per step and speedup per run (refuses "
+                                             "to replace an existing file)")
     args = p.parse_args(argv)
+    if args.png and Path(args.png).exists():
+        raise UsageError(f"--png {args.png} exists: choose another name (nothing is overwritten)")
     runs = [load_run(path) for path in args.results]
     print(markdown_table(runs) if args.markdown else text_table(runs))
+    if args.png:
+        plot_runs(runs, args.png)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 # (outputs checked identical). Tunes each family's CPU tree first (python -m medusa.tune writes
 # medusa/trained/smollm2_<family>_tree_cpu.json, what --medusa_choices auto picks), then
 # benchmarks each family with auto (the tuned tree), chain, 8_node and mc_sim_7b_63.
-#   scripts/heads_report.sh            # results/heads/<family>_<tree>.json + results/heads/table.md
+#   scripts/heads_report.sh            # results/heads/<family>_<tree>.json, table.md, tokens_per_step.png
 # Runs pass --resume: a cut-off script continues; delete a file to measure it again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,5 +22,6 @@ for family in medusa rnn moe; do
             --output "$O/${family}_${tree}.json"
     done
 done
-python -m medusa.compare "$O"/*.json --markdown > "$O/table.md"
+rm -f "$O/tokens_per_step.png"          # derived from the JSONs: made again
+python -m medusa.compare "$O"/*.json --markdown --png "$O/tokens_per_step.png" > "$O/table.md"
 cat "$O/table.md"

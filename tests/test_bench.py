@@ -202,6 +202,7 @@ def test_interrupted_run_resumes_without_duplicates(tiny_run, monkeypatch):
 
 def test_compare_tables(tmp_path, capsys):
     from medusa import compare
+    from medusa.errors import UsageError
 
     env = {"device": "cpu", "load_average": [1.5, 1.0, 1.0], "git_commit": "0123456789abcdef", "git_dirty": False}
     config = {"greedy": True, "max_new_token": 8, "medusa_choices": "8_node", "tree": load_choices("8_node"),
@@ -220,6 +221,13 @@ def test_compare_tables(tmp_path, capsys):
     rows = capsys.readouterr().out.strip().splitlines()
     assert len(rows) == 4 and rows[2].startswith("| full |") and "| 2.00x |" in rows[2]
     assert "| - |" in rows[3]   # no Medusa numbers in a base-only run
+    png = tmp_path / "chart.png"
+    compare.main([str(p) for p in paths] + ["--png", str(png)])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    with pytest.raises(UsageError, match="exists"):
+        compare.main([str(p) for p in paths] + ["--png", str(png)])
+    with pytest.raises(UsageError, match="no run has Medusa numbers"):
+        compare.plot_runs([compare.load_run(paths[1])], tmp_path / "none.png")
 
 
 def test_multi_turn_sampling_run(tiny_run, tmp_path):
