@@ -248,20 +248,17 @@ def load_samples(path, tokenizer, max_length, template="tokenizer", cache_dir=No
         raise ValueError("load_samples needs a fast tokenizer (it uses offset mappings)")
     encoded = _encode_with_datasets(path, tokenizer, max_length, template, cache_dir) if cache_dir else None
     if encoded is not None:
-        report, samples = LoadReport(str(path), total=len(encoded)), []
-        for i, row in enumerate(encoded.with_format("numpy")):
-            if row["skip"]:
-                report.skip(i, SkipRecord(str(row["skip"]), str(row["detail"])))
-            else:
-                samples.append(Sample(row["input_ids"].astype(np.int32), row["loss_mask"].astype(np.int32)))
+        results = [SkipRecord(str(row["skip"]), str(row["detail"])) if row["skip"]
+                   else Sample(row["input_ids"].astype(np.int32), row["loss_mask"].astype(np.int32))
+                   for row in encoded.with_format("numpy")]
     else:
-        records = read_records(path)
-        report, samples = LoadReport(str(path), total=len(records)), []
-        for i, record in enumerate(records):
-            try:
-                samples.append(encode_messages(normalise_record(record), tokenizer, max_length, template))
-            except SkipRecord as err:
-                report.skip(i, err)
+        results = [_encode_record(record, tokenizer, max_length, template) for record in read_records(path)]
+    report, samples = LoadReport(str(path), total=len(results)), []
+    for i, result in enumerate(results):
+        if isinstance(result, SkipRecord):
+            report.skip(i, result)
+        else:
+            samples.append(result)
     report.kept = len(samples)
     if not samples:
         raise DataError(f"no usable records: {report.summary()}")
@@ -279,16 +276,21 @@ def _drop_nones(value):
     return value
 
 
+def _encode_record(record, tokenizer, max_length, template):
+    """The Sample of one raw record, or the SkipRecord saying why it has none."""
+    try:
+        return encode_messages(normalise_record(record), tokenizer, max_length, template)
+    except SkipRecord as err:
+        return err
+
+
 def _encode_batch(batch, tokenizer, max_length, template):
     """datasets.map function: raw records -> input_ids, loss_mask, and skip / detail ("" = kept)."""
     out = {"input_ids": [], "loss_mask": [], "skip": [], "detail": []}
     for i in range(len(next(iter(batch.values())))):
-        try:
-            s = encode_messages(normalise_record(_drop_nones({k: v[i] for k, v in batch.items()})),
-                                tokenizer, max_length, template)
-            row = (s.input_ids.tolist(), s.loss_mask.tolist(), "", "")
-        except SkipRecord as err:
-            row = ([], [], err.reason, err.detail)
+        s = _encode_record(_drop_nones({k: v[i] for k, v in batch.items()}), tokenizer, max_length, template)
+        row = ([], [], s.reason, s.detail) if isinstance(s, SkipRecord) else \
+            (s.input_ids.tolist(), s.loss_mask.tolist(), "", "")
         for key, value in zip(out, row):
             out[key].append(value)
     return out

@@ -94,15 +94,15 @@ def save(path, model, samples, pad_id):
     """Build the cache folder `path` (see the module docstring)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    total, H = sum(len(s) for s in samples), model.config.hidden_size
+    lengths = np.asarray([len(s) for s in samples], np.int64)
     tmp = path / "hidden.tmp.npy"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(total, H))
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(int(lengths.sum()), model.config.hidden_size))
     build(model, samples, pad_id, out)
     out.flush()
     del out
     os.replace(tmp, path / "hidden.npy")
     index_tmp = path / "index.tmp.npz"
-    np.savez(index_tmp, lengths=np.asarray([len(s) for s in samples], np.int64),
+    np.savez(index_tmp, lengths=lengths,
              ids=np.concatenate([s.input_ids for s in samples]).astype(np.int32))
     os.replace(index_tmp, path / "index.npz")
 

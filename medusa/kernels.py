@@ -9,7 +9,8 @@ symbols prefixed `scipy_`), threaded over all cores by default.
     s = blas_matmul(q, k, trans_b=True)     # q [..., M, D] @ k [..., S, D]^T -> [..., M, S] (batched)
     y = small_rows_matmul(x, w)             # <= 64 rows against a frozen weight, packed once
     y = reference_matmul(x, w)              # the same contracts through Jittor (any dtype, device)
-    o = fused_attention(q, k, v, mask, s)   # softmax(q k^T s + mask) v in one op (inference)
+    o = fused_attention(q, k, v, mask, s)   # softmax(q k^T s + mask) v in one op (inference;
+                                            # model.attention holds its Jittor reference)
 
 Each function here is one kernel with its plain Jittor reference; `model.matmul` picks one of
 the two, in one place. Threads: `set_num_threads(n)`, else $MEDUSA_BLAS_THREADS, else every
@@ -391,13 +392,3 @@ def fused_attention(q, k, v, mask, scale):
                    cpu_header=_ATTN_HEADER, cpu_src=_ATTN_SRC,
                    data={"threads": num_threads(), "scale": float(scale)}).stop_grad()
 
-
-def reference_attention(q, k, v, mask, scale):
-    """The same contract as fused_attention through Jittor's own ops."""
-    B, H, R, D = q.shape
-    T, S = mask.shape[1], k.shape[2]
-    scores = jt.nn.bmm_transpose(q.float32(), k.float32()) * scale                 # [B, H, R, S]
-    scores = scores.reshape(B, H, R // T, T, S) + mask.reshape(B, 1, 1, T, S)
-    scores = (scores - scores.max(dim=-1, keepdims=True)).exp()
-    probs = (scores / scores.sum(dim=-1, keepdims=True)).reshape(B, H, R, S)
-    return jt.matmul(probs, v.float32())

@@ -129,26 +129,34 @@ class Attention(jt.nn.Module):
         k = k * cos + rotate_half(k) * sin
         if cache is not None:
             k, v = cache.update(layer, k, v)              # [B, Hkv, S, D]
-        S, G = k.shape[2], self.n_heads // self.n_kv
+        G = self.n_heads // self.n_kv
         # grouped-query attention: fold the G query heads of each kv head into the row axis
-        q = q.reshape(B, self.n_kv, G * T, self.head_dim)
-        if fused_attention_ok(q, mask):
-            out = kernels.fused_attention(q, k, v, mask.reshape(B, T, S), self.head_dim ** -0.5)
-            out = out.reshape(B, self.n_heads, T, self.head_dim)
-            return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, self.n_heads * self.head_dim))
-        # q k^T with k transposed in place (on CUDA jt.nn.bmm_transpose, one cuBLAS call): Jittor's
-        # transpose kernel copies the cached keys at a few GB/s (9.7 ms per Vicuna-7B step at 133
-        # positions, H100)
-        scores = matmul(q, k, trans_b=True).float32() * (self.head_dim ** -0.5)
-        scores = scores.reshape(B, self.n_kv, G, T, S)
-        if mask is not None:
-            scores = scores + mask.reshape(B, 1, 1, T, S)
-        # softmax written out: Jittor's CUDA softmax compiles a new kernel for many new lengths S
-        # (5-16 s each with nvcc 13), and S grows every decode step
-        scores = (scores - scores.max(dim=-1, keepdims=True)).exp()
-        probs = (scores / scores.sum(dim=-1, keepdims=True)).cast(v.dtype).reshape(B, self.n_kv, G * T, S)
-        out = matmul(probs, v).reshape(B, self.n_heads, T, self.head_dim)
+        out = attention(q.reshape(B, self.n_kv, G * T, self.head_dim), k, v, mask, self.head_dim ** -0.5)
+        out = out.reshape(B, self.n_heads, T, self.head_dim)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, self.n_heads * self.head_dim))
+
+
+def attention(q, k, v, mask, scale):
+    """softmax(q k^T * scale + mask) v: q [B, Hkv, G*T, D] (the G query heads of each kv head
+    folded into rows, head-major), k, v [B, Hkv, S, D], mask additive [B, 1, T, S] or None
+    -> [B, Hkv, G*T, D]. One fused op on the CPU at inference (fused_attention_ok), else Jittor's
+    ops, scores and softmax in fp32."""
+    B, H, R, D = q.shape
+    S = k.shape[2]
+    if fused_attention_ok(q, mask):
+        return kernels.fused_attention(q, k, v, mask.reshape(B, mask.shape[-2], S), scale)
+    # q k^T with k transposed in place (on CUDA jt.nn.bmm_transpose, one cuBLAS call): Jittor's
+    # transpose kernel copies the cached keys at a few GB/s (9.7 ms per Vicuna-7B step at 133
+    # positions, H100)
+    scores = matmul(q, k, trans_b=True).float32() * scale
+    if mask is not None:
+        T = mask.shape[-2]
+        scores = (scores.reshape(B, H, R // T, T, S) + mask.reshape(B, 1, 1, T, S)).reshape(B, H, R, S)
+    # softmax written out: Jittor's CUDA softmax compiles a new kernel for many new lengths S
+    # (5-16 s each with nvcc 13), and S grows every decode step
+    scores = (scores - scores.max(dim=-1, keepdims=True)).exp()
+    probs = (scores / scores.sum(dim=-1, keepdims=True)).cast(v.dtype)
+    return matmul(probs, v)
 
 
 class MLP(jt.nn.Module):

@@ -270,15 +270,14 @@ class Trainer:
         self.args, self.rank, self.world = args, jt.rank, jt.world_size
         jt.set_global_seed(args.seed, different_seed_for_mpi=False)
         dtype = args.base_dtype or default_compute_dtype()
-        if str(args.data_path).endswith(".npz") and args.base_model_path and not args.jittor_base_weights:
+        if token_data(args) and args.base_model_path and not args.jittor_base_weights:
             src, tok_dir = Path(args.base_model_path), None   # token samples need no tokenizer: no conversion
         else:
             src, tok_dir = weights.resolve_model(args.base_model_path or None, args.jittor_base_weights or None, dtype)
         self.model = weights.load_model(src, dtype)
-        samples, groups = self._load_data(args, tok_dir)
+        self.samples = samples = self._load_data(args, tok_dir)
         self.train_set, self.val_set = data.train_val_split(list(range(len(samples))), args.val_ratio, args.seed,
-                                                            groups)
-        self.samples = samples
+                                                            self.groups)
         cfg = self.model.config
         self.heads = build_heads(HeadConfig(
             family=args.family, num_heads=args.medusa_num_heads, num_layers=args.medusa_num_layers,
@@ -300,22 +299,22 @@ class Trainer:
         self.step, self.best, self.since_best = 0, float("inf"), 0
 
     def _load_data(self, args, tok_dir):
-        """(samples, groups or None); sets pad_id and report."""
+        """The samples; sets pad_id, report, sampled (replies sampled at T > 0) and groups (the
+        prompt of each sample, for the train/val split; None for chat data)."""
         from medusa import weights
 
-        if str(args.data_path).endswith(".npz"):       # token samples: no tokenizer needed
+        if token_data(args):                            # token samples: no tokenizer needed
             token = data.load_token_samples(args.data_path, args.max_length)
             self.pad_id = int(token.meta.get("pad_id", 0))
             self.report = data.LoadReport(str(args.data_path), total=len(token.samples), kept=len(token.samples))
-            self.sampled = int((token.temperature > 0).sum())
-            self.groups = token.groups
-            return token.samples, token.groups.tolist()
+            self.sampled, self.groups = int((token.temperature > 0).sum()), token.groups
+            return token.samples
         tok = weights.load_tokenizer(tok_dir)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         samples, self.report = data.load_samples(args.data_path, tok, args.max_length, args.template,
                                                  cache_dir=Path(args.cache_dir) / "datasets")
         self.sampled, self.groups = 0, None
-        return samples, None
+        return samples
 
     def _cache_file(self, src):
         a = self.args
@@ -562,6 +561,11 @@ def _explicit_flags(parser, argv):
     return set(vars(quiet.parse_args(sys.argv[1:] if argv is None else argv)))
 
 
+def token_data(args: TrainArgs) -> bool:
+    """--data_path holds token samples (.npz, data.save_token_samples), not chat records."""
+    return str(args.data_path).endswith(".npz")
+
+
 def check_args(args: TrainArgs):
     """What can be wrong with the flags, found before the base model loads."""
     if not Path(args.data_path).is_file():
@@ -575,7 +579,7 @@ def check_args(args: TrainArgs):
         raise UsageError(f"--loss {args.loss!r}: choose one of {', '.join(LOSSES)}")
     if args.early_stop < 0:
         raise UsageError(f"--early_stop must be >= 0 (0 = never), got {args.early_stop}")
-    if str(args.data_path).endswith(".npz") and args.template != "tokenizer":
+    if token_data(args) and args.template != "tokenizer":
         raise UsageError(f"--template {args.template}: token samples ({args.data_path}) are rendered already")
     if args.lr <= 0 or not 0 <= args.warmup_ratio < 1:
         raise UsageError(f"--lr must be > 0 and --warmup_ratio in [0, 1), got {args.lr} and {args.warmup_ratio}")

@@ -21,6 +21,8 @@ import json
 import time
 from pathlib import Path
 
+from medusa.errors import UsageError
+
 
 def encode(args):
     from medusa import cli, distill
@@ -40,22 +42,24 @@ def decode(args):
 
     from medusa import core, weights
     from medusa.data import read_located
-    from medusa.runtime import use_device
+    from medusa.runtime import jt, use_device
 
-    from medusa.runtime import jt
+    if args.temperature < 0:
+        raise UsageError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    records = [r for _, r in read_located(args.ids)]          # checked before the model loads
+    if not 0 <= args.pick <= len(records):
+        raise UsageError(f"--pick {args.pick}: must be in [0, {len(records)}] (the prompts in {args.ids}; 0 = all)")
+    if args.pick:   # a seeded share of the prompts (the sampled replies of the 12k set)
+        import numpy as np
 
+        chosen = set(np.random.default_rng(args.seed).choice(len(records), args.pick, replace=False).tolist())
+        records = [r for i, r in enumerate(records) if i in chosen]
     device = use_device(args.device)
     jt.set_global_seed(args.seed)
     model = weights.load_model(args.model, args.dtype)
     eos = set(int(e) for e in args.eos_ids.split(","))
     out = Path(args.output)
     done = {r["id"] for _, r in read_located(out, partial_tail="skip")} if out.is_file() else set()
-    records = [r for _, r in read_located(args.ids)]
-    if args.pick:   # a seeded share of the prompts (the sampled replies of the 12k set)
-        import numpy as np
-
-        chosen = set(np.random.default_rng(args.seed).choice(len(records), args.pick, replace=False).tolist())
-        records = [r for i, r in enumerate(records) if i in chosen]
     todo = sorted((r for r in records if r["id"] not in done), key=lambda r: len(r["prompt_ids"]))
     tokens, start = 0, time.time()
     with open(out, "a", encoding="utf-8") as f:
@@ -97,7 +101,8 @@ def samples(args):
     for path in args.replies:
         for where, r in read_located(path):
             if r["id"] not in prompts:
-                raise SystemExit(f"{path}: {where}: prompt id {r['id']} is not in {args.prompt_ids}")
+                raise UsageError(f"{path}: {where}: prompt id {r['id']} is not in {args.prompt_ids}: give the "
+                                 "--prompt_ids file these replies were decoded from")
             cap = r.get("max_new_tokens", args.max_new_tokens)
             out.append(reply_sample(prompts[r["id"]], r["reply_ids"], args.end_id, cap))
             groups.append(r["id"])

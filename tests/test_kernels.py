@@ -113,7 +113,8 @@ def test_model_matmul_dispatch(counted):
     model_lib.matmul(rand(9, 37), rand(37, 64))         # gradients wanted: BLAS, never the packed copy
     assert counted == {"blas_matmul": 1}
     counted.clear()
-    previous = kernels.use_blas(False)
+    previous = kernels.use_blas()
+    kernels.use_blas(False)
     try:
         model_lib.matmul(rand(9, 37), w_small)
     finally:
@@ -148,8 +149,15 @@ def test_fused_attention_equals_jittor(B, H, G, T, S, D):
     masked = np.random.default_rng(4).random((B, T, S)) < 0.4        # a tree mask: some keys hidden
     masked[:, :, -1] = False                                           # each row sees itself
     mask = jt.array(np.where(masked, model_lib.NEG_INF, 0.0).astype(np.float32))
+    previous = kernels.use_blas()                                   # model.attention through Jittor's ops
+    kernels.use_blas(False)
+    try:
+        with jt.no_grad():
+            reference = model_lib.attention(q, k, v, mask.reshape(B, 1, T, S), D ** -0.5)
+    finally:
+        kernels.use_blas(previous)
     with jt.no_grad():
-        close(kernels.fused_attention(q, k, v, mask, D ** -0.5), kernels.reference_attention(q, k, v, mask, D ** -0.5))
+        close(kernels.fused_attention(q, k, v, mask, D ** -0.5), reference)
     with pytest.raises(ValueError, match="do not match"):
         kernels.fused_attention(q, k, v, mask[:, :, :-1], 1.0)
 
@@ -164,7 +172,8 @@ def test_model_attention_dispatch(tiny_pkl, monkeypatch):
     with jt.no_grad():
         fused = net(tokens, positions, model_lib.build_mask(1, 9)).numpy()
     assert len(calls) == net.config.num_hidden_layers                 # every layer, inference on the CPU
-    previous = kernels.use_blas(False)
+    previous = kernels.use_blas()
+    kernels.use_blas(False)
     try:
         with jt.no_grad():
             ref = net(tokens, positions, model_lib.build_mask(1, 9)).numpy()
