@@ -38,6 +38,9 @@ class ModelConfig:
     # ascending; the embedding keeps all vocab_size rows unless embedding_sliced
     kept_ids: Optional[list] = None
     embedding_sliced: bool = False
+    # the embedding rows are the full lm_head (sliced from a tied model, embedding whole): greedy
+    # decoding can then check its tokens against the full vocabulary (Sampling.vocab_check)
+    embedding_is_full_head: bool = False
 
     @property
     def kv_groups(self) -> int:
@@ -125,7 +128,9 @@ def _reduced_vocab(d: dict) -> dict:
     kept = [int(i) for i in r["kept_ids"]]
     if not kept or kept != sorted(set(kept)) or kept[0] < 0 or kept[-1] >= d["vocab_size"]:
         raise UsageError(f"{REDUCED_VOCAB_KEY}.kept_ids must be distinct ascending ids in [0, {d['vocab_size']})")
-    return {"kept_ids": kept, "embedding_sliced": bool(r.get("embedding_sliced", False))}
+    sliced = bool(r.get("embedding_sliced", False))
+    return {"kept_ids": kept, "embedding_sliced": sliced,
+            "embedding_is_full_head": bool(r.get("embedding_is_full_head", False)) and not sliced}
 
 
 def _rope_theta(d: dict) -> float:

@@ -120,6 +120,9 @@ def stream_tokens(model, prompt_ids, max_new_tokens, eos_ids=(), sampling: Sampl
     start = time.perf_counter()
     with jt.no_grad():                           # not around the yield: the caller's code runs there
         hidden = prefill(model, cache, prompt_ids)
+    if sampling.check_every(model):
+        yield from _checked_greedy(model, cache, hidden, max_new_tokens, eos_ids, sampling.check_every(model), start)
+        return
     for i in range(max_new_tokens):
         with jt.no_grad():
             token = int(model.vocab.tokens(choose_token(last_logits(model, hidden).numpy(), sampling, rng)))
@@ -129,6 +132,62 @@ def stream_tokens(model, prompt_ids, max_new_tokens, eos_ids=(), sampling: Sampl
         start = time.perf_counter()
         with jt.no_grad():
             hidden = decode_one(model, cache, token)
+
+
+def first_wrong(model, hidden_rows, tokens):
+    """The full-vocabulary check of a reduced model's greedy tokens: tokens[i] was chosen from
+    hidden_rows[i] (jt [H] rows, any number in one product) -> (i, the full model's token) at the
+    first token the full vocabulary would not have chosen, or None when all are right."""
+    full = model.full_argmax(jt.stack(hidden_rows, 0))
+    wrong = np.flatnonzero(full != np.asarray(tokens, dtype=np.int64))
+    return None if wrong.size == 0 else (int(wrong[0]), int(full[wrong[0]]))
+
+
+class CheckInterval:
+    """Tokens until the next full-vocabulary check: `every` while the checks pass; after a wrong
+    token, 1 (where the full model left the vocabulary once it tends to again: a word the
+    vocabulary lacks is several tokens), doubling with each check that passes."""
+
+    def __init__(self, every: int):
+        self.every = self.now = every
+
+    def update(self, wrong: bool):
+        self.now = 1 if wrong else min(self.every, 2 * self.now)
+
+
+def _checked_greedy(model, cache, hidden, max_new_tokens, eos_ids, every, start):
+    """Greedy decoding on a reduced vocabulary that hands out the full model's tokens
+    (Sampling.vocab_check): runs of tokens (CheckInterval) are decoded with the reduced head,
+    then checked together against the full one; from the first wrong token on, the run is
+    dropped (the cache forgets it) and decoding resumes from the full model's token. The first
+    token comes from the full head directly. Tokens are yielded once checked, each with an equal
+    share of its run's time (dropped work included)."""
+    with jt.no_grad():
+        token = int(model.full_argmax(hidden[0, -1:])[0])
+    yield token, time.perf_counter() - start
+    emitted, interval = 1, CheckInterval(every)
+    while token not in eos_ids and emitted < max_new_tokens:
+        start = time.perf_counter()
+        rows, run = [], []
+        with jt.no_grad():
+            hidden = decode_one(model, cache, token)           # the cache now holds every checked token
+            base = cache.length
+            while True:
+                rows.append(hidden[0, -1])
+                run.append(int(model.vocab.tokens(jt.argmax(model.logits(hidden)[0, -1], 0)[0].item())))
+                if run[-1] in eos_ids or len(run) == min(interval.now, max_new_tokens - emitted):
+                    break
+                hidden = decode_one(model, cache, run[-1])
+            wrong = first_wrong(model, rows, run)
+        interval.update(wrong is not None)
+        if wrong is not None:
+            index, fix = wrong
+            run = run[:index] + [fix]
+            cache.truncate(base + index)                       # keep the right tokens before it
+        seconds = (time.perf_counter() - start) / len(run)
+        for token in run:
+            yield token, seconds
+        emitted += len(run)
 
 
 def generate(model, prompt_ids, max_new_tokens, eos_ids=(), sampling: Sampling = None, max_len=None):

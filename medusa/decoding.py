@@ -381,11 +381,18 @@ def medusa_stream(model, heads, prompt_ids, max_new_tokens, choices="8_node", eo
     # room for the last tree beyond the output: its extra nodes are verified, never emitted
     cache = core.new_cache(model, 1, max_len or len(prompt_ids) + max_new_tokens + tree.num_nodes)
     start = time.perf_counter()
+    every = sampling.check_every(model)
     with jt.no_grad():
         hidden_last, root = prefill(model, cache, prompt_ids, sampling, rng)
+        if every:                                  # the first token straight from the full head
+            root = int(model.full_argmax(hidden_last[0])[0])
         done = root in eos_ids or max_new_tokens == 1
         tokens = None if done else propose(model, heads, tree, hidden_last, root)
     yield [root], {"init": time.perf_counter() - start}
+    if every:
+        yield from _checked_steps(model, heads, tree, cache, tokens, done, max_new_tokens, eos_ids, sampling, rng,
+                                  every)
+        return
     emitted = 1
     while not done:
         stats, clock = {}, time.perf_counter()
@@ -409,6 +416,72 @@ def medusa_stream(model, heads, prompt_ids, max_new_tokens, choices="8_node", eo
                 tokens = propose(model, heads, tree, hidden_last, new[-1])
                 lap("medusa")
         yield new, stats
+
+
+@dataclass
+class _Step:
+    """A Medusa step waiting for the full-vocabulary check."""
+    new: list                   # its tokens
+    rows: list                  # jt [H]: the hidden state each token was chosen from
+    cache_start: int            # the cache's length before it (its root went there)
+    stats: dict
+
+
+def _checked_steps(model, heads, tree, cache, tokens, done, max_new_tokens, eos_ids, sampling, rng, every):
+    """Greedy Medusa steps on a reduced vocabulary that hand out the full model's tokens
+    (Sampling.vocab_check). Steps run as usual on the reduced head and wait; once they hold
+    core.CheckInterval's tokens (or reach the end) all their tokens are checked in one product
+    with the full head (core.first_wrong). At the first wrong token its step keeps the tokens before it plus
+    the full model's token, the cache forgets everything after those, later steps are dropped
+    (yielded with no tokens: their time was spent) and decoding resumes from the corrected token,
+    the heads drafting from the state that chose it. The check's time counts as "posterior"."""
+    emitted, pending, interval = 1, [], core.CheckInterval(every)
+    while not done:
+        stats, clock = {}, time.perf_counter()
+
+        def lap(name):
+            nonlocal clock
+            now = time.perf_counter()
+            stats[name], clock = stats.get(name, 0.0) + now - clock, now
+
+        with jt.no_grad():
+            start = cache.length
+            hidden, scores = tree_decode(model, cache, tree, tokens, sampling)
+            lap("tree")
+            path, bonus = evaluate_posterior(tree, tokens, scores, sampling, rng)
+            new = _clip([int(tokens[n]) for n in path[1:]] + [bonus], eos_ids, max_new_tokens - emitted)
+            pending.append(_Step(new, [hidden[0, n] for n in path[:len(new)]], start, stats))
+            emitted += len(new)
+            done, root = new[-1] in eos_ids or emitted >= max_new_tokens, new[-1]
+            lap("posterior")
+            hidden_last = update_inputs(cache, tree, path, hidden)   # also at the end: a fix may resume
+            lap("update")
+            checked = done or sum(len(p.new) for p in pending) >= interval.now
+            if checked:
+                wrong = core.first_wrong(model, [r for p in pending for r in p.rows],
+                                         [t for p in pending for t in p.new])
+                interval.update(wrong is not None)
+                if wrong is not None:
+                    index, root = wrong
+                    for i, p in enumerate(pending):            # the step holding the wrong token
+                        if index < len(p.new):
+                            break
+                        index -= len(p.new)
+                    emitted -= sum(len(q.new) for q in pending[i:]) - index - 1
+                    hidden_last = p.rows[index].reshape(1, 1, -1)
+                    p.new = p.new[:index] + [root]
+                    for q in pending[i + 1:]:
+                        q.new = []
+                    cache.truncate(p.cache_start + len(p.new))  # its root and the right tokens after it
+                    done = root in eos_ids or emitted >= max_new_tokens
+                lap("posterior")
+            if not done:
+                tokens = propose(model, heads, tree, hidden_last, root)
+                lap("medusa")
+        if checked:
+            for p in pending:
+                yield p.new, p.stats
+            pending = []
 
 
 def medusa_generate(model, heads, prompt_ids, max_new_tokens, choices="8_node", eos_ids=(), sampling=None,

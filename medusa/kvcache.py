@@ -28,6 +28,15 @@ class KVCache:
         self.values[layer][:, :, start:end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
+    def write(self, layer: int, k, v):
+        """Write k, v [B, kv_heads, T, D] at [length, length+T) -> (the whole key and value
+        buffers [B, kv_heads, max_len, D], the valid length): for kernels that read the first
+        positions themselves instead of a sliced copy (cuda_kernels.cache_attention)."""
+        start, end = self.length, self.length + k.shape[2]
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer], self.values[layer], end
+
     def advance(self, n: int):
         self.length += n
 
@@ -44,6 +53,12 @@ class KVCache:
                 self.keys[layer][:, :, start:start + n] = self.keys[layer][:, :, index]
                 self.values[layer][:, :, start:start + n] = self.values[layer][:, :, index]
         self.length = start + n
+
+    def truncate(self, length: int):
+        """Forget every position from `length` on (they are overwritten by what comes next)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"truncate to {length}: the cache holds {self.length} positions")
+        self.length = length
 
     def reset(self):
         self.length = 0

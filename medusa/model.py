@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from medusa import kernels
+from medusa import cuda_kernels, kernels
 from medusa.config import ModelConfig, rope_inv_freq
 from medusa.runtime import jt
 
@@ -94,14 +94,25 @@ class RMSNorm(jt.nn.Module):
         self.eps = eps
 
     def execute(self, x):
-        xf = x.float32()  # accumulate in fp32 whatever the compute dtype
-        xf = xf * jt.rsqrt((xf * xf).mean(-1, keepdims=True) + self.eps)
-        return (xf * self.weight.float32()).cast(x.dtype)
+        if gpu_kernels_ok():
+            return cuda_kernels.rms_norm(x, self.weight, self.eps)
+        return cuda_kernels.reference_rms_norm(x, self.weight, self.eps)
 
 
-def rotate_half(x):
-    half = x.shape[-1] // 2
-    return jt.concat([-x[..., half:], x[..., :half]], dim=-1)
+def gpu_kernels_ok() -> bool:
+    """The fused CUDA kernels (medusa/cuda_kernels.py) serve inference on a GPU; they have no
+    gradient, so anything that trains through the base keeps Jittor's ops."""
+    return bool(jt.flags.use_cuda and jt.flags.no_grad and cuda_kernels.use_kernels())
+
+
+rotate_half = cuda_kernels.rotate_half
+
+
+def _fused_weight(linears):
+    """One [in, sum of outs] weight (and bias) of Linear layers that read the same input."""
+    weight = jt.concat([m.weight for m in linears], dim=1).stop_grad()
+    bias = None if linears[0].bias is None else jt.concat([m.bias for m in linears]).stop_grad()
+    return weight, bias
 
 
 class Attention(jt.nn.Module):
@@ -114,8 +125,19 @@ class Attention(jt.nn.Module):
         self.o_proj = Linear(self.n_heads * d, h, cfg.o_bias, dtype)
         self.q_norm = RMSNorm(d, cfg.rms_norm_eps, dtype) if cfg.qk_norm else None
         self.k_norm = RMSNorm(d, cfg.rms_norm_eps, dtype) if cfg.qk_norm else None
+        self._qkv = None                                  # (weight, bias) after fuse()
 
-    def execute(self, x, cos, sin, mask, cache, layer):
+    def fuse(self):
+        """q/k/v as one projection (the three weights are dropped). Not with Qwen3's q/k norm,
+        which sits between the projection and RoPE."""
+        if self.q_norm is None:
+            self._qkv = _fused_weight([self.q_proj, self.k_proj, self.v_proj])
+            self.q_proj = self.k_proj = self.v_proj = None
+
+    def execute(self, x, rope, mask, cache, layer):
+        if self._qkv is not None:
+            return self._execute_fused(x, rope, mask, cache, layer)
+        cos, sin = rope.rows()
         B, T, _ = x.shape
         q = self.q_proj(x).reshape(B, T, self.n_heads, self.head_dim)
         k = self.k_proj(x).reshape(B, T, self.n_kv, self.head_dim)
@@ -134,6 +156,31 @@ class Attention(jt.nn.Module):
         out = attention(q.reshape(B, self.n_kv, G * T, self.head_dim), k, v, mask, self.head_dim ** -0.5)
         out = out.reshape(B, self.n_heads, T, self.head_dim)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, self.n_heads * self.head_dim))
+
+    def _execute_fused(self, x, rope, mask, cache, layer):
+        """The same layer in ~6 ops: fused projection, split + RoPE, attention over the cache's
+        buffers (tokens-major output, ready for o_proj), o_proj; CUDA kernels on a GPU, their
+        Jittor references elsewhere."""
+        B, T, _ = x.shape
+        nq, nkv, d = self.n_heads, self.n_kv, self.head_dim
+        weight, bias = self._qkv
+        qkv = matmul(x, weight)
+        if bias is not None:
+            qkv = qkv + bias
+        fast = gpu_kernels_ok()
+        split = cuda_kernels.qkv_rope if fast else cuda_kernels.reference_qkv_rope
+        q, k, v = split(qkv, rope.cos_table, rope.sin_table, rope.positions, nq, nkv, d)
+        if cache is not None:
+            keys, values, length = cache.write(layer, k, v)
+        else:
+            keys, values, length = k, v, T
+        q = q.reshape(B, nkv, (nq // nkv) * T, d)
+        if fast and cuda_kernels.cache_attention_ok(q, length):
+            out = cuda_kernels.cache_attention(q, keys, values, length, mask, d ** -0.5, tokens_major=True)
+        else:
+            out = attention(q, keys[:, :, :length], values[:, :, :length], mask, d ** -0.5)
+            out = out.reshape(B, nq, T, d).transpose(0, 2, 1, 3)
+        return self.o_proj(out.reshape(B, T, nq * d))
 
 
 def attention(q, k, v, mask, scale):
@@ -164,9 +211,19 @@ class MLP(jt.nn.Module):
         self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, False, dtype)
         self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, False, dtype)
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, False, dtype)
+        self._gate_up = None                              # weight after fuse()
+
+    def fuse(self):
+        """gate/up as one projection (the two weights are dropped)."""
+        self._gate_up = _fused_weight([self.gate_proj, self.up_proj])[0]
+        self.gate_proj = self.up_proj = None
 
     def execute(self, x):
-        return self.down_proj(jt.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self._gate_up is None:
+            return self.down_proj(jt.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate_up = matmul(x, self._gate_up)
+        act = cuda_kernels.silu_mul(gate_up) if gpu_kernels_ok() else cuda_kernels.reference_silu_mul(gate_up)
+        return self.down_proj(act)
 
 
 class DecoderLayer(jt.nn.Module):
@@ -176,9 +233,31 @@ class DecoderLayer(jt.nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
 
-    def execute(self, x, cos, sin, mask, cache, layer):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+    def execute(self, x, rope, mask, cache, layer):
+        x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Rope:
+    """RoPE for one forward call: the model's tables and the positions; `rows()` gathers the
+    [B, 1, T, D] cos/sin the unfused layers multiply with (once per call, shared by the layers)."""
+
+    def __init__(self, model, positions):
+        self.model, self.positions, self._rows = model, positions, None
+
+    @property
+    def cos_table(self):
+        return self.model._cos32
+
+    @property
+    def sin_table(self):
+        return self.model._sin32
+
+    def rows(self):
+        if self._rows is None:
+            m = self.model
+            self._rows = m._cos[self.positions].unsqueeze(1), m._sin[self.positions].unsqueeze(1)
+        return self._rows
 
 
 class Backbone(jt.nn.Module):
@@ -196,7 +275,8 @@ class Transformer(jt.nn.Module):
         self.model = Backbone(cfg, dtype)
         own_head = not cfg.tie_word_embeddings or cfg.kept_ids is not None   # a sliced head is its own
         self.lm_head = Linear(cfg.hidden_size, cfg.output_size, False, dtype) if own_head else None
-        self._tied_lm_t = None
+        self._tied_lm_t = self._full_lm_t = None
+        self.fused = False
         self.vocab = VocabMap(cfg)
         # RoPE tables [P, D] cover the positions asked for so far, grown on demand (see rope_rows);
         # the context limit itself is the config's max_position_embeddings, checked by core.py
@@ -213,10 +293,22 @@ class Transformer(jt.nn.Module):
             angles = np.outer(np.arange(rows), self._inv_freq)                      # [P, D/2]
             angles = np.concatenate([angles, angles], axis=-1)
             # underscore names: tables, not parameters
-            self._cos = jt.array(np.cos(angles).astype(np.float32)).cast(self.dtype).stop_grad()
-            self._sin = jt.array(np.sin(angles).astype(np.float32)).cast(self.dtype).stop_grad()
+            self._cos32 = jt.array(np.cos(angles).astype(np.float32)).stop_grad()   # the fused path's
+            self._sin32 = jt.array(np.sin(angles).astype(np.float32)).stop_grad()
+            self._cos = self._cos32.cast(self.dtype).stop_grad()
+            self._sin = self._sin32.cast(self.dtype).stop_grad()
             have = rows
         return have
+
+    def fuse_projections(self):
+        """Fused q/k/v and gate/up weights in every layer (the GPU's path: two matmuls fewer per
+        layer and one op each for split + RoPE, attention and SiLU * up; medusa/cuda_kernels.py).
+        The separate weights are dropped, so do this after loading; checkpoints keep their names."""
+        for layer in self.model.layers:
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
+        self.fused = True
+        return self
 
     def embed(self, tokens):
         """Token embeddings [B, T, H] in the compute dtype of original token ids [B, T]."""
@@ -241,6 +333,21 @@ class Transformer(jt.nn.Module):
         """hidden [B, T, H] -> fp32 logits [B, T, V]."""
         return matmul(hidden, self.lm_head_t()).float32()
 
+    @property
+    def has_full_head(self) -> bool:
+        """A reduced model that still holds the full lm_head (its whole embedding, sliced from a
+        tied model): its greedy tokens can be checked against the full vocabulary."""
+        return self.vocab.reduced and self.config.embedding_is_full_head
+
+    def full_argmax(self, hidden):
+        """hidden [n, H] -> [n] int64 original ids: the full vocabulary's argmax, what the model
+        before slicing picks (has_full_head only). One [n, H] x [H, V] product: checking n tokens
+        at once streams the full head once."""
+        if self._full_lm_t is None:
+            self._full_lm_t = self.model.embed_tokens.weight.transpose(1, 0).clone().stop_grad()
+        logits = matmul(hidden, self._full_lm_t).float32()
+        return jt.argmax(logits, -1)[0].numpy().astype(np.int64).reshape(-1)
+
     def execute(self, tokens, positions, mask=None, cache=None):
         """tokens, positions: int32 [B, T]; mask: additive fp32 [B, 1, T, S] or None (attend to
         everything: right for one new token); S = cache.length + T with a cache, else T.
@@ -250,11 +357,10 @@ class Transformer(jt.nn.Module):
             cache.check_room(T)
         # positions never exceed the cache's slots (or T without a cache): the tables must hold them
         self.rope_rows(cache.max_len if cache is not None else T)
-        cos = self._cos[positions].unsqueeze(1)           # [B, 1, T, D]
-        sin = self._sin[positions].unsqueeze(1)
+        rope = Rope(self, positions)
         x = self.embed(tokens)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, mask, cache, i)
+            x = layer(x, rope, mask, cache, i)
         if cache is not None:
             cache.advance(T)
         return self.model.norm(x)

@@ -14,28 +14,17 @@ Defaults only fill in what the user has not set: an explicit environment always 
   _environment_defaults).
 """
 import os
-import shutil
 import signal
-import subprocess
 import threading
 from contextlib import contextmanager
 
-
-def gpu_available() -> bool:
-    """True when an NVIDIA driver answers (not merely when nvcc is installed)."""
-    if not shutil.which("nvidia-smi"):
-        return False
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return out.returncode == 0 and "GPU" in out.stdout
+from medusa.devices import gpu_available
 
 
 def _environment_defaults() -> dict:
     defaults = {"use_mkl": "0", "log_silent": "1", "FIX_TORCH_ERROR": "0"}
     if gpu_available():
-        # offline-safe CUDA set-up (see notes/gpu.md): no downloads of cutt/cutlass/nccl/cudnn
+        # offline-safe CUDA set-up (docs/gpu.md): no downloads of cutt/cutlass/nccl/cudnn
         defaults.update(use_cutt="0", use_cutlass="0", use_nccl="0", conv_opt="1")
     else:
         defaults["nvcc_path"] = ""

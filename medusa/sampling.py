@@ -21,6 +21,10 @@ class Sampling:
     posterior_alpha: float = 0.3        # typical: Medusa's delta (sqrt of epsilon in the paper)
     root: str = "argmax"        # typical: bonus token by "argmax" (fast) or "sample"
     seed: int = 0
+    # greedy on a reduced-vocabulary model that holds the full head (model.has_full_head): check
+    # the tokens against the full vocabulary every `vocab_check` tokens and redo from the first
+    # wrong one, so the output is the full model's (0 = off: the reduced model's own argmax)
+    vocab_check: int = 32
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -31,11 +35,18 @@ class Sampling:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.vocab_check < 0:
+            raise ValueError(f"vocab_check must be >= 0 (0 = off), got {self.vocab_check}")
 
     @property
     def kind(self) -> str:
         """The acceptance rule actually used: temperature 0 means greedy."""
         return "greedy" if self.temperature <= 0 else self.mode
+
+    def check_every(self, model) -> int:
+        """Tokens between full-vocabulary checks for this model (0: no check: sampling, a full
+        vocabulary, or a reduced model without the full head)."""
+        return self.vocab_check if self.temperature <= 0 and model.has_full_head else 0
 
 
 def softmax(logits, temperature=1.0):

@@ -68,6 +68,9 @@ class GenerationSettings:
         "else 8_node on a CPU and mc_sim_7b_63 on a GPU), a preset (chain, 8_node, 8_node_2, 16_node, "
         "mc_sim_7b_63) or a JSON file of paths"))
     seed: int = field(default=0, metadata=_help("seed of every random choice"))
+    vocab_check: int = field(default=32, metadata=_help(
+        "greedy on a reduced-vocabulary model sliced from a tied one: check every N tokens against the "
+        "full vocabulary and redo from the first wrong one, so the output is the full model's (0 = off)"))
 
     def __post_init__(self):
         from medusa.tree import check_spec   # pure python
@@ -82,6 +85,8 @@ class GenerationSettings:
             raise UsageError(f"--top_p must be in (0, 1] (1 = no nucleus filter), got {self.top_p:g}")
         if self.posterior_threshold < 0 or self.posterior_alpha < 0:
             raise UsageError("--posterior_threshold and --posterior_alpha must be >= 0")
+        if self.vocab_check < 0:
+            raise UsageError(f"--vocab_check must be >= 0 (0 = off), got {self.vocab_check}")
         check_spec(self.medusa_choices)      # preset name, file and paths now; depth once heads are known
         self.greedy = self.temperature == 0
 
@@ -94,7 +99,7 @@ class GenerationSettings:
         from medusa.sampling import Sampling
 
         if self.greedy:
-            return Sampling("greedy", seed=self.seed if seed is None else seed)
+            return Sampling("greedy", seed=self.seed if seed is None else seed, vocab_check=self.vocab_check)
         return Sampling(self.sampling_mode, temperature=self.temperature, top_p=self.top_p,
                         posterior_threshold=self.posterior_threshold, posterior_alpha=self.posterior_alpha,
-                        seed=self.seed if seed is None else seed)
+                        seed=self.seed if seed is None else seed, vocab_check=self.vocab_check)

@@ -4,7 +4,7 @@
                                [--report FILE]
 
 Jittor 1.3.11 predates CUDA 13 and its CCCL 3 (cub/thrust). Four of its source files do not
-compile there (see docs of the patches below and shared notes/gpu.md). Jittor compiles its
+compile there (see docs of the patches below and docs/gpu.md). Jittor compiles its
 sources when it is imported and when an op is first used, so the installed files are patched
 in place *before* the first `import jittor`: nothing above `self_check` imports Jittor, and the
 package is located with `importlib.util.find_spec`. No cache needs clearing afterwards: Jittor's
@@ -49,15 +49,10 @@ def numpy_problem(version: str) -> Optional[str]:
 
 
 def gpu_visible() -> bool:
-    """True when an NVIDIA driver answers. Same test as `runtime.gpu_available`, which cannot be
-    imported here because runtime imports Jittor."""
-    if not shutil.which("nvidia-smi"):
-        return False
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return out.returncode == 0 and "GPU" in out.stdout
+    """True when an NVIDIA driver is loaded (medusa.devices, which imports no Jittor)."""
+    from medusa.devices import gpu_available
+
+    return gpu_available()
 
 
 def find_nvcc() -> Optional[str]:

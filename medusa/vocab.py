@@ -126,6 +126,10 @@ def sliced_config(config: dict, vocab: dict, slice_embedding: bool, vocab_path) 
         raise UsageError("the model is reduced already: slice the full model")
     return {**config, "tie_word_embeddings": False,   # the sliced lm_head is a matrix of its own
             REDUCED_VOCAB_KEY: {"kept_ids": vocab["kept_ids"], "embedding_sliced": bool(slice_embedding),
+                                # a tied model's whole embedding is its full lm_head: greedy decoding
+                                # checks its tokens against it (Sampling.vocab_check)
+                                "embedding_is_full_head": bool(config.get("tie_word_embeddings"))
+                                and not slice_embedding,
                                 "original_vocab_size": config["vocab_size"], "vocab": str(vocab_path)}}
 
 

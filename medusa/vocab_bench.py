@@ -1,17 +1,25 @@
 """Full vs reduced-vocabulary base model on the same prompts, in one process: plain greedy on both,
-and Medusa on the reduced base with its heads.
+the reduced model with and without the full-vocabulary check, and Medusa on the reduced base
+with its heads.
 
     python -m medusa.vocab_bench --full FULL.pkl --reduced REDUCED.pkl --data heldout.jsonl \
         [--medusa_weights heads_for_reduced.jtr] [--num_samples 40] [--max_new_tokens 128] \
-        --output results/vocab_cabin.json
+        [--vocab_check 32] --output results/vocab_cabin.json
 
-Per prompt (chat template, greedy) the three decoders take turns, after an untimed warm-up.
-Recorded: token ids, wall time, whether the reduced model's output equals the full model's (and
-the first position where it does not), Medusa's accepted length per step. The summary gives
-tokens/s of each side, the ratios to the full model's plain decoding, the bytes of weights a
-decode step streams, tokens per Medusa step, the identical share, and the reduced vocabulary's
-coverage of the full model's replies. Written after every prompt (atomically, --resume
-continues), with a PNG beside it.
+Sides (SIDES): "full" (plain greedy, the reference); "reduced" (the reduced head's own argmax,
+as the users run it: fast, but where the full model picks a token outside the vocabulary the
+output leaves it); "reduced_checked" (the same plus the full-vocabulary check every
+--vocab_check tokens: the full model's output, see core.first_wrong); with heads,
+"reduced_medusa" (Medusa on the reduced base, checked: lossless against the full model) and
+"reduced_medusa_unchecked". A reduced model sliced from an untied one has no full head, so its
+checked sides are left out.
+
+Per prompt the sides take turns, after an untimed warm-up. Recorded: token ids, wall time,
+whether each side's output equals the full model's (and the first position where it does not),
+Medusa's accepted length per step. The summary gives tokens/s of each side, the ratios to the
+full model's plain decoding, the bytes of weights a decode step streams, tokens per Medusa step,
+the identical share of each side, and the reduced vocabulary's coverage of the full model's
+replies. Written after every prompt (atomically, --resume continues), with a PNG beside it.
 """
 import dataclasses
 import json
@@ -26,7 +34,10 @@ from medusa import cli
 from medusa.errors import UsageError
 from medusa.files import atomic_write, json_default
 
-SIDES = ("full", "reduced", "reduced_medusa")
+# side -> (base, Medusa, full-vocabulary check)
+SIDES = {"full": ("full", False, False), "reduced": ("reduced", False, False),
+         "reduced_checked": ("reduced", False, True), "reduced_medusa": ("reduced", True, True),
+         "reduced_medusa_unchecked": ("reduced", True, False)}
 
 
 @dataclasses.dataclass
@@ -40,14 +51,16 @@ class VocabBenchArgs:
     num_samples: int = field(default=40, metadata={"help": "first N prompts of --data"})
     max_new_tokens: int = field(default=128, metadata={"help": "new tokens per reply"})
     warmup_tokens: int = field(default=16, metadata={"help": "untimed tokens per side first"})
+    vocab_check: int = field(default=32, metadata={"help": "tokens between full-vocabulary checks on the "
+                                                           "checked sides"})
     resume: bool = field(default=False, metadata={"help": "continue an interrupted --output"})
 
     def __post_init__(self):
         for flag in ("full", "reduced", "data") + (("medusa_weights",) if self.medusa_weights else ()):
             if not Path(getattr(self, flag)).exists():
                 raise UsageError(f"--{flag} {getattr(self, flag)}: no such file")
-        if self.num_samples < 1 or self.max_new_tokens < 1:
-            raise UsageError("--num_samples and --max_new_tokens must be >= 1")
+        if self.num_samples < 1 or self.max_new_tokens < 1 or self.vocab_check < 1:
+            raise UsageError("--num_samples, --max_new_tokens and --vocab_check must be >= 1")
         cli.check_writable(self.output, "--output")
         if Path(self.output).exists() and not self.resume:
             raise UsageError(f"--output {self.output} exists: pass --resume to continue it or choose another")
@@ -66,19 +79,22 @@ def load(args):
     return full, reduced
 
 
-def decode(side, full, reduced, ids, n):
+def decode(side, full, reduced, ids, n, every):
     """-> record of one reply of `side`."""
     from medusa.core import generate
     from medusa.decoding import medusa_generate
+    from medusa.sampling import Sampling
 
+    base, medusa, checked = SIDES[side]
+    setup = full if base == "full" else reduced
+    sampling = Sampling(vocab_check=every if checked else 0)
     start = time.perf_counter()
-    if side == "reduced_medusa":
-        out = medusa_generate(reduced.model, reduced.heads, ids, n, reduced.choices, reduced.eos_ids)
+    if medusa:
+        out = medusa_generate(setup.model, setup.heads, ids, n, setup.choices, setup.eos_ids, sampling)
     else:
-        setup = full if side == "full" else reduced
-        out = generate(setup.model, ids, n, setup.eos_ids)
+        out = generate(setup.model, ids, n, setup.eos_ids, sampling)
     record = {"output_ids": [int(t) for t in out.output_ids], "wall_time": time.perf_counter() - start}
-    if side == "reduced_medusa":
+    if medusa:
         record["accept_lengths"] = [int(a) for a in out.accept_lengths]
         record["prefill_time"] = float(out.times["init"])   # the prefill and the first token
     else:
@@ -97,26 +113,23 @@ def first_difference(a, b):
 def summarize(samples, kept, bytes_full, bytes_reduced) -> dict:
     kept = set(kept)
     out = {"num_samples": len(samples), "bytes_per_step": {"full": bytes_full, "reduced": bytes_reduced}}
-    for side in SIDES:
+    sides = [side for side in SIDES if any(side in s for s in samples)]
+    for side in sides:
         rows = [s[side] for s in samples if side in s]
-        if rows:
-            tokens, wall = sum(len(r["output_ids"]) for r in rows), sum(r["wall_time"] for r in rows)
-            out[f"{side}_tokens_per_second"] = tokens / max(wall, 1e-9)
-            decode_s = sum(r["wall_time"] - r["prefill_time"] for r in rows)   # after the first token
-            out[f"{side}_decode_tokens_per_second"] = (tokens - len(rows)) / max(decode_s, 1e-9)
-    for side in ("reduced", "reduced_medusa"):
-        for kind in ("tokens_per_second", "decode_tokens_per_second"):
-            if f"{side}_{kind}" in out:
-                out[f"{side}_vs_full" + ("_decode" if kind.startswith("decode") else "")] = \
-                    out[f"{side}_{kind}"] / out[f"full_{kind}"]
-    accepts = [a for s in samples if "reduced_medusa" in s for a in s["reduced_medusa"]["accept_lengths"]]
-    if accepts:
-        out["medusa_tokens_per_step"] = sum(accepts) / len(accepts)
-        out["medusa_equals_reduced_plain"] = sum(s["reduced_medusa"]["output_ids"] == s["reduced"]["output_ids"]
-                                                 for s in samples if "reduced_medusa" in s)
-    identical = [s["reduced_identical"] for s in samples]
-    out["reduced_identical_share"] = sum(identical) / len(identical)
-    out["first_divergence"] = [s["first_divergence"] for s in samples if not s["reduced_identical"]]
+        tokens, wall = sum(len(r["output_ids"]) for r in rows), sum(r["wall_time"] for r in rows)
+        out[f"{side}_tokens_per_second"] = tokens / max(wall, 1e-9)
+        decode_s = sum(r["wall_time"] - r["prefill_time"] for r in rows)   # after the first token
+        out[f"{side}_decode_tokens_per_second"] = (tokens - len(rows)) / max(decode_s, 1e-9)
+        if side == "full":
+            continue
+        out[f"{side}_vs_full"] = out[f"{side}_tokens_per_second"] / out["full_tokens_per_second"]
+        out[f"{side}_vs_full_decode"] = out[f"{side}_decode_tokens_per_second"] / out["full_decode_tokens_per_second"]
+        diffs = [s[side]["first_divergence"] for s in samples if side in s]
+        out[f"{side}_identical_share"] = sum(d is None for d in diffs) / len(diffs)
+        out[f"{side}_first_divergence"] = [d for d in diffs if d is not None]
+        accepts = [a for r in rows for a in r.get("accept_lengths", [])]
+        if accepts:
+            out[f"{side}_tokens_per_step"] = sum(accepts) / len(accepts)
     full_tokens = [t for s in samples for t in s["full"]["output_ids"]]
     out["coverage_of_full_replies"] = sum(t in kept for t in full_tokens) / max(len(full_tokens), 1)
     return out
@@ -130,11 +143,15 @@ def plot(results, png):
 
     s = results["summary"]
     sides = [x for x in SIDES if f"{x}_tokens_per_second" in s]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.bar(sides, [s[f"{x}_decode_tokens_per_second"] for x in sides])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 1]})
+    bars = a.bar([x.replace("_", "\n") for x in sides], [s[f"{x}_decode_tokens_per_second"] for x in sides])
+    for bar, x in zip(bars, sides):
+        same = 1.0 if x == "full" else s[f"{x}_identical_share"]
+        a.annotate(f"{same:.0%} identical", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                   ha="center", va="bottom", fontsize=8)
     a.set(title="greedy decode tokens/s after the prefill (CPU)", ylabel="tokens/s")
     b.bar(["full", "reduced"], [s["bytes_per_step"]["full"] / 1e6, s["bytes_per_step"]["reduced"] / 1e6])
-    b.set(title=f"weights streamed per step (MB); identical {s['reduced_identical_share']:.0%}", ylabel="MB")
+    b.set(title="weights streamed per step (MB)", ylabel="MB")
     fig.tight_layout()
     fig.savefig(png, dpi=90)
     plt.close(fig)
@@ -154,19 +171,21 @@ def run(args):
     results = json.loads(out.read_text()) if args.resume and out.is_file() else {
         "config": dataclasses.asdict(args), "environment": environment(), "samples": [], "summary": {}}
     done = {s["id"] for s in results["samples"]}
-    sides = SIDES if reduced.heads is not None else SIDES[:2]
+    sides = [side for side, (_, medusa, checked) in SIDES.items()
+             if (not medusa or reduced.heads is not None) and (not checked or reduced.model.has_full_head)]
     kept = reduced.model.config.kept_ids
     sizes = (weight_bytes(full.model.config), weight_bytes(reduced.model.config))
     warm = chat_prompt_ids(full.tokenizer, [{"role": "user", "content": prompts[0]["prompt"]}])
     for side in sides:
-        decode(side, full, reduced, warm, args.warmup_tokens)
+        decode(side, full, reduced, warm, args.warmup_tokens, args.vocab_check)
     for p in tqdm([p for p in prompts if p["id"] not in done], desc="vocab bench", unit="prompt"):
         ids = chat_prompt_ids(full.tokenizer, [{"role": "user", "content": p["prompt"]}])
         sample = {"id": p["id"], "prompt_tokens": len(ids)}
         for side in sides:
-            sample[side] = decode(side, full, reduced, ids, args.max_new_tokens)
-        diff = first_difference(sample["reduced"]["output_ids"], sample["full"]["output_ids"])
-        sample.update(reduced_identical=diff is None, first_divergence=diff)
+            sample[side] = decode(side, full, reduced, ids, args.max_new_tokens, args.vocab_check)
+        for side in sides[1:]:
+            sample[side]["first_divergence"] = first_difference(sample[side]["output_ids"],
+                                                                sample["full"]["output_ids"])
         if hasattr(os, "getloadavg"):
             sample["load_average_1m"] = os.getloadavg()[0]
         results["samples"].append(sample)

@@ -406,7 +406,8 @@ def read_config(src):
 # ---------------------------------------------------------------- loading into Jittor
 def load_model(src, dtype=None, max_positions=None):
     """Build the Jittor model for `src` (HF folder, .gguf, converted .pkl or its folder) and load
-    its weights strictly. dtype defaults to fp16 on a GPU, fp32 on the CPU. The base is frozen."""
+    its weights strictly. dtype defaults to fp16 on a GPU, fp32 on the CPU. The base is frozen;
+    on a GPU its q/k/v and gate/up weights are fused (Transformer.fuse_projections)."""
     from medusa.config import ModelConfig
     from medusa.model import Transformer
     from medusa.runtime import default_compute_dtype, jt
@@ -422,6 +423,8 @@ def load_model(src, dtype=None, max_positions=None):
         p.assign(jt.array(np.ascontiguousarray(array, dtype=dtype)))
         p.stop_grad()
     model.eval()
+    if jt.flags.use_cuda:
+        model.fuse_projections()           # the GPU's fused layout (model.py, cuda_kernels.py)
     return model
 
 

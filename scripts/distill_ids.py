@@ -1,4 +1,4 @@
-"""Self-distillation on a machine without a tokenizer (the GPU image, see notes/gpu.md): token
+"""Self-distillation on a machine without a tokenizer (the GPU image, see docs/gpu.md): token
 ids in, token ids out, text made here.
 
     python scripts/distill_ids.py encode --prompts P.jsonl --output ids.jsonl          # here: chat template

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU bring-up check on a bare machine without network (see notes/gpu.md and medusa/setup_gpu.py).
+# GPU bring-up check on a bare machine without network (see docs/gpu.md and medusa/setup_gpu.py).
 # Usage: scripts/gpu_check.sh [WHEEL_DIR] [REPORT_DIR]
 #   WHEEL_DIR  wheels from scripts/make_gpu_wheels.sh (default .whl)
 #   REPORT_DIR where logs and summary.txt go (default $OUT, else results/gpu_check)

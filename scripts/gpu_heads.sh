@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Heads at scale on one GPU without network or tokenizer, as back-to-back device calls that share
-# /tmp while the machine stays warm (notes/gpu.md). Every stage is one call:
+# /tmp while the machine stays warm (docs/gpu.md). Every stage is one call:
 #
 #   scripts/gpu_heads.sh setup               # carry .whl: install Jittor into /tmp/site, patch it for CUDA 13
 #   scripts/gpu_heads.sh keep DIR            # carry DIR (one part of the split GGUF): copy it to /tmp/keep

@@ -8,7 +8,7 @@ W=${1:-.whl}
 mkdir -p "$W"
 # PyPI has only an sdist of jittor; building it gives a py3-none-any wheel (no compile happens here).
 python3 -m pip wheel -q --no-deps jittor==1.3.11.0 -w "$W"
-# numpy 1.26.4: Jittor 1.3.11 with numpy 2.x copies garbage between host and device (notes/gpu.md).
+# numpy 1.26.4: Jittor 1.3.11 with numpy 2.x copies garbage between host and device (docs/gpu.md).
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d "$W" \
     numpy==1.26.4 astunparse==1.6.3 six

@@ -1,4 +1,4 @@
-"""GPU-only paths: the model, Medusa decoding and the heads' projection on CUDA.
+"""GPU-only paths: the model, Medusa decoding, the heads' projection and the fused kernels on CUDA.
 
 Run on a CUDA machine by scripts/gpu_check.sh (`pytest -m gpu`); skipped where Jittor has no CUDA.
 The reference is the same random model run by Jittor on the CPU in fp32, which the CPU tests hold
@@ -7,6 +7,7 @@ to transformers. No torch here: on the GPU image transformers needs numpy 2, Jit
 import numpy as np
 import pytest
 
+from medusa import cuda_kernels as ck
 from medusa.config import ModelConfig
 from medusa.decoding import medusa_generate, topk_indices
 from medusa.core import forced_logits, generate
@@ -34,11 +35,11 @@ def random_state(family, seed=0) -> dict:
             .astype(np.float32) for name, p in model.named_parameters()}
 
 
-def build(family, state, dtype):
+def build(family, state, dtype, fused=False):
     model = Transformer(ModelConfig.from_dict(CONFIGS[family]), dtype, 512)
     for name, p in model.named_parameters():
         p.assign(jt.array(state[name]).cast(dtype))
-    return model.eval()
+    return model.eval().fuse_projections() if fused else model.eval()
 
 
 def margins(logits):
@@ -68,19 +69,21 @@ def cuda():
     use_device("cpu")
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("family", CONFIGS)
-def test_cuda_fp32_matches_cpu(cpu_reference, cuda, family):
+def test_cuda_fp32_matches_cpu(cpu_reference, cuda, family, fused):
     state, tokens, want = cpu_reference[family]
-    model = build(family, state, "float32")
+    model = build(family, state, "float32", fused)
     got = forced_logits(model, PROMPT, tokens[:-1])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert generate(model, PROMPT, STEPS).output_ids == tokens
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("family", CONFIGS)
-def test_cuda_fp16_close_to_cpu_fp32(cpu_reference, cuda, family):
+def test_cuda_fp16_close_to_cpu_fp32(cpu_reference, cuda, family, fused):
     state, tokens, want = cpu_reference[family]
-    got = forced_logits(build(family, state, "float16"), PROMPT, tokens[:-1])
+    got = forced_logits(build(family, state, "float16", fused), PROMPT, tokens[:-1])
     rel = np.linalg.norm(got - want, axis=-1) / np.linalg.norm(want, axis=-1)
     assert rel.max() < 2e-2, rel
     clear = margins(want) > 0.1       # fp16 may flip only near-ties
@@ -88,11 +91,12 @@ def test_cuda_fp16_close_to_cpu_fp32(cpu_reference, cuda, family):
     assert (got.argmax(-1) == want.argmax(-1))[clear].all()
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("tree", ["8_node", "mc_sim_7b_63"])
 @pytest.mark.parametrize("head_family", ["medusa", "rnn"])
-def test_medusa_greedy_is_lossless_on_cuda_fp32(cpu_reference, cuda, head_family, tree):
+def test_medusa_greedy_is_lossless_on_cuda_fp32(cpu_reference, cuda, head_family, tree, fused):
     state, tokens, _ = cpu_reference["llama"]
-    model = build("llama", state, "float32")
+    model = build("llama", state, "float32", fused)
     out = medusa_generate(model, random_heads(model, head_family, share=False), PROMPT, STEPS, tree)
     assert out.output_ids == tokens
 
@@ -148,3 +152,76 @@ def test_topk_indices_on_cuda(cuda):
     for k in (1, 3, 10):
         got = topk_indices(jt.array(x), k).numpy()
         np.testing.assert_array_equal(got, np.argsort(-x, axis=-1)[:, :k])
+
+
+# ---------------------------------------------------------------- fused kernels vs their references
+def rand(shape, dtype, seed, scale=1.0):
+    return jt.array((scale * np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)).cast(dtype)
+
+
+def close(got, want, dtype):
+    tol = 2e-3 if dtype == "float16" else 2e-5
+    np.testing.assert_allclose(got.float32().numpy(), want.float32().numpy(), rtol=tol * 10, atol=tol * 10)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("shape", [(1, 1, 64), (2, 7, 576), (3, 4096), (1, 9, 2, 32)])
+def test_rms_norm_kernel(cuda, dtype, shape):
+    x, w = rand(shape, dtype, 0), rand(shape[-1:], dtype, 1, 0.1) + 1
+    close(ck.rms_norm(x, w, 1e-6), ck.reference_rms_norm(x, w, 1e-6), dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("B,T,nq,nkv,d", [(1, 1, 4, 2, 32), (2, 9, 4, 2, 32), (1, 64, 32, 32, 128), (1, 3, 9, 3, 64)])
+def test_qkv_rope_kernel(cuda, dtype, B, T, nq, nkv, d):
+    model = Transformer(ModelConfig.from_dict(dict(COMMON, model_type="llama", head_dim=d)), dtype, 512)
+    qkv = rand((B, T, (nq + 2 * nkv) * d), dtype, 2)
+    positions = jt.array(np.random.default_rng(3).integers(0, 500, (B, T)).astype(np.int32))
+    got = ck.qkv_rope(qkv, model._cos32, model._sin32, positions, nq, nkv, d)
+    want = ck.reference_qkv_rope(qkv, model._cos32, model._sin32, positions, nq, nkv, d)
+    for g, w in zip(got, want):
+        assert tuple(g.shape) == tuple(w.shape)
+        close(g, w, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("shape", [(1, 1, 256), (2, 9, 3072), (5, 22)])
+def test_silu_mul_kernel(cuda, dtype, shape):
+    x = rand(shape, dtype, 4)
+    close(ck.silu_mul(x), ck.reference_silu_mul(x), dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("H,G,T,S,D", [(2, 2, 1, 1, 32), (2, 2, 1, 37, 32), (32, 1, 1, 300, 128), (2, 2, 9, 50, 64),
+                                       (4, 3, 64, 700, 128), (1, 1, 1, 5000, 64)])
+def test_cache_attention_kernel(cuda, dtype, H, G, T, S, D):
+    """Against model.attention on the sliced cache: decode (no mask) and tree steps (a random
+    mask block over the newest T positions), GQA, both output layouts, a cache longer than S."""
+    from medusa.model import attention
+
+    L = S + 11
+    q, keys, values = rand((1, H, G * T, D), dtype, 5), rand((1, H, L, D), dtype, 6), rand((1, H, L, D), dtype, 7)
+    mask = None
+    if T > 1:
+        block = np.random.default_rng(8).random((T, T)) < 0.5
+        np.fill_diagonal(block, True)
+        m = np.zeros((1, 1, T, S), np.float32)
+        m[0, 0, :, S - T:] = np.where(block, 0.0, -1e9)
+        mask = jt.array(m)
+    want = attention(q, keys[:, :, :S], values[:, :, :S], mask, D ** -0.5)
+    close(ck.cache_attention(q, keys, values, S, mask, D ** -0.5), want, dtype)
+    tokens_major = ck.cache_attention(q, keys, values, S, mask, D ** -0.5, tokens_major=True)
+    close(tokens_major, want.reshape(1, H * G, T, D).transpose(0, 2, 1, 3).reshape(1, T, H * G * D), dtype)
+
+
+def test_fused_model_runs_the_kernels(cpu_reference, cuda, monkeypatch):
+    """On CUDA the fused model calls each kernel in every layer (and the unfused one only the norm)."""
+    state, tokens, _ = cpu_reference["llama"]
+    calls = {}
+    for name in ("rms_norm", "qkv_rope", "silu_mul", "cache_attention"):
+        real = getattr(ck, name)
+        monkeypatch.setattr(ck, name, lambda *a, _r=real, _n=name, **k: calls.update({_n: calls.get(_n, 0) + 1}) or _r(*a, **k))
+    forced_logits(build("llama", state, "float16", fused=True), PROMPT, tokens[:3])
+    layers = CONFIGS["llama"]["num_hidden_layers"]
+    assert calls["qkv_rope"] == calls["silu_mul"] == calls["cache_attention"] == 4 * layers
+    assert calls["rms_norm"] == 4 * (2 * layers + 1)

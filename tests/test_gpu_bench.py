@@ -72,6 +72,40 @@ def test_dry_run_both_sides_and_report(tmp_path):
         assert set(tiny[f"medusa_{tree}"]["parts_median_ms"]) == {"heads", "tree", "posterior", "update"}
     assert summary["bandwidth_bound"]["bound_ms"] > 0
     assert results.with_suffix(".png").is_file()
+    graphs = summary["torch_graphs"]                  # eager on a CPU: the same model as transformers
+    assert graphs["check_vs_transformers"]["max_rel_err"] < 1e-4, graphs
+    assert graphs["check_vs_transformers"]["argmax_agreement"] == 1.0
+    assert graphs["decode_median_ms"] > 0 and graphs["tree_8_node"]["graphs_ms"] > 0
+    assert summary["jittor_ops"]["decode_median_ms"] > 0
+
+
+def test_graph_model_steps_equal_transformers_with_a_cache():
+    """GraphStep (eager on a CPU) decodes like transformers: the same greedy tokens after a prompt."""
+    torch = pytest.importorskip("torch")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from medusa.gpu_bench.common import SHAPES
+    from medusa.gpu_bench.torch_graphs import GraphLlama, GraphStep, causal_mask
+
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in SHAPES["tiny"].items() if k != "model_type"})).eval()
+    prompt = list(range(3, 12))
+    with torch.inference_mode():
+        want = hf.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False)[0, len(prompt):].tolist()
+        model, P = GraphLlama(hf, 64), len(prompt)
+        logits = model(torch.tensor(prompt), torch.arange(P), torch.arange(P), torch.as_tensor(causal_mask(P, 0, 64)))
+        got, step = [int(logits[-1].argmax())], GraphStep(model, 1)
+        for L in range(P, P + 5):
+            got.append(int(step([got[-1]], [L], [L], _decode_mask(L, 64))[0].argmax()))
+    assert got == want
+
+
+def _decode_mask(L, max_len):
+    import numpy as np
+
+    m = np.zeros((1, 1, 1, max_len), bool)
+    m[..., :L + 1] = True
+    return m
 
 
 def test_merge_runs_later_run_wins_and_names_its_source():

@@ -150,3 +150,33 @@ def test_smollm2_matches_transformers(smollm2_pkl):
         got = run(model, [ids], [np.arange(len(ids))], build_mask(1, len(ids)))[0]
         np.testing.assert_allclose(got, expected, atol=2e-3, rtol=0)
         assert generate(model, ids, 16).output_ids == tiny.reference_greedy(ref, ids, 16)
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_fused_projections_compute_the_same_model(tiny_pkl, family):
+    """model.fuse_projections (the GPU's layout: q/k/v and gate/up as one weight each, split +
+    RoPE and attention over the cache's whole buffers) through the kernels' Jittor references
+    on the CPU: the same logits with a cache, without one (training's hidden states) and with a
+    tree mask, and the same Medusa output. Qwen3 keeps separate q/k/v (its q/k norm)."""
+    from medusa.core import forced_logits, hidden_states
+    from medusa.decoding import medusa_generate
+    from oracle import random_heads
+
+    plain = weights.load_model(tiny_pkl(family), "float32")
+    fused = weights.load_model(tiny_pkl(family), "float32").fuse_projections()
+    attn = fused.model.layers[0].self_attn
+    assert fused.fused and fused.model.layers[0].mlp.gate_proj is None
+    assert (attn.q_proj is not None) == (family == "qwen3")
+    assert not any(".q_proj." in n or ".gate_proj." in n for n, _ in fused.named_parameters() if family != "qwen3")
+    prompt = [5, 9, 13, 22, 40, 41, 7]
+    tokens = generate(plain, prompt, 12).output_ids
+    np.testing.assert_allclose(forced_logits(fused, prompt, tokens), forced_logits(plain, prompt, tokens),
+                               rtol=1e-5, atol=1e-5)
+    ids = np.array([prompt + tokens[:5], prompt[:3] + tokens[:9]])
+    mask = np.ones_like(ids)
+    mask[1, -2:] = 0
+    np.testing.assert_allclose(hidden_states(fused, ids, mask).numpy(), hidden_states(plain, ids, mask).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    heads = random_heads(plain, "medusa", share=True)
+    want = medusa_generate(plain, heads, prompt, 16, "8_node").output_ids
+    assert medusa_generate(fused, heads, prompt, 16, "8_node").output_ids == want == generate(plain, prompt, 16).output_ids

@@ -24,3 +24,18 @@ def test_runtime_modules_do_not_import_torch():
 def test_use_device_rejects_unknown_names():
     with pytest.raises(ValueError, match="device must be auto, cpu or cuda"):
         use_device("tpu")
+
+
+def test_importing_the_runtime_starts_no_process(tmp_path):
+    """The GPU test reads the driver's files (medusa.devices): an nvidia-smi on PATH is never run
+    at import, so a CPU machine imports at once and a broken driver cannot stall the import."""
+    marker = tmp_path / "ran"
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\nsleep 30\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    code = "import medusa.runtime, medusa.setup_gpu; medusa.setup_gpu.find_nvcc(); print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    assert not marker.exists()

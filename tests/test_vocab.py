@@ -120,22 +120,105 @@ def test_training_on_a_reduced_base_maps_and_masks_labels(tiny_pkl, reduced, tmp
     assert saved_args["targets_outside_vocab"] == outside
 
 
-def test_vocab_bench_compares_full_and_reduced(tiny_pkl, reduced, tmp_path):
+def test_vocab_bench_compares_full_and_reduced(tiny_pkl, narrow, tmp_path):
     from medusa import vocab_bench
 
-    kept, _, units = reduced
+    kept, _, _, units = narrow
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": i, "category": "c", "prompt": p}) + "\n"
                                for i, p in enumerate(["hello there", "the cat sat on the mat"])))
+    small = weights.load_model(units["tied"], "float32")
+    heads = build_heads(HeadConfig(num_heads=4, hidden_size=64, vocab_size=len(kept), vocab=small.config.vocab_id,
+                                   share_lm_head=True))
+    heads.init_from_base(small.lm_head_t())
+    head_io.save_heads(heads, tmp_path / "heads.jtr")
     out = tmp_path / "vb.json"
-    args = vocab_bench.VocabBenchArgs(full=str(tiny_pkl("qwen2")), reduced=str(units[False]), data=str(prompts),
-                                      output=str(out), num_samples=2, max_new_tokens=8, warmup_tokens=2)
+    args = vocab_bench.VocabBenchArgs(full=str(tiny_pkl("qwen2")), reduced=str(units["tied"]), data=str(prompts),
+                                      output=str(out), medusa_weights=str(tmp_path / "heads.jtr"), num_samples=2,
+                                      max_new_tokens=24, warmup_tokens=2, medusa_choices="chain", vocab_check=8)
     summary = vocab_bench.run(args)["summary"]
     saved = json.loads(out.read_text())
     assert saved["summary"] == summary and len(saved["samples"]) == 2 and out.with_suffix(".png").is_file()
     assert summary["bytes_per_step"]["reduced"] < summary["bytes_per_step"]["full"]
+    assert set(vocab_bench.SIDES) <= set(saved["samples"][0])
     for s in saved["samples"]:
-        assert s["reduced_identical"] == (s["reduced"]["output_ids"] == s["full"]["output_ids"])
+        for side in list(vocab_bench.SIDES)[1:]:
+            same = s[side]["output_ids"] == s["full"]["output_ids"]
+            assert (s[side]["first_divergence"] is None) == same
+            if vocab_bench.SIDES[side][2]:
+                assert same, side                         # the checked sides are the full model's output
+    assert summary["reduced_checked_identical_share"] == summary["reduced_medusa_identical_share"] == 1.0
+    for s in saved["samples"]:                            # dropped steps count, with 0 tokens
+        assert sum(s["reduced_medusa"]["accept_lengths"]) == len(s["reduced_medusa"]["output_ids"]) - 1
     assert vocab_bench.first_difference([1, 2, 3], [1, 5, 3]) == 1 and vocab_bench.first_difference([1], [1]) is None
     with pytest.raises(UsageError, match="exists"):
         vocab_bench.VocabBenchArgs(full=args.full, reduced=args.reduced, data=args.data, output=str(out))
+    untied = vocab_bench.VocabBenchArgs(full=str(tiny_pkl("llama")), reduced=str(units["untied"]), data=str(prompts),
+                                        output=str(tmp_path / "u.json"), num_samples=1, max_new_tokens=4,
+                                        warmup_tokens=1)
+    assert set(vocab_bench.run(untied)["samples"][0]) & set(vocab_bench.SIDES) == {"full", "reduced"}
+
+
+@pytest.fixture(scope="module")
+def narrow(tiny_pkl, full, tmp_path_factory):
+    """Reduced tiny models whose own argmax leaves the full model's greedy reply: the tied Qwen2
+    without the reply's later tokens ("tied"), without any of its tokens ("tied_none"), with a
+    sliced embedding ("tied_emb"), and the untied Llama ("untied")."""
+    reply = core.generate(full, PROMPT, 40).output_ids
+    missing = set(reply[6:]) - set(reply[:6])
+    base = set(PROMPT) | set(range(40, 80)) | {2, 3, 5}
+    vocabs = {"late": sorted((base | set(reply)) - missing), "none": sorted(base - set(reply))}
+    folder = tmp_path_factory.mktemp("narrow")
+    units = {}
+    for name, family, which, sliced in (("tied", "qwen2", "late", False), ("tied_none", "qwen2", "none", False),
+                                        ("tied_emb", "qwen2", "late", True), ("untied", "llama", "late", False)):
+        (folder / which).mkdir(exist_ok=True)
+        (folder / which / vocab.VOCAB_FILE).write_text(json.dumps({"kept_ids": vocabs[which],
+                                                                    "original_vocab_size": 320}))
+        units[name] = vocab.slice_model(tiny_pkl(family), folder / which, folder / name / "model.pkl",
+                                        slice_embedding=sliced)
+    return vocabs["late"], reply, missing, units
+
+
+def test_the_vocab_check_hands_out_the_full_models_greedy_tokens(narrow):
+    from medusa.decoding import medusa_generate
+    from medusa.sampling import Sampling
+
+    kept, reply, missing, units = narrow
+    assert missing                                            # the tiny model's reply leaves the vocabulary
+    for name in ("tied", "tied_none"):
+        small = weights.load_model(units[name], "float32")
+        assert small.has_full_head
+        unchecked = core.generate(small, PROMPT, 40, sampling=Sampling(vocab_check=0)).output_ids
+        assert unchecked != reply and set(unchecked) <= set(small.config.kept_ids)
+        heads = build_heads(HeadConfig(num_heads=4, hidden_size=64, vocab_size=small.config.output_size,
+                                       vocab=small.config.vocab_id, share_lm_head=True))
+        heads.init_from_base(small.lm_head_t())
+        for every in (1, 3, 32):
+            check = Sampling(vocab_check=every)
+            assert core.generate(small, PROMPT, 40, sampling=check).output_ids == reply
+            for tree in ("chain", "8_node"):
+                out = medusa_generate(small, heads, PROMPT, 40, tree, sampling=check)
+                assert out.output_ids == reply, (name, every, tree)
+                assert sum(out.accept_lengths) == len(reply) - 1       # a dropped step counts with 0 tokens
+                if name == "tied_none" and every == 32:
+                    assert 0 in out.accept_lengths                     # steps after a wrong token were dropped
+    small = weights.load_model(units["tied"], "float32")
+    heads = build_heads(HeadConfig(num_heads=4, hidden_size=64, vocab_size=len(kept), vocab=small.config.vocab_id,
+                                   share_lm_head=True))
+    heads.init_from_base(small.lm_head_t())
+    late = next(t for t in reply[6:] if t in missing)        # an EOS the reduced head cannot pick
+    want = reply[:reply.index(late) + 1]
+    assert core.generate(small, PROMPT, 40, {late}, Sampling(vocab_check=5)).output_ids == want
+    assert medusa_generate(small, heads, PROMPT, 40, "8_node", {late}, Sampling(vocab_check=5)).output_ids == want
+
+
+def test_no_vocab_check_without_the_full_head(narrow):
+    from medusa.sampling import Sampling
+
+    _, _, _, units = narrow
+    for name in ("tied_emb", "untied"):                       # no full lm_head rows left in the unit
+        small = weights.load_model(units[name], "float32")
+        assert not small.has_full_head and Sampling().check_every(small) == 0
+    small = weights.load_model(units["tied"], "float32")
+    assert Sampling().check_every(small) == 32 and Sampling(temperature=0.7).check_every(small) == 0

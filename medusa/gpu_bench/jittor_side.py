@@ -55,14 +55,31 @@ def random_fill(model, seed):
     return how
 
 
-def build_model(cfg, shape):
-    """(model, source): the torch side's saved weights when present, else random weights."""
+def build_model(cfg, shape, fused=True):
+    """(model, source): the torch side's saved weights when present, else random weights; with
+    `fused`, the GPU layout load_model gives (Transformer.fuse_projections), else Jittor's
+    plain ops with separate projections (the path before medusa/cuda_kernels.py)."""
     ref = Path(cfg.ref_dir) / shape
-    if (ref / "config.json").is_file():
+    if fused and (ref / "config.json").is_file():
         return weights.load_model(ref, cfg.dtype, cfg.max_len), "torch weights"
     model = Transformer(ModelConfig.from_dict(SHAPES[shape]), cfg.dtype, cfg.max_len)
     how = random_fill(model, cfg.seed)
-    return model.eval(), f"random ({how})"
+    return (model.eval().fuse_projections() if fused else model.eval()), f"random ({how})"
+
+
+def plain_ops_timing(cfg, shape):
+    """Decode with Jittor's own ops (kernels off, separate projections), for before/after in one call."""
+    from medusa import cuda_kernels
+
+    cuda_kernels.use_kernels(False)
+    try:
+        model, _ = build_model(cfg, shape, fused=False)
+        return {**decode_timing(cfg, model), "profile": profile_decode(cfg, model, top=6)}
+    finally:
+        cuda_kernels.use_kernels(True)
+        del model
+        sync()
+        jt.gc()
 
 
 def check_reference(cfg, model, folder: Path) -> dict:
@@ -196,7 +213,8 @@ def header(cfg, device):
     return {"side": "jittor", "device": gpu, "jittor": jt.__version__, "dtype": cfg.dtype,
             "heads": {**HEADS, "dtype": "float32 ResBlocks (as medusa.heads computes), the shared vocab "
                                      "projection in the base dtype"},
-            "medusa_step": "medusa.decoding: propose, tree_decode, evaluate_posterior, update_inputs"}
+            "medusa_step": "medusa.decoding: propose, tree_decode, evaluate_posterior, update_inputs",
+            "model": "fused projections + medusa/cuda_kernels.py; decode_jittor_ops: Jittor's own ops"}
 
 
 def run(cfg) -> Recorder:
@@ -205,6 +223,7 @@ def run(cfg) -> Recorder:
 
     def measure(shape):
         start = time.perf_counter()
+        rec.put(shape, "decode_jittor_ops", plain_ops_timing(cfg, shape))
         model, source = build_model(cfg, shape)
         rec.put(shape, "params", {"formula": param_count(SHAPES[shape]), "weights": source,
                                   "build_s": time.perf_counter() - start})

@@ -18,6 +18,31 @@ def _pair(jittor, torch, shape, key, stat):
     return {"jittor": _stat(jittor, shape, key, stat), "torch": _stat(torch, shape, key, stat)}
 
 
+def _graphs_and_before(jittor: dict, torch: dict, shape, trees) -> dict:
+    """The torch CUDA-graph side (torch_graphs.py) against Jittor's decode and tree steps, and
+    Jittor's decode with its own ops (before the fused kernels), from the medians."""
+    out = {}
+    jd = _stat(jittor, shape, "decode", "median_ms")
+    before = _stat(jittor, shape, "decode_jittor_ops", "median_ms")
+    if before:
+        out["jittor_ops"] = {"decode_median_ms": before, "fused_kernels_speedup": _ratio(before, jd)}
+    graphs = (torch.get("shapes", {}).get(shape, {}).get("torch_graphs")) or {}
+    g = (graphs.get("graph_decode") or {}).get("median_ms")
+    if not g:
+        return out
+    entry = {"decode_median_ms": g, "jittor_decode_over_graphs": _ratio(jd, g),
+             "check_vs_transformers": graphs.get("check_vs_transformers")}
+    for tree in trees:
+        t = (graphs.get(f"graph_tree_{tree}") or {}).get("median_ms")
+        parts = (jittor.get("shapes", {}).get(shape, {}).get(f"medusa_{tree}") or {}).get("parts_median_ms") or {}
+        jt_tree = parts.get("tree")
+        entry[f"tree_{tree}"] = {"graphs_ms": t, "graphs_over_graphs_decode": _ratio(t, g),
+                                 "jittor_tree_part_ms": jt_tree, "jittor_tree_over_jittor_decode": _ratio(jt_tree, jd),
+                                 "jittor_tree_over_graphs_tree": _ratio(jt_tree, t)}
+    out["torch_graphs"] = entry
+    return out
+
+
 def summarize(jittor: dict, torch: dict, trees) -> dict:
     """Jittor/torch step-time ratios, Medusa-step/base-step ratios, and the bandwidth bound, from
     the medians and (less sensitive to a noisy host) the 10th percentiles of the step times."""
@@ -35,6 +60,7 @@ def summarize(jittor: dict, torch: dict, trees) -> dict:
                 entry.setdefault(f"medusa_{tree}", {}).update({
                     f"step_{name}_ms": step, f"jittor_over_torch_{name}": _ratio(step["jittor"], step["torch"]),
                     f"medusa_over_base_{name}": {side: _ratio(step[side], base[side]) for side in step}})
+        entry.update(_graphs_and_before(jittor, torch, shape, trees))
         weight_bytes = 2 * param_count(cfg)                      # fp16
         untied_embedding = 0 if cfg["tie_word_embeddings"] else 2 * cfg["vocab_size"] * cfg["hidden_size"]
         if gbps:
@@ -59,18 +85,24 @@ def plot(summary: dict, trees, path: Path):
     labels = ["decode"] + [f"Medusa\n{t}" for t in trees]
     for ax, shape in zip(axes[0], shapes):
         entry = summary[shape]
-        rows = [entry["decode_median_ms"]] + [entry[f"medusa_{t}"]["step_median_ms"] for t in trees]
+        graphs = entry.get("torch_graphs", {})
+        rows = [dict(entry["decode_median_ms"], graphs=graphs.get("decode_median_ms"))] + [
+            dict(entry[f"medusa_{t}"]["step_median_ms"], graphs=(graphs.get(f"tree_{t}") or {}).get("graphs_ms"))
+            for t in trees]
         lows = [entry["decode_p10_ms"]] + [entry[f"medusa_{t}"]["step_p10_ms"] for t in trees]
-        for k, side in enumerate(("jittor", "torch")):
+        names = {"jittor": "jittor", "torch": "torch transformers (eager)",
+                 "graphs": "torch CUDA graphs (tree forward only)"}
+        for k, side in enumerate(("jittor", "torch", "graphs")):
             values = [r.get(side) or 0 for r in rows]
-            x = [i + 0.4 * k for i in range(len(rows))]
-            bars = ax.bar(x, values, 0.4, label=side if side == "jittor" else "torch transformers")
-            ax.bar_label(bars, fmt="%.1f", fontsize=8)
-            ax.scatter(x, [r.get(side) or 0 for r in lows], marker="_", color="k", s=120,
-                       label="10th percentile" if k else None)
+            x = [i + 0.27 * k for i in range(len(rows))]
+            bars = ax.bar(x, values, 0.27, label=names[side])
+            ax.bar_label(bars, fmt="%.1f", fontsize=7)
+            if side != "graphs":
+                ax.scatter(x, [r.get(side) or 0 for r in lows], marker="_", color="k", s=80,
+                           label="10th percentile" if k else None)
         if "bandwidth_bound" in entry and shape == "vicuna-7b":
             ax.axhline(entry["bandwidth_bound"]["bound_ms"], color="k", ls="--", lw=1, label="bandwidth bound")
-        ax.set_xticks([i + 0.2 for i in range(len(rows))], labels)
+        ax.set_xticks([i + 0.27 for i in range(len(rows))], labels)
         ax.set_ylabel("ms per step (bar: median)")
         ax.set_title(f"{shape}, batch 1, fp16")
         ax.set_ylim(0, 1.35 * max(v or 0 for r in rows for v in r.values()) or 1)

@@ -1,5 +1,6 @@
 """Torch side of medusa.gpu_bench: PyTorch transformers' LlamaForCausalLM (eager mode, default
-attention implementation) with random weights, and the device's copy bandwidth.
+attention implementation) with random weights, the same weights in a minimal Llama replayed as
+CUDA graphs (torch_graphs.py: what a latency-minded user runs), and the device's copy bandwidth.
 
 Imported only by the torch process of the benchmark; nothing here touches Jittor.
 """
@@ -205,6 +206,9 @@ def run(cfg) -> Recorder:
         rec.put(shape, "matmul_probe", matmul_probe(side, model))
         for tree in cfg.trees:
             rec.put(shape, f"medusa_{tree}", medusa_timing(side, model, tree))
+        from medusa.gpu_bench.torch_graphs import graph_timing
+
+        rec.put(shape, "torch_graphs", graph_timing(side, model, prompt_ids(cfg, model.config.vocab_size), cfg.trees))
 
     def cleanup():
         gc.collect()
