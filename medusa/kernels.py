@@ -61,11 +61,21 @@ def num_threads() -> int:
     return _state["threads"] or set_num_threads()
 
 
+@functools.lru_cache(maxsize=1)
+def blas_installed() -> bool:
+    """The scipy-openblas32 wheel is there (a pip install of the project brings it; a GPU image
+    with only the Jittor wheels may not have it: the CPU then runs Jittor's own loop)."""
+    import importlib.util
+
+    return importlib.util.find_spec("scipy_openblas32") is not None
+
+
 def use_blas(enabled: bool = None) -> bool:
-    """Turn the BLAS path on or off for `model.matmul` (None: only ask). Returns the setting."""
+    """Turn the BLAS path on or off for `model.matmul` (None: only ask). Returns the setting
+    (False without the library)."""
     if enabled is not None:
         _state["enabled"] = bool(enabled)
-    return _state["enabled"]
+    return _state["enabled"] and blas_installed()
 
 
 # Threads for the kernels below. Each job is split into chunks; the calling thread and helper
