@@ -7,6 +7,7 @@ make a layer ~13 ops: two matmuls fewer (fused q/k/v and gate/up weights, model.
 and one op for each of
 
     y = rms_norm(x, weight, eps)                      # [..., H], fp32 accumulation
+    h, y = add_rms_norm(x, delta, weight, eps)        # the residual add and the next norm
     q, k, v = qkv_rope(qkv, cos, sin, positions, nq, nkv, d)  # split the fused projection,
                                                       # RoPE on q and k, heads-major layout
     h = silu_mul(gate_up)                             # SiLU(gate) * up of [..., 2I] -> [..., I]
@@ -21,7 +22,7 @@ the device. Each `*_ok` tells the model when a kernel
 applies (CUDA, and the shapes it was written for); elsewhere the model keeps Jittor's ops.
 
 Reference: the kernels of gpt-fast / vLLM-style decoding (one block per row for the norm, one
-block per query row for attention over the cache, a warp per key position).
+block per query row for attention over the cache, a thread per key position).
 """
 import math
 import os
@@ -39,7 +40,7 @@ def use_kernels(enabled: bool = None) -> bool:
     return _state["enabled"]
 
 
-MAX_ATTENTION_KEYS = 8192      # the scores of one query row live in shared memory (32 KB)
+MAX_ATTENTION_KEYS = 8192      # the scores of one query row live in shared memory (32 KB of 48)
 MAX_HEAD_DIM = 256
 
 _COMMON = r"""
@@ -50,6 +51,23 @@ __device__ __forceinline__ float f32(__half x) { return __half2float(x); }
 template <class T> __device__ __forceinline__ T from_f32(float x);
 template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
 template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half(x); }
+// 16-byte loads: 8 halves or 4 floats, widened to fp32
+template <class T> struct Vec;
+template <> struct Vec<__half> {
+    static constexpr int N = 8;
+    __device__ static __forceinline__ void load(const __half* p, float* o) {
+        const uint4 u = *reinterpret_cast<const uint4*>(p);
+        const __half2* h = reinterpret_cast<const __half2*>(&u);
+        for (int j = 0; j < 4; j++) { const float2 f = __half22float2(h[j]); o[2 * j] = f.x; o[2 * j + 1] = f.y; }
+    }
+};
+template <> struct Vec<float> {
+    static constexpr int N = 4;
+    __device__ static __forceinline__ void load(const float* p, float* o) {
+        const float4 u = *reinterpret_cast<const float4*>(p);
+        o[0] = u.x; o[1] = u.y; o[2] = u.z; o[3] = u.w;
+    }
+};
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -77,6 +95,22 @@ __device__ float block_reduce(float v, float* scratch, bool is_max) {
 _RMS_NORM_HEADER = _COMMON + r"""
 namespace medusa_k {
 // one block per row: y = x * rsqrt(mean(x^2) + eps) * w, accumulated in fp32
+// with a residual first: h = x + d (written to sum), y = RMSNorm(h) * w
+template <class T, class W>
+__global__ void add_rms_norm(const T* x, const T* d, const W* w, T* sum, T* y, int H, float eps) {
+    __shared__ float scratch[32];
+    const size_t base = (size_t)blockIdx.x * H;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < H; i += blockDim.x) {
+        const T h = from_f32<T>(f32(x[base + i]) + f32(d[base + i]));   // rounded like x + d in T
+        sum[base + i] = h;
+        const float v = f32(h);
+        ss += v * v;
+    }
+    const float inv = rsqrtf(block_reduce(ss, scratch, false) / H + eps);
+    for (int i = threadIdx.x; i < H; i += blockDim.x)
+        y[base + i] = from_f32<T>(f32(from_f32<T>(f32(x[base + i]) + f32(d[base + i]))) * inv * f32(w[i]));
+}
 template <class T, class W>
 __global__ void rms_norm(const T* x, const W* w, T* y, int H, float eps) {
     __shared__ float scratch[32];
@@ -110,6 +144,23 @@ def rms_norm(x, weight, eps):
         const int H = in0_shape{x.ndim - 1};
         const int threads = H >= 1024 ? 1024 : (H + 31) / 32 * 32;
         medusa_k::rms_norm<<<{_rows("in0", x.ndim)}, threads>>>(in0_p, in1_p, out0_p, H, (float)data["eps"]);
+    """)
+
+
+def reference_add_rms_norm(x, delta, weight, eps):
+    h = x + delta
+    return h, reference_rms_norm(h, weight, eps)
+
+
+def add_rms_norm(x, delta, weight, eps):
+    """(x + delta, RMSNorm(x + delta) * weight) in one kernel: a decoder layer's residual add
+    and the norm after it."""
+    return jt.code([x.shape, x.shape], [x.dtype, x.dtype], [x, delta, weight], cuda_header=_RMS_NORM_HEADER,
+                   data={"eps": float(eps)}, cuda_src=f"""
+        const int H = in0_shape{x.ndim - 1};
+        const int threads = H >= 1024 ? 1024 : (H + 31) / 32 * 32;
+        medusa_k::add_rms_norm<<<{_rows("in0", x.ndim)}, threads>>>(in0_p, in1_p, in2_p, out0_p, out1_p, H,
+                                                                     (float)data["eps"]);
     """)
 
 
@@ -214,15 +265,17 @@ namespace medusa_k {
 // One block per query row. q [B, Hkv, R, D] (the G query heads of a kv head folded into rows,
 // head-major: row = g * T + t), keys/values: the whole cache [B, Hkv, L, D], of which the first
 // S positions are read; mask [B, T, S] additive fp32 (has_mask) or none (every key visible).
-// Scores: a warp per key position (lanes over D); fp32 softmax in shared memory; the value sum:
-// blockDim / D groups of D threads, each group over every groups-th key, partial sums combined.
+// Scores: a thread per key position, 16-byte loads over D; fp32 softmax in shared memory; the
+// value sum: D / N threads per key (N elements each, 16-byte loads), blockDim / (D / N) keys at
+// once, partial sums combined in shared memory. D must be a multiple of 8.
 // tokens_major: out is [B, T, Hq * D] (query head = kv head * G + g), ready for o_proj; else
 // it has q's layout.
 template <class T>
 __global__ void cache_attention(const T* q, const T* keys, const T* values, const float* mask, T* out,
                                 int Hkv, int R, int L, int D, int S, int Tn, int has_mask, float scale,
                                 int tokens_major) {
-    extern __shared__ float smem[];                 // [D] query | [S] scores | [32] scratch | [blockDim] partials
+    constexpr int N = Vec<T>::N;
+    extern __shared__ float smem[];                 // [D] query | [S] scores | [32] scratch | [blockDim * N] partials
     float* qs = smem;
     float* sc = qs + D;
     float* scratch = sc + S;
@@ -237,38 +290,45 @@ __global__ void cache_attention(const T* q, const T* keys, const T* values, cons
     T* orow = out + (tokens_major ? (((size_t)b * Tn + t) * Hkv * G + head) * D : (size_t)blockIdx.x * D);
     for (int i = threadIdx.x; i < D; i += blockDim.x) qs[i] = f32(qrow[i]) * scale;
     __syncthreads();
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    for (int s = warp; s < S; s += warps) {
-        const T* krow = kbase + (size_t)s * D;
-        float acc = 0.0f;
-        for (int i = lane; i < D; i += 32) acc += qs[i] * f32(krow[i]);
-        acc = warp_sum(acc);
-        if (lane == 0) sc[s] = acc + (mrow ? mrow[s] : 0.0f);
-    }
-    __syncthreads();
     float m = -INFINITY;
-    for (int s = threadIdx.x; s < S; s += blockDim.x) m = fmaxf(m, sc[s]);
+    for (int s = threadIdx.x; s < S; s += blockDim.x) {
+        const T* krow = kbase + (size_t)s * D;
+        float acc = 0.0f, k8[N];
+        for (int i = 0; i < D; i += N) {
+            Vec<T>::load(krow + i, k8);
+            #pragma unroll
+            for (int j = 0; j < N; j++) acc += qs[i + j] * k8[j];
+        }
+        acc += mrow ? mrow[s] : 0.0f;
+        sc[s] = acc;
+        m = fmaxf(m, acc);
+    }
     m = block_reduce(m, scratch, true);
     float z = 0.0f;
     for (int s = threadIdx.x; s < S; s += blockDim.x) { const float e = __expf(sc[s] - m); sc[s] = e; z += e; }
     z = block_reduce(z, scratch, false);
     __syncthreads();                                // every e in sc is written
-    const int groups = blockDim.x >= D ? blockDim.x / D : 1;
-    const int g = threadIdx.x / D, i0 = threadIdx.x % D;
-    if (g < groups)
-        for (int i = i0; i < D; i += blockDim.x) {  // one pass when D <= blockDim
-            float acc = 0.0f;
-            for (int s = g; s < S; s += groups) acc += sc[s] * f32(vbase[(size_t)s * D + i]);
-            if (groups == 1) orow[i] = from_f32<T>(acc / z);
-            else part[g * D + i] = acc;
+    const int chunks = D / N, groups = blockDim.x / chunks;
+    const int g = threadIdx.x / chunks, c = threadIdx.x % chunks;
+    if (g < groups) {
+        float acc[N], v8[N];
+        #pragma unroll
+        for (int j = 0; j < N; j++) acc[j] = 0.0f;
+        for (int s = g; s < S; s += groups) {
+            Vec<T>::load(vbase + (size_t)s * D + c * N, v8);
+            const float p = sc[s];
+            #pragma unroll
+            for (int j = 0; j < N; j++) acc[j] += p * v8[j];
         }
-    if (groups > 1) {
-        __syncthreads();
-        if (threadIdx.x < D) {
-            float acc = 0.0f;
-            for (int k = 0; k < groups; k++) acc += part[k * D + threadIdx.x];
-            orow[threadIdx.x] = from_f32<T>(acc / z);
-        }
+        #pragma unroll
+        for (int j = 0; j < N; j++) part[g * D + c * N + j] = acc[j];
+    }
+    __syncthreads();
+    const float inv = 1.0f / z;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        float acc = 0.0f;
+        for (int k = 0; k < groups; k++) acc += part[k * D + i];
+        orow[i] = from_f32<T>(acc * inv);
     }
 }
 }  // namespace medusa_k
@@ -276,7 +336,10 @@ __global__ void cache_attention(const T* q, const T* keys, const T* values, cons
 
 
 def cache_attention_ok(q, length) -> bool:
-    return bool(jt.flags.use_cuda) and length <= MAX_ATTENTION_KEYS and q.shape[-1] <= MAX_HEAD_DIM \
+    """The shapes cache_attention serves: up to MAX_ATTENTION_KEYS keys (its scores live in shared
+    memory), head_dim a multiple of 8 up to MAX_HEAD_DIM (16-byte loads), fp16 or fp32."""
+    D = q.shape[-1]
+    return bool(jt.flags.use_cuda) and length <= MAX_ATTENTION_KEYS and D <= MAX_HEAD_DIM and D % 8 == 0 \
         and str(q.dtype) in ("float16", "float32")
 
 
@@ -292,7 +355,7 @@ def cache_attention(q, keys, values, length, mask, scale, tokens_major=False):
     shape = (B, T, H * (R // T) * D) if tokens_major else q.shape
     return jt.code(shape, q.dtype, inputs, cuda_header=_ATTENTION_HEADER,
                    data={"S": length, "T": T, "scale": float(scale)}, cuda_src=f"""
-        const int S = (int)data["S"], threads = 256, shared = 4 * (in0_shape3 + S + 32 + threads);
+        const int S = (int)data["S"], threads = 256, shared = 4 * (in0_shape3 + S + 32 + threads * 8);
         if (shared > 48 * 1024)
             cudaFuncSetAttribute(medusa_k::cache_attention<in0_type>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, shared);

@@ -359,11 +359,27 @@ class Transformer(jt.nn.Module):
         self.rope_rows(cache.max_len if cache is not None else T)
         rope = Rope(self, positions)
         x = self.embed(tokens)
-        for i, layer in enumerate(self.model.layers):
-            x = layer(x, rope, mask, cache, i)
+        if gpu_kernels_ok():
+            x = self._layers_fused_norms(x, rope, mask, cache)
+        else:
+            for i, layer in enumerate(self.model.layers):
+                x = layer(x, rope, mask, cache, i)
+            x = self.model.norm(x)
         if cache is not None:
             cache.advance(T)
-        return self.model.norm(x)
+        return x
+
+    def _layers_fused_norms(self, x, rope, mask, cache):
+        """The layers with every residual add fused into the norm after it (cuda_kernels.
+        add_rms_norm): the last layer's into the final norm. Returns the final-normed states."""
+        layers = self.model.layers
+        h = layers[0].input_layernorm(x)
+        for i, layer in enumerate(layers):
+            post = layer.post_attention_layernorm
+            x, h = cuda_kernels.add_rms_norm(x, layer.self_attn(h, rope, mask, cache, i), post.weight, post.eps)
+            after = layers[i + 1].input_layernorm if i + 1 < len(layers) else self.model.norm
+            x, h = cuda_kernels.add_rms_norm(x, layer.mlp(h), after.weight, after.eps)
+        return h
 
 
 class VocabMap:

@@ -172,6 +172,14 @@ def test_rms_norm_kernel(cuda, dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("shape", [(1, 1, 64), (2, 7, 576), (1, 3, 4096)])
+def test_add_rms_norm_kernel(cuda, dtype, shape):
+    x, d, w = rand(shape, dtype, 0), rand(shape, dtype, 9), rand(shape[-1:], dtype, 1, 0.1) + 1
+    for got, want in zip(ck.add_rms_norm(x, d, w, 1e-6), ck.reference_add_rms_norm(x, d, w, 1e-6)):
+        close(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("B,T,nq,nkv,d", [(1, 1, 4, 2, 32), (2, 9, 4, 2, 32), (1, 64, 32, 32, 128), (1, 3, 9, 3, 64)])
 def test_qkv_rope_kernel(cuda, dtype, B, T, nq, nkv, d):
     model = Transformer(ModelConfig.from_dict(dict(COMMON, model_type="llama", head_dim=d)), dtype, 512)
@@ -215,13 +223,13 @@ def test_cache_attention_kernel(cuda, dtype, H, G, T, S, D):
 
 
 def test_fused_model_runs_the_kernels(cpu_reference, cuda, monkeypatch):
-    """On CUDA the fused model calls each kernel in every layer (and the unfused one only the norm)."""
+    """On CUDA the fused model calls each kernel in every layer."""
     state, tokens, _ = cpu_reference["llama"]
     calls = {}
-    for name in ("rms_norm", "qkv_rope", "silu_mul", "cache_attention"):
+    for name in ("rms_norm", "add_rms_norm", "qkv_rope", "silu_mul", "cache_attention"):
         real = getattr(ck, name)
         monkeypatch.setattr(ck, name, lambda *a, _r=real, _n=name, **k: calls.update({_n: calls.get(_n, 0) + 1}) or _r(*a, **k))
     forced_logits(build("llama", state, "float16", fused=True), PROMPT, tokens[:3])
     layers = CONFIGS["llama"]["num_hidden_layers"]
     assert calls["qkv_rope"] == calls["silu_mul"] == calls["cache_attention"] == 4 * layers
-    assert calls["rms_norm"] == 4 * (2 * layers + 1)
+    assert calls["rms_norm"] == 4 and calls["add_rms_norm"] == 4 * 2 * layers   # residual adds in the norms
