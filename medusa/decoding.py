@@ -367,12 +367,59 @@ def _clip(new, eos_ids, room):
 
 
 # ---------------------------------------------------------------- the loop
+@dataclass
+class _Step:
+    """One Medusa step's output, held back until the full-vocabulary check (if any) passes."""
+    new: list                   # its tokens
+    rows: list                  # jt [H] each: the hidden state each token was chosen from (checked only)
+    cache_start: int            # the cache's length before the step (its root went there)
+    stats: dict
+
+
+class _VocabCheck:
+    """Medusa's side of Sampling.vocab_check (greedy on a reduced vocabulary that holds the full
+    head): steps wait until they hold core.CheckInterval's tokens (or the end), then all their
+    tokens are checked in one product with the full head (core.first_wrong). At the first wrong
+    token its step keeps the tokens before it plus the full model's token, the cache forgets
+    everything after those, later steps are dropped (yielded with no tokens: their time was
+    spent), and decoding resumes from the corrected token, the heads drafting from the state that
+    chose it."""
+
+    def __init__(self, model, every):
+        self.model, self.interval = model, core.CheckInterval(every)
+
+    def due(self, pending, done) -> bool:
+        return done or sum(len(p.new) for p in pending) >= self.interval.now
+
+    def correct(self, pending, cache):
+        """Check the pending steps (fixing them in place) -> None when right, else (the full
+        model's token, the state that chose it [1, 1, H], tokens dropped)."""
+        wrong = core.first_wrong(self.model, [r for p in pending for r in p.rows],
+                                 [t for p in pending for t in p.new])
+        self.interval.update(wrong is not None)
+        if wrong is None:
+            return None
+        index, token = wrong
+        for i, step in enumerate(pending):                 # the step holding the wrong token
+            if index < len(step.new):
+                break
+            index -= len(step.new)
+        dropped = sum(len(q.new) for q in pending[i:]) - index - 1
+        step.new = step.new[:index] + [token]
+        for q in pending[i + 1:]:
+            q.new = []
+        cache.truncate(step.cache_start + len(step.new))   # its root and the right tokens after it
+        return token, step.rows[index].reshape(1, 1, -1), dropped
+
+
 def medusa_stream(model, heads, prompt_ids, max_new_tokens, choices="8_node", eos_ids=(), sampling=None,
                   max_len=None):
     """Yield (new_token_ids, {bucket: seconds}) for the prefill ("init") and each Medusa step.
 
     Stops after an EOS token (included) or max_new_tokens. The cache holds max_len positions
-    (default: prompt + max_new_tokens + tree nodes)."""
+    (default: prompt + max_new_tokens + tree nodes). On a reduced vocabulary with the full head
+    (Sampling.vocab_check) steps are yielded once checked, a dropped one with no tokens, and the
+    check's time counts as "posterior"."""
     sampling = sampling or Sampling()
     tree = resolve_tree(choices, heads.config.num_heads)
     eos_ids, rng = set(eos_ids), np.random.default_rng(sampling.seed)
@@ -380,62 +427,17 @@ def medusa_stream(model, heads, prompt_ids, max_new_tokens, choices="8_node", eo
     core.check_tokens(model, prompt_ids)
     # room for the last tree beyond the output: its extra nodes are verified, never emitted
     cache = core.new_cache(model, 1, max_len or len(prompt_ids) + max_new_tokens + tree.num_nodes)
-    start = time.perf_counter()
     every = sampling.check_every(model)
+    check = _VocabCheck(model, every) if every else None
+    start = time.perf_counter()
     with jt.no_grad():
         hidden_last, root = prefill(model, cache, prompt_ids, sampling, rng)
-        if every:                                  # the first token straight from the full head
+        if check:                                  # the first token straight from the full head
             root = int(model.full_argmax(hidden_last[0])[0])
         done = root in eos_ids or max_new_tokens == 1
         tokens = None if done else propose(model, heads, tree, hidden_last, root)
     yield [root], {"init": time.perf_counter() - start}
-    if every:
-        yield from _checked_steps(model, heads, tree, cache, tokens, done, max_new_tokens, eos_ids, sampling, rng,
-                                  every)
-        return
-    emitted = 1
-    while not done:
-        stats, clock = {}, time.perf_counter()
-
-        def lap(name):
-            nonlocal clock
-            now = time.perf_counter()
-            stats[name], clock = now - clock, now
-
-        with jt.no_grad():
-            hidden, scores = tree_decode(model, cache, tree, tokens, sampling)
-            lap("tree")
-            path, bonus = evaluate_posterior(tree, tokens, scores, sampling, rng)
-            new = _clip([int(tokens[n]) for n in path[1:]] + [bonus], eos_ids, max_new_tokens - emitted)
-            lap("posterior")
-            emitted += len(new)
-            done = new[-1] in eos_ids or emitted >= max_new_tokens
-            if not done:
-                hidden_last = update_inputs(cache, tree, path, hidden)
-                lap("update")
-                tokens = propose(model, heads, tree, hidden_last, new[-1])
-                lap("medusa")
-        yield new, stats
-
-
-@dataclass
-class _Step:
-    """A Medusa step waiting for the full-vocabulary check."""
-    new: list                   # its tokens
-    rows: list                  # jt [H]: the hidden state each token was chosen from
-    cache_start: int            # the cache's length before it (its root went there)
-    stats: dict
-
-
-def _checked_steps(model, heads, tree, cache, tokens, done, max_new_tokens, eos_ids, sampling, rng, every):
-    """Greedy Medusa steps on a reduced vocabulary that hand out the full model's tokens
-    (Sampling.vocab_check). Steps run as usual on the reduced head and wait; once they hold
-    core.CheckInterval's tokens (or reach the end) all their tokens are checked in one product
-    with the full head (core.first_wrong). At the first wrong token its step keeps the tokens before it plus
-    the full model's token, the cache forgets everything after those, later steps are dropped
-    (yielded with no tokens: their time was spent) and decoding resumes from the corrected token,
-    the heads drafting from the state that chose it. The check's time counts as "posterior"."""
-    emitted, pending, interval = 1, [], core.CheckInterval(every)
+    emitted, pending = 1, []
     while not done:
         stats, clock = {}, time.perf_counter()
 
@@ -445,42 +447,33 @@ def _checked_steps(model, heads, tree, cache, tokens, done, max_new_tokens, eos_
             stats[name], clock = stats.get(name, 0.0) + now - clock, now
 
         with jt.no_grad():
-            start = cache.length
+            cache_start = cache.length
             hidden, scores = tree_decode(model, cache, tree, tokens, sampling)
             lap("tree")
             path, bonus = evaluate_posterior(tree, tokens, scores, sampling, rng)
             new = _clip([int(tokens[n]) for n in path[1:]] + [bonus], eos_ids, max_new_tokens - emitted)
-            pending.append(_Step(new, [hidden[0, n] for n in path[:len(new)]], start, stats))
+            rows = [hidden[0, n] for n in path[:len(new)]] if check else None
+            pending.append(_Step(new, rows, cache_start, stats))
             emitted += len(new)
             done, root = new[-1] in eos_ids or emitted >= max_new_tokens, new[-1]
             lap("posterior")
-            hidden_last = update_inputs(cache, tree, path, hidden)   # also at the end: a fix may resume
-            lap("update")
-            checked = done or sum(len(p.new) for p in pending) >= interval.now
-            if checked:
-                wrong = core.first_wrong(model, [r for p in pending for r in p.rows],
-                                         [t for p in pending for t in p.new])
-                interval.update(wrong is not None)
-                if wrong is not None:
-                    index, root = wrong
-                    for i, p in enumerate(pending):            # the step holding the wrong token
-                        if index < len(p.new):
-                            break
-                        index -= len(p.new)
-                    emitted -= sum(len(q.new) for q in pending[i:]) - index - 1
-                    hidden_last = p.rows[index].reshape(1, 1, -1)
-                    p.new = p.new[:index] + [root]
-                    for q in pending[i + 1:]:
-                        q.new = []
-                    cache.truncate(p.cache_start + len(p.new))  # its root and the right tokens after it
+            if not done or check:                  # checked: a fix at the end resumes from here
+                hidden_last = update_inputs(cache, tree, path, hidden)
+                lap("update")
+            release = check is None or check.due(pending, done)
+            if check and release:
+                fix = check.correct(pending, cache)
+                if fix is not None:
+                    root, hidden_last, dropped = fix
+                    emitted -= dropped
                     done = root in eos_ids or emitted >= max_new_tokens
                 lap("posterior")
             if not done:
                 tokens = propose(model, heads, tree, hidden_last, root)
                 lap("medusa")
-        if checked:
-            for p in pending:
-                yield p.new, p.stats
+        if release:
+            for step in pending:
+                yield step.new, step.stats
             pending = []
 
 
