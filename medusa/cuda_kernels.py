@@ -11,6 +11,7 @@ and one op for each of
     q, k, v = qkv_rope(qkv, cos, sin, positions, nq, nkv, d)  # split the fused projection,
                                                       # RoPE on q and k, heads-major layout
     h = silu_mul(gate_up)                             # SiLU(gate) * up of [..., 2I] -> [..., I]
+    y = gemv(x, w)                                    # one row @ [K, N]: the decode step's matmuls
     o = cache_attention(q, keys, values, length, mask, scale)  # softmax(q k^T s + mask) v over
                                                       # the first `length` cache positions
 
@@ -29,7 +30,8 @@ import os
 
 from medusa.runtime import jt
 
-_state = {"enabled": os.environ.get("MEDUSA_CUDA_KERNELS", "1") != "0"}
+_state = {"enabled": os.environ.get("MEDUSA_CUDA_KERNELS", "1") != "0",
+          "gemv": os.environ.get("MEDUSA_GEMV", "1") != "0"}
 
 
 def use_kernels(enabled: bool = None) -> bool:
@@ -38,6 +40,13 @@ def use_kernels(enabled: bool = None) -> bool:
     if enabled is not None:
         _state["enabled"] = bool(enabled)
     return _state["enabled"]
+
+
+def use_gemv(enabled: bool = None) -> bool:
+    """The same for gemv alone ($MEDUSA_GEMV=0: one-row matmuls go to cuBLAS)."""
+    if enabled is not None:
+        _state["gemv"] = bool(enabled)
+    return _state["gemv"]
 
 
 MAX_ATTENTION_KEYS = 8192      # the scores of one query row live in shared memory (32 KB of 48)
@@ -256,6 +265,65 @@ def silu_mul(gate_up):
         const size_t rows = {_rows("in0", gate_up.ndim)}, total = rows * out0_shape{gate_up.ndim - 1};
         const int blocks = (int)(total < 4096 * 256 ? (total + 255) / 256 : 4096);
         medusa_k::silu_mul<<<blocks, 256>>>(in0_p, out0_p, rows, out0_shape{gate_up.ndim - 1});
+    """)
+
+
+# ---------------------------------------------------------------- one row times a weight
+_GEMV_HEADER = _COMMON + r"""
+namespace medusa_k {
+// y [N] = x [K] @ w [K, N] (row-major, the Linear layout): a block covers 4 x 16-byte column
+// groups and 64 slices of K; every thread streams its slice of rows with 16-byte loads, partial
+// sums meet in shared memory. At batch 1 this is the whole matmul cost of a decode step.
+template <class T>
+__global__ void gemv(const T* x, const T* w, T* y, int K, int N) {
+    constexpr int V = Vec<T>::N, GROUPS = 4, SLICES = 64;          // blockDim = GROUPS * SLICES
+    __shared__ float part[SLICES][GROUPS * V];
+    const int g = threadIdx.x % GROUPS, slice = threadIdx.x / GROUPS;
+    const int col = (blockIdx.x * GROUPS + g) * V;
+    float acc[V];
+    #pragma unroll
+    for (int j = 0; j < V; j++) acc[j] = 0.0f;
+    if (col < N) {
+        #pragma unroll 4
+        for (int k = slice; k < K; k += SLICES) {
+            float wv[V];
+            Vec<T>::load(w + (size_t)k * N + col, wv);
+            const float xk = f32(x[k]);
+            #pragma unroll
+            for (int j = 0; j < V; j++) acc[j] += xk * wv[j];
+        }
+    }
+    #pragma unroll
+    for (int j = 0; j < V; j++) part[slice][g * V + j] = acc[j];
+    __syncthreads();
+    for (int i = threadIdx.x; i < GROUPS * V; i += blockDim.x) {
+        const int c = blockIdx.x * GROUPS * V + i;
+        if (c < N) {
+            float sum = 0.0f;
+            for (int t = 0; t < SLICES; t++) sum += part[t][i];
+            y[c] = from_f32<T>(sum);
+        }
+    }
+}
+}  // namespace medusa_k
+"""
+
+
+def gemv_ok(a, b, trans_b=False) -> bool:
+    """One row against a [K, N] weight (the decode step's projections), N a multiple of 8."""
+    return (bool(jt.flags.use_cuda and jt.flags.no_grad) and use_kernels() and use_gemv() and not trans_b
+            and b.ndim == 2
+            and math.prod(a.shape[:-1]) == 1 and b.shape[1] % 8 == 0 and str(a.dtype) == str(b.dtype)
+            and str(a.dtype) in ("float16", "float32"))
+
+
+def gemv(a, b, trans_b=False):
+    """a [..., K] with one row in all, b [K, N] -> a @ b [..., N] (gemv_ok says when)."""
+    assert not trans_b
+    cols = 4 * (8 if str(a.dtype) == "float16" else 4)              # columns per block
+    return jt.code((*a.shape[:-1], b.shape[1]), a.dtype, [a, b], cuda_header=_GEMV_HEADER, cuda_src=f"""
+        const int K = in1_shape0, N = in1_shape1;
+        medusa_k::gemv<<<(N + {cols - 1}) / {cols}, 256>>>(in0_p, in1_p, out0_p, K, N);
     """)
 
 

@@ -33,8 +33,11 @@ BLAS_MIN_ONE_ROW = 1 << 22     # weight elements from which a single row goes to
 
 
 def matmul_kernel(a, b, trans_b):
-    """The function that computes matmul(a, b, trans_b): Jittor's own or one of medusa/kernels.py."""
-    if jt.flags.use_cuda or a.dtype != "float32" or b.dtype != "float32" or not kernels.use_blas():
+    """The function that computes matmul(a, b, trans_b): Jittor's own, one of medusa/kernels.py
+    (CPU) or cuda_kernels.gemv (one row on a GPU)."""
+    if jt.flags.use_cuda:
+        return cuda_kernels.gemv if cuda_kernels.gemv_ok(a, b, trans_b) else kernels.reference_matmul
+    if a.dtype != "float32" or b.dtype != "float32" or not kernels.use_blas():
         return kernels.reference_matmul
     if trans_b or b.ndim > 2:                      # attention: one product per (batch, kv head)
         return kernels.reference_matmul

@@ -222,14 +222,24 @@ def test_cache_attention_kernel(cuda, dtype, H, G, T, S, D):
     close(tokens_major, want.reshape(1, H * G, T, D).transpose(0, 2, 1, 3).reshape(1, T, H * G * D), dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("K,N", [(64, 320), (576, 200), (576, 1536), (4096, 12288), (11008, 4096)])
+def test_gemv_kernel(cuda, dtype, K, N):
+    x, w = rand((1, 1, K), dtype, 10), rand((K, N), dtype, 11, 0.05)
+    assert ck.gemv_ok(x, w)
+    close(ck.gemv(x, w), jt.matmul(x.float32(), w.float32()).cast(dtype), dtype)
+
+
 def test_fused_model_runs_the_kernels(cpu_reference, cuda, monkeypatch):
     """On CUDA the fused model calls each kernel in every layer."""
     state, tokens, _ = cpu_reference["llama"]
     calls = {}
-    for name in ("rms_norm", "add_rms_norm", "qkv_rope", "silu_mul", "cache_attention"):
+    for name in ("rms_norm", "add_rms_norm", "qkv_rope", "silu_mul", "cache_attention", "gemv"):
         real = getattr(ck, name)
         monkeypatch.setattr(ck, name, lambda *a, _r=real, _n=name, **k: calls.update({_n: calls.get(_n, 0) + 1}) or _r(*a, **k))
     forced_logits(build("llama", state, "float16", fused=True), PROMPT, tokens[:3])
     layers = CONFIGS["llama"]["num_hidden_layers"]
     assert calls["qkv_rope"] == calls["silu_mul"] == calls["cache_attention"] == 4 * layers
     assert calls["rms_norm"] == 4 and calls["add_rms_norm"] == 4 * 2 * layers   # residual adds in the norms
+    assert calls["gemv"] == 3 * (4 * layers + 1) + 1   # 3 one-token steps (4 projections a layer, lm_head)
+                                                       # and the prompt's last-position logits

@@ -47,6 +47,7 @@ class BenchConfig:
     device: str = "cuda"
     dtype: str = ""                   # default: float16 on cuda, float32 on cpu
     seed: int = 0
+    skip_plain_ops: bool = False      # jittor side: no decode with Jittor's own ops (before/after)
     results: str = ""                 # report side: the merged JSON to write (PNG beside it)
     runs: list = field(default_factory=list)  # report side: OUT folders to merge, in order
     note: list = field(default_factory=list)  # report side: notes kept in the JSON

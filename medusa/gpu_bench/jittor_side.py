@@ -223,7 +223,8 @@ def run(cfg) -> Recorder:
 
     def measure(shape):
         start = time.perf_counter()
-        rec.put(shape, "decode_jittor_ops", plain_ops_timing(cfg, shape))
+        if not cfg.skip_plain_ops:
+            rec.put(shape, "decode_jittor_ops", plain_ops_timing(cfg, shape))
         model, source = build_model(cfg, shape)
         rec.put(shape, "params", {"formula": param_count(SHAPES[shape]), "weights": source,
                                   "build_s": time.perf_counter() - start})
@@ -231,6 +232,13 @@ def run(cfg) -> Recorder:
         if shape in CHECKED_SHAPES and (ref / "reference.npz").is_file():
             rec.put(shape, "check_vs_torch", check_reference(cfg, model, ref))
         rec.put(shape, "decode", decode_timing(cfg, model))
+        from medusa import cuda_kernels
+
+        cuda_kernels.use_gemv(False)                 # the same model, one-row matmuls on cuBLAS
+        try:
+            rec.put(shape, "decode_cublas_gemv", decode_timing(cfg, model))
+        finally:
+            cuda_kernels.use_gemv(True)
         rec.put(shape, "profile_decode", profile_decode(cfg, model))
         rec.put(shape, "matmul_probe", matmul_probe(cfg, model))
         for tree in cfg.trees:
