@@ -17,10 +17,10 @@ and one op for each of
 
 `jt.code` kernels are keyed on dtypes and ranks, not shapes (Jittor's code_op.cc), and the
 lengths they read come through `data`, so a growing cache never recompiles them. The
-`reference_*` functions (and model.attention for cache_attention) compute the same with
-Jittor's ops: they are the path everywhere else and what tests/test_gpu.py compares against on
-the device. Each `*_ok` tells the model when a kernel
-applies (CUDA, and the shapes it was written for); elsewhere the model keeps Jittor's ops.
+`reference_*` functions (model.attention for cache_attention, Jittor's matmul for gemv)
+compute the same with Jittor's ops: they are the path everywhere else and what tests/test_gpu.py
+compares against on the device. `model.gpu_kernels_ok` and the `*_ok` functions say when a
+kernel applies (CUDA, no gradient, the shapes it was written for).
 
 Reference: the kernels of gpt-fast / vLLM-style decoding (one block per row for the norm, one
 block per query row for attention over the cache, a thread per key position).
