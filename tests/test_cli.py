@@ -72,6 +72,7 @@ def unloadable(tiny_pkl, tmp_path_factory):
     (["--temperature", "-1"], ["--temperature must be >= 0"]),
     (["--greedy", "--temperature", "0.7"], ["exclude each other"]),
     (["--medusa_choices", "8_nodes"], ["unknown tree '8_nodes'"]),
+    (["--vocab_check", "-1"], ["--vocab_check must be >= 0 (0 = off), got -1"]),
 ])
 def test_bad_flags_are_one_line_before_anything_loads(unloadable, argv, fragments):
     base = ["--jittor_base_weights", unloadable, "--prompt", PROMPT]

@@ -213,6 +213,15 @@ def test_the_vocab_check_hands_out_the_full_models_greedy_tokens(narrow):
     assert medusa_generate(small, heads, PROMPT, 40, "8_node", {late}, Sampling(vocab_check=5)).output_ids == want
 
 
+def test_check_interval_drops_to_one_after_a_wrong_token_and_doubles_back():
+    interval = core.CheckInterval(32)
+    seen = [interval.now]
+    for wrong in (False, True, False, False, True, False, False, False, False, False, False):
+        interval.update(wrong)
+        seen.append(interval.now)
+    assert seen == [32, 32, 1, 2, 4, 1, 2, 4, 8, 16, 32, 32]
+
+
 def test_no_vocab_check_without_the_full_head(narrow):
     from medusa.sampling import Sampling
 
