@@ -120,8 +120,9 @@ def stream_tokens(model, prompt_ids, max_new_tokens, eos_ids=(), sampling: Sampl
     start = time.perf_counter()
     with jt.no_grad():                           # not around the yield: the caller's code runs there
         hidden = prefill(model, cache, prompt_ids)
-    if sampling.check_every(model):
-        yield from _checked_greedy(model, cache, hidden, max_new_tokens, eos_ids, sampling.check_every(model), start)
+    every = sampling.check_every(model)
+    if every:
+        yield from _checked_greedy(model, cache, hidden, max_new_tokens, eos_ids, every, start)
         return
     for i in range(max_new_tokens):
         with jt.no_grad():
@@ -174,7 +175,7 @@ def _checked_greedy(model, cache, hidden, max_new_tokens, eos_ids, every, start)
             base = cache.length
             while True:
                 rows.append(hidden[0, -1])
-                run.append(int(model.vocab.tokens(jt.argmax(model.logits(hidden)[0, -1], 0)[0].item())))
+                run.append(int(model.vocab.tokens(jt.argmax(last_logits(model, hidden), 0)[0].item())))
                 if run[-1] in eos_ids or len(run) == min(interval.now, max_new_tokens - emitted):
                     break
                 hidden = decode_one(model, cache, run[-1])

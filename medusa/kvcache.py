@@ -23,10 +23,8 @@ class KVCache:
 
     def update(self, layer: int, k, v):
         """Write k, v [B, kv_heads, T, D] at [length, length+T); return the full views [.., :length+T, :]."""
-        start, end = self.length, self.length + k.shape[2]
-        self.keys[layer][:, :, start:end] = k
-        self.values[layer][:, :, start:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        keys, values, end = self.write(layer, k, v)
+        return keys[:, :, :end], values[:, :, :end]
 
     def write(self, layer: int, k, v):
         """Write k, v [B, kv_heads, T, D] at [length, length+T) -> (the whole key and value

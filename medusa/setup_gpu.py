@@ -28,6 +28,8 @@ from typing import Optional
 
 import numpy as np  # numpy only: Jittor must not be imported before the patches
 
+from medusa.devices import gpu_available  # imports nothing of Jittor
+
 JITTOR_VERSION = "1.3.11.0"
 
 
@@ -48,13 +50,6 @@ def numpy_problem(version: str) -> Optional[str]:
             "and put DIR first on PYTHONPATH (scripts/gpu_check.sh does this).")
 
 
-def gpu_visible() -> bool:
-    """True when an NVIDIA driver is loaded (medusa.devices, which imports no Jittor)."""
-    from medusa.devices import gpu_available
-
-    return gpu_available()
-
-
 def find_nvcc() -> Optional[str]:
     """The nvcc Jittor will compile with, None when it will run CPU-only.
 
@@ -62,7 +57,7 @@ def find_nvcc() -> Optional[str]:
     nvcc_path="" (nvcc may be installed on a machine with no driver)."""
     if "nvcc_path" in os.environ:
         return os.environ["nvcc_path"] or None
-    if not gpu_visible():
+    if not gpu_available():
         return None
     return shutil.which("nvcc") or next(
         (p for p in ["/usr/local/cuda/bin/nvcc"] if os.path.exists(p)), None)
