@@ -27,6 +27,7 @@ import time
 from dataclasses import field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from medusa import cli
@@ -135,6 +136,28 @@ def decode_turn(side, setup, settings: GenerationSettings, prompt_ids, max_new_t
     return record
 
 
+def first_divergence(model, prompt_ids, base_ids, medusa_ids):
+    """Where greedy Medusa's reply first differs from plain greedy's, and why it may: the plain
+    model's logits there (one-token steps along the common prefix, as plain decoding computes
+    them) -> {"position", "base_token", "medusa_token", "logit_gap" (base token's logit minus
+    Medusa's token's), "top2_margin"}, or None when the replies are equal. In fp16 a gap of a
+    few hundredths is a near-tie that the tree step's other rounding can flip; a large gap is a bug."""
+    from medusa.core import forced_logits
+
+    n = min(len(base_ids), len(medusa_ids))
+    i = next((k for k in range(n) if base_ids[k] != medusa_ids[k]), n)
+    if i == n and len(base_ids) == len(medusa_ids):
+        return None
+    row = forced_logits(model, prompt_ids, base_ids[:i])[-1]
+    top2 = np.sort(row)[-2:]
+    out = {"position": i, "top2_margin": float(top2[1] - top2[0])}
+    if i < n:
+        rows = model.vocab.rows([base_ids[i], medusa_ids[i]])
+        out.update(base_token=int(base_ids[i]), medusa_token=int(medusa_ids[i]),
+                   logit_gap=float(row[rows[0]] - row[rows[1]]) if (rows >= 0).all() else None)
+    return out
+
+
 def _history(prompt: BenchPrompt):
     return [{"role": "system", "content": prompt.system}] if prompt.system else []
 
@@ -152,7 +175,14 @@ def run_sample(setup, bench: Bench, prompt: BenchPrompt, index):
             record[side] = decode_turn(side, setup, settings, ids, settings.max_new_tokens,
                                        settings.seed + 1000 * index + turn)
             record[side]["prompt_tokens"] = len(ids)
+            record.setdefault("prompt_ids", {})[side] = ids
             history[side].append({"role": "assistant", "content": record[side]["text"]})
+        prompt_ids = record.pop("prompt_ids")
+        if settings.greedy and len(sides) == 2 and prompt_ids["base"] == prompt_ids["medusa"]:
+            divergence = first_divergence(setup.model, prompt_ids["base"], record["base"]["output_ids"],
+                                          record["medusa"]["output_ids"])
+            if divergence is not None:
+                record["divergence"] = divergence
         turns.append(record)
     return {"id": prompt.id, "category": prompt.category, "turns": turns}
 

@@ -152,6 +152,7 @@ def plan(margs, settings=None, heads="optional") -> Plan:
     embedded default (or a .gguf) is converted here on first use."""
     from medusa import head_io, weights
     from medusa.runtime import default_compute_dtype, use_device
+    from medusa.tokenizer import ChatTokenizer
     from medusa.tree import AUTO, load_choices, resolve_auto
 
     device = use_device(margs.device)
@@ -168,7 +169,7 @@ def plan(margs, settings=None, heads="optional") -> Plan:
     config = weights.read_config(source)
     if head_config is not None:
         head_io.check_fits(head_config, config, heads_path)
-    tokenizer = weights.load_tokenizer(tok_dir)
+    tokenizer = ChatTokenizer.from_folder(tok_dir)   # no transformers on the inference path
     return Plan(source, config, tokenizer, eos_ids_of(config, tokenizer), device, dtype,
                 model_name(margs, source), heads_path, head_config, choices, tree_spec)
 

@@ -31,7 +31,8 @@ import os
 from medusa.runtime import jt
 
 _state = {"enabled": os.environ.get("MEDUSA_CUDA_KERNELS", "1") != "0",
-          "gemv": os.environ.get("MEDUSA_GEMV", "1") != "0"}
+          "gemv": os.environ.get("MEDUSA_GEMV", "1") != "0",
+          "layer_op": os.environ.get("MEDUSA_LAYER_OP", "1") != "0"}
 
 
 def use_kernels(enabled: bool = None) -> bool:
@@ -47,6 +48,13 @@ def use_gemv(enabled: bool = None) -> bool:
     if enabled is not None:
         _state["gemv"] = bool(enabled)
     return _state["gemv"]
+
+
+def use_layer_op(enabled: bool = None) -> bool:
+    """The same for decode_layer ($MEDUSA_LAYER_OP=0: a decode step's layer runs as six ops)."""
+    if enabled is not None:
+        _state["layer_op"] = bool(enabled)
+    return _state["layer_op"]
 
 
 MAX_ATTENTION_KEYS = 8192      # the scores of one query row live in shared memory (32 KB of 48)
@@ -101,7 +109,7 @@ __device__ float block_reduce(float v, float* scratch, bool is_max) {
 
 
 # ---------------------------------------------------------------- RMSNorm
-_RMS_NORM_HEADER = _COMMON + r"""
+_RMS_NORM_BODY = r"""
 namespace medusa_k {
 // one block per row: y = x * rsqrt(mean(x^2) + eps) * w, accumulated in fp32
 // with a residual first: h = x + d (written to sum), y = RMSNorm(h) * w
@@ -132,6 +140,7 @@ __global__ void rms_norm(const T* x, const W* w, T* y, int H, float eps) {
 }
 }  // namespace medusa_k
 """
+_RMS_NORM_HEADER = _COMMON + _RMS_NORM_BODY
 
 
 def reference_rms_norm(x, weight, eps):
@@ -174,13 +183,15 @@ def add_rms_norm(x, delta, weight, eps):
 
 
 # ---------------------------------------------------------------- split + RoPE
-_QKV_ROPE_HEADER = _COMMON + r"""
+_QKV_ROPE_BODY = r"""
 namespace medusa_k {
-// qkv [B, T, (nq + 2 nkv) D] -> q [B, nq, T, D], k [B, nkv, T, D] (both rotated), v [B, nkv, T, D].
-// cos/sin: tables [P, D] (fp32), positions [B, T] int32. One thread per output element of a head.
+// qkv [B, T, (nq + 2 nkv) D] -> q [B, nq, T, D], k and v [B, nkv, L, D] at positions
+// [start, start + T) (both rotated; L = T, start = 0 for fresh outputs, the cache's buffers and
+// length otherwise). cos/sin: tables [P, D] (fp32), positions [B, T] int32. One thread per
+// element of a head.
 template <class T>
 __global__ void qkv_rope(const T* qkv, const float* cos_t, const float* sin_t, const int* pos,
-                         T* q, T* k, T* v, int B, int Tn, int nq, int nkv, int D) {
+                         T* q, T* k, T* v, int B, int Tn, int nq, int nkv, int D, int L, int start) {
     const int heads = nq + 2 * nkv;
     const size_t total = (size_t)B * Tn * heads * D;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
@@ -190,7 +201,7 @@ __global__ void qkv_rope(const T* qkv, const float* cos_t, const float* sin_t, c
         const int b = i / ((size_t)D * heads * Tn);
         const float x = f32(qkv[i]);
         if (h >= nq + nkv) {                                   // v: layout only
-            v[(((size_t)b * nkv + (h - nq - nkv)) * Tn + t) * D + d] = qkv[i];
+            v[(((size_t)b * nkv + (h - nq - nkv)) * L + start + t) * D + d] = qkv[i];
             continue;
         }
         const int half = D / 2;
@@ -198,11 +209,12 @@ __global__ void qkv_rope(const T* qkv, const float* cos_t, const float* sin_t, c
         const size_t p = (size_t)pos[b * Tn + t] * D + d;
         const float r = x * cos_t[p] + (d < half ? -other : other) * sin_t[p];
         if (h < nq) q[(((size_t)b * nq + h) * Tn + t) * D + d] = from_f32<T>(r);
-        else        k[(((size_t)b * nkv + (h - nq)) * Tn + t) * D + d] = from_f32<T>(r);
+        else        k[(((size_t)b * nkv + (h - nq)) * L + start + t) * D + d] = from_f32<T>(r);
     }
 }
 }  // namespace medusa_k
 """
+_QKV_ROPE_HEADER = _COMMON + _QKV_ROPE_BODY
 
 
 def rotate_half(x):
@@ -220,6 +232,14 @@ def reference_qkv_rope(qkv, cos, sin, positions, nq, nkv, d):
     return rope(q), rope(k), v
 
 
+_QKV_ROPE_LAUNCH = """
+    const size_t total = (size_t)in0_shape0 * in0_shape1 * in0_shape2;
+    const int blocks = (int)(total < 4096 * 256 ? (total + 255) / 256 : 4096);
+    medusa_k::qkv_rope<<<blocks, 256>>>(in0_p, in1_p, in2_p, in3_p, out0_p, {k}, {v},
+        in0_shape0, in0_shape1, (int)data["nq"], (int)data["nkv"], out0_shape3, {L}, {start});
+"""
+
+
 def qkv_rope(qkv, cos, sin, positions, nq, nkv, d):
     """qkv [B, T, (nq + 2 nkv) d] (the fused projection's output), cos/sin fp32 tables [P, d],
     positions int32 [B, T] -> q [B, nq, T, d], k, v [B, nkv, T, d]: split, heads-major, RoPE on
@@ -228,16 +248,24 @@ def qkv_rope(qkv, cos, sin, positions, nq, nkv, d):
     B, T, _ = qkv.shape
     shapes = [(B, nq, T, d), (B, nkv, T, d), (B, nkv, T, d)]
     return jt.code(shapes, [qkv.dtype] * 3, [qkv, cos, sin, positions], cuda_header=_QKV_ROPE_HEADER,
-                   data={"nq": nq, "nkv": nkv}, cuda_src="""
-        const size_t total = (size_t)in0_shape0 * in0_shape1 * in0_shape2;
-        const int blocks = (int)(total < 4096 * 256 ? (total + 255) / 256 : 4096);
-        medusa_k::qkv_rope<<<blocks, 256>>>(in0_p, in1_p, in2_p, in3_p, out0_p, out1_p, out2_p,
-            in0_shape0, in0_shape1, (int)data["nq"], (int)data["nkv"], out0_shape3);
-    """)
+                   data={"nq": nq, "nkv": nkv},
+                   cuda_src=_QKV_ROPE_LAUNCH.format(k="out1_p", v="out2_p", L="in0_shape1", start="0"))
+
+
+def qkv_rope_into_cache(qkv, cos, sin, positions, keys, values, start, nq, nkv, d):
+    """qkv_rope that writes k and v straight into the cache's buffers keys, values [B, nkv, L, d]
+    at positions [start, start + T) instead of returning them (two setitem ops fewer per layer)
+    -> q [B, nkv, G*T, d], the layout cache_attention reads (G = nq / nkv query heads per kv head
+    folded into rows). The buffers are written in place: the write happens before any op that
+    takes q (cache_attention), and the cache object keeps the buffers alive."""
+    B, T, _ = qkv.shape
+    return jt.code((B, nkv, (nq // nkv) * T, d), qkv.dtype, [qkv, cos, sin, positions, keys, values],
+                   cuda_header=_QKV_ROPE_HEADER, data={"nq": nq, "nkv": nkv, "start": start},
+                   cuda_src=_QKV_ROPE_LAUNCH.format(k="in4_p", v="in5_p", L="in4_shape2", start='(int)data["start"]'))
 
 
 # ---------------------------------------------------------------- SiLU(gate) * up
-_SILU_MUL_HEADER = _COMMON + r"""
+_SILU_MUL_BODY = r"""
 namespace medusa_k {
 template <class T>
 __global__ void silu_mul(const T* gu, T* y, size_t rows, int I) {
@@ -251,6 +279,7 @@ __global__ void silu_mul(const T* gu, T* y, size_t rows, int I) {
 }
 }  // namespace medusa_k
 """
+_SILU_MUL_HEADER = _COMMON + _SILU_MUL_BODY
 
 
 def reference_silu_mul(gate_up):
@@ -269,28 +298,67 @@ def silu_mul(gate_up):
 
 
 # ---------------------------------------------------------------- one row times a weight
-_GEMV_HEADER = _COMMON + r"""
+_GEMV_BODY = r"""
 namespace medusa_k {
-// y [N] = x [K] @ w [K, N] (row-major, the Linear layout): a block covers 4 x 16-byte column
-// groups and 64 slices of K; every thread streams its slice of rows with 16-byte loads, partial
-// sums meet in shared memory. At batch 1 this is the whole matmul cost of a decode step.
-template <class T>
-__global__ void gemv(const T* x, const T* w, T* y, int K, int N) {
-    constexpr int V = Vec<T>::N, GROUPS = 4, SLICES = 64;          // blockDim = GROUPS * SLICES
+// y [N] = x [K] @ w [K, N] (row-major, the Linear layout), with x one of
+//   PLAIN: a row x;
+//   NORM:  RMSNorm(x (+ d)) * nw, the residual add and the norm before a projection; block 0
+//          also writes the sum x + d (the new residual) when d is given;
+//   SILU:  SiLU(gu[k]) * gu[K + k] of the fused gate/up projection's output gu [2K].
+// Each element of x is rounded to T as the unfused ops would store it. A block covers 4 x
+// 16-byte column groups and 64 slices of K; every thread streams its slice of rows, U 16-byte
+// loads in flight, and partial sums meet in shared memory. At batch 1 this is the whole matmul
+// cost of a decode step. NORM keeps the normed row in dynamic shared memory (K floats).
+enum { PLAIN = 0, NORM = 1, SILU = 2 };
+template <class T, int MODE>
+__global__ void gemv(const T* x, const T* d, const T* nw, const T* w, const T* bias, T* y, T* sum,
+                     int K, int N, float eps) {
+    constexpr int V = Vec<T>::N, GROUPS = 4, SLICES = 64, U = 8;   // blockDim = GROUPS * SLICES
     __shared__ float part[SLICES][GROUPS * V];
+    extern __shared__ float xs[];
+    if (MODE == NORM) {
+        __shared__ float scratch[32];
+        float ss = 0.0f;
+        for (int k = threadIdx.x; k < K; k += blockDim.x) {
+            const float h = d ? f32(from_f32<T>(f32(x[k]) + f32(d[k]))) : f32(x[k]);
+            if (d && blockIdx.x == 0) sum[k] = from_f32<T>(h);
+            xs[k] = h;
+            ss += h * h;
+        }
+        const float inv = rsqrtf(block_reduce(ss, scratch, false) / K + eps);
+        for (int k = threadIdx.x; k < K; k += blockDim.x) xs[k] = f32(from_f32<T>(xs[k] * inv * f32(nw[k])));
+        __syncthreads();
+    }
     const int g = threadIdx.x % GROUPS, slice = threadIdx.x / GROUPS;
     const int col = (blockIdx.x * GROUPS + g) * V;
     float acc[V];
     #pragma unroll
     for (int j = 0; j < V; j++) acc[j] = 0.0f;
     if (col < N) {
-        #pragma unroll 4
-        for (int k = slice; k < K; k += SLICES) {
-            float wv[V];
-            Vec<T>::load(w + (size_t)k * N + col, wv);
-            const float xk = f32(x[k]);
+        for (int k0 = slice; k0 < K; k0 += SLICES * U) {
+            float wv[U][V], xv[U];
             #pragma unroll
-            for (int j = 0; j < V; j++) acc[j] += xk * wv[j];
+            for (int u = 0; u < U; u++) {
+                const int k = k0 + u * SLICES;
+                if (k < K) {
+                    Vec<T>::load(w + (size_t)k * N + col, wv[u]);
+                    if (MODE == PLAIN) xv[u] = f32(x[k]);
+                    else if (MODE == NORM) xv[u] = xs[k];
+                    else {
+                        const float gate = f32(x[k]);
+                        xv[u] = f32(from_f32<T>(gate / (1.0f + __expf(-gate)) * f32(x[K + k])));
+                    }
+                } else {
+                    xv[u] = 0.0f;
+                    #pragma unroll
+                    for (int j = 0; j < V; j++) wv[u][j] = 0.0f;
+                }
+            }
+            #pragma unroll
+            for (int u = 0; u < U; u++) {
+                #pragma unroll
+                for (int j = 0; j < V; j++) acc[j] += xv[u] * wv[u][j];
+            }
         }
     }
     #pragma unroll
@@ -299,36 +367,156 @@ __global__ void gemv(const T* x, const T* w, T* y, int K, int N) {
     for (int i = threadIdx.x; i < GROUPS * V; i += blockDim.x) {
         const int c = blockIdx.x * GROUPS * V + i;
         if (c < N) {
-            float sum = 0.0f;
-            for (int t = 0; t < SLICES; t++) sum += part[t][i];
-            y[c] = from_f32<T>(sum);
+            float s = 0.0f;
+            for (int t = 0; t < SLICES; t++) s += part[t][i];
+            y[c] = bias ? from_f32<T>(f32(from_f32<T>(s)) + f32(bias[c])) : from_f32<T>(s);
         }
     }
 }
 }  // namespace medusa_k
 """
+_GEMV_HEADER = _COMMON + _GEMV_BODY
+
+MAX_NORM_GEMV_K = 8192         # the normed row lives in shared memory (32 KB) beside 8 KB of partial sums
+
+
+def _one_row_ok(a, b) -> bool:
+    return (bool(jt.flags.use_cuda and jt.flags.no_grad) and use_kernels() and use_gemv() and b.ndim == 2
+            and math.prod(a.shape[:-1]) == 1 and b.shape[1] % 8 == 0 and str(a.dtype) == str(b.dtype)
+            and str(a.dtype) in ("float16", "float32"))
 
 
 def gemv_ok(a, b, trans_b=False) -> bool:
     """One row against a [K, N] weight (the decode step's projections), N a multiple of 8."""
-    return (bool(jt.flags.use_cuda and jt.flags.no_grad) and use_kernels() and use_gemv() and not trans_b
-            and b.ndim == 2
-            and math.prod(a.shape[:-1]) == 1 and b.shape[1] % 8 == 0 and str(a.dtype) == str(b.dtype)
-            and str(a.dtype) in ("float16", "float32"))
+    return not trans_b and _one_row_ok(a, b)
+
+
+def norm_gemv_ok(x, w) -> bool:
+    """norm_gemv serves x: one row of at most MAX_NORM_GEMV_K."""
+    return _one_row_ok(x, w) and x.shape[-1] <= MAX_NORM_GEMV_K
+
+
+def silu_gemv_ok(gate_up, w) -> bool:
+    return _one_row_ok(gate_up, w) and gate_up.shape[-1] == 2 * w.shape[0]
+
+
+def _gemv(mode, operands, out_shape, sum_shape=None, eps=0.0):
+    """One launch of the gemv kernel in `mode` (PLAIN, NORM or SILU). operands: x, w and, where
+    the mode has them, d, nw, bias (None: absent); sum_shape: also return NORM's x + d."""
+    names = [n for n in ("x", "d", "nw", "w", "bias") if operands.get(n) is not None]
+    arg = {n: f"in{i}_p" for i, n in enumerate(names)}
+    ptr = lambda n: arg.get(n, "(in0_type*)nullptr")
+    x, w = operands["x"], operands["w"]
+    cols = 4 * (8 if str(x.dtype) == "float16" else 4)              # columns per block
+    shapes = [out_shape] + ([sum_shape] if sum_shape else [])
+    out = jt.code(shapes, [x.dtype] * len(shapes), [operands[n] for n in names], cuda_header=_GEMV_HEADER,
+                  data={"eps": float(eps)}, cuda_src=f"""
+        const int K = in{names.index("w")}_shape0, N = in{names.index("w")}_shape1;
+        const int shared = {"4 * K" if mode == "NORM" else "0"};
+        if (shared > 48 * 1024)
+            cudaFuncSetAttribute(medusa_k::gemv<in0_type, medusa_k::{mode}>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, shared);
+        medusa_k::gemv<in0_type, medusa_k::{mode}><<<(N + {cols - 1}) / {cols}, 256, shared>>>(
+            {ptr("x")}, {ptr("d")}, {ptr("nw")}, {ptr("w")}, {ptr("bias")}, out0_p,
+            {"out1_p" if sum_shape else "(in0_type*)nullptr"}, K, N, (float)data["eps"]);
+    """)
+    return out if sum_shape else out[0]
 
 
 def gemv(a, b, trans_b=False):
     """a [..., K] with one row in all, b [K, N] -> a @ b [..., N] (gemv_ok says when)."""
     assert not trans_b
-    cols = 4 * (8 if str(a.dtype) == "float16" else 4)              # columns per block
-    return jt.code((*a.shape[:-1], b.shape[1]), a.dtype, [a, b], cuda_header=_GEMV_HEADER, cuda_src=f"""
-        const int K = in1_shape0, N = in1_shape1;
-        medusa_k::gemv<<<(N + {cols - 1}) / {cols}, 256>>>(in0_p, in1_p, out0_p, K, N);
+    return _gemv("PLAIN", {"x": a, "w": b}, (*a.shape[:-1], b.shape[1]))
+
+
+def norm_gemv(x, delta, norm_weight, eps, w, bias=None):
+    """(h, RMSNorm(h) * norm_weight @ w (+ bias)) with h = x + delta (x itself when delta is
+    None), one row: the residual add, the norm after it and the projection that reads it, in one
+    kernel (norm_gemv_ok says when). Each block recomputes the norm of the row, one read of it
+    from L2 against K x 32 weight elements."""
+    operands = {"x": x, "d": delta, "nw": norm_weight, "w": w, "bias": bias}
+    out_shape = (*x.shape[:-1], w.shape[1])
+    if delta is None:
+        return x, _gemv("NORM", operands, out_shape, eps=eps)
+    y, h = _gemv("NORM", operands, out_shape, sum_shape=tuple(x.shape), eps=eps)
+    return h, y
+
+
+def reference_norm_gemv(x, delta, norm_weight, eps, w, bias=None):
+    h = x if delta is None else x + delta
+    y = jt.matmul(reference_rms_norm(h, norm_weight, eps), w)
+    return h, (y if bias is None else y + bias)
+
+
+def silu_gemv(gate_up, w):
+    """SiLU(gate) * up @ w for one row of the fused gate/up output [..., 2I], w [I, N]: the MLP's
+    activation and down projection in one kernel (silu_gemv_ok says when)."""
+    return _gemv("SILU", {"x": gate_up, "w": w}, (*gate_up.shape[:-1], w.shape[1]))
+
+
+def reference_silu_gemv(gate_up, w):
+    return jt.matmul(reference_silu_mul(gate_up), w)
+
+
+# ---------------------------------------------------------------- KV-cache compaction
+MAX_COMPACT_KEEP = 32          # positions one compaction moves (a tree path: depth + 1)
+MAX_COMPACT_BUFFERS = 256      # key and value buffers of up to 128 layers
+
+_COMPACT_BODY = r"""
+namespace medusa_k {
+template <class T> struct Buffers { T* p[256]; };
+struct Keep { int at[32]; };
+// Every buffer [rows, L, D] (rows = B * kv_heads): positions keep[0..n) move to start, start + 1, ...
+// A thread owns one (buffer, row, d) column and reads all n sources before it writes, so a
+// source that is also a destination (keep[j] == start + i, j < i) is never read after it is
+// overwritten.
+template <class T>
+__global__ void compact(Buffers<T> bufs, int nbuf, int rows, int L, int D, int start, int n, Keep keep) {
+    const size_t total = (size_t)nbuf * rows * D;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        const int d = i % D;
+        const int r = (i / D) % rows;
+        T* col = bufs.p[i / ((size_t)D * rows)] + (size_t)r * L * D + d;
+        T v[32];
+        for (int j = 0; j < n; j++) v[j] = col[(size_t)keep.at[j] * D];
+        for (int j = 0; j < n; j++) col[(size_t)(start + j) * D] = v[j];
+    }
+}
+}  // namespace medusa_k
+"""
+_COMPACT_HEADER = _COMMON + _COMPACT_BODY
+
+
+def compact_ok(buffers, n) -> bool:
+    return (bool(jt.flags.use_cuda) and use_kernels() and 0 < n <= MAX_COMPACT_KEEP
+            and len(buffers) <= MAX_COMPACT_BUFFERS and str(buffers[0].dtype) in ("float16", "float32"))
+
+
+def compact_cache(buffers, start, keep):
+    """Move positions `keep` (ascending, each >= start) of every buffer [B, kv_heads, L, D] to
+    start, start + 1, ... in place, one kernel for all layers (KVCache.compact's 4 ops a layer
+    otherwise). Returns a one-element var to sync: nothing else depends on the writes."""
+    n = len(keep)
+    fill = "\n".join(f"bufs.p[{i}] = in{i}_p;" for i in range(len(buffers)))
+    keeps = "\n".join(f'keep.at[{j}] = {j} < n ? (int)data["k{j}"] : 0;' for j in range(MAX_COMPACT_KEEP))
+    data = {"start": int(start), "n": n, **{f"k{j}": int(keep[j]) if j < n else 0 for j in range(MAX_COMPACT_KEEP)}}
+    return jt.code((1,), "int32", list(buffers), cuda_header=_COMPACT_HEADER, data=data, cuda_src=f"""
+        medusa_k::Buffers<in0_type> bufs;
+        {fill}
+        medusa_k::Keep keep;
+        const int n = (int)data["n"];
+        {keeps}
+        const int rows = in0_shape0 * in0_shape1;
+        const size_t total = (size_t){len(buffers)} * rows * in0_shape3;
+        const int blocks = (int)(total < 4096 * 256 ? (total + 255) / 256 : 4096);
+        medusa_k::compact<<<blocks, 256>>>(bufs, {len(buffers)}, rows, in0_shape2, in0_shape3,
+                                           (int)data["start"], n, keep);
+        cudaMemsetAsync(out0_p, 0, sizeof(int));
     """)
 
 
 # ---------------------------------------------------------------- attention over the cache
-_ATTENTION_HEADER = _COMMON + r"""
+_ATTENTION_BODY = r"""
 namespace medusa_k {
 // One block per query row. q [B, Hkv, R, D] (the G query heads of a kv head folded into rows,
 // head-major: row = g * T + t), keys/values: the whole cache [B, Hkv, L, D], of which the first
@@ -401,14 +589,14 @@ __global__ void cache_attention(const T* q, const T* keys, const T* values, cons
 }
 }  // namespace medusa_k
 """
+_ATTENTION_HEADER = _COMMON + _ATTENTION_BODY
 
 
-def cache_attention_ok(q, length) -> bool:
+def cache_attention_ok(dtype, head_dim, length) -> bool:
     """The shapes cache_attention serves: up to MAX_ATTENTION_KEYS keys (its scores live in shared
     memory), head_dim a multiple of 8 up to MAX_HEAD_DIM (16-byte loads), fp16 or fp32."""
-    D = q.shape[-1]
-    return bool(jt.flags.use_cuda) and length <= MAX_ATTENTION_KEYS and D <= MAX_HEAD_DIM and D % 8 == 0 \
-        and str(q.dtype) in ("float16", "float32")
+    return bool(jt.flags.use_cuda) and length <= MAX_ATTENTION_KEYS and head_dim <= MAX_HEAD_DIM \
+        and head_dim % 8 == 0 and str(dtype) in ("float16", "float32")
 
 
 def cache_attention(q, keys, values, length, mask, scale, tokens_major=False):
@@ -431,3 +619,195 @@ def cache_attention(q, keys, values, length, mask, scale, tokens_major=False):
             in0_p, in1_p, in2_p, {mask_p}, out0_p, in0_shape1, in0_shape2, in1_shape2, in0_shape3,
             S, (int)data["T"], {int(mask is not None)}, (float)data["scale"], {int(tokens_major)});
     """)
+
+
+# ---------------------------------------------------------------- a whole decoder layer, one token
+_LAYER_HEADER = _COMMON + _GEMV_BODY + _QKV_ROPE_BODY + _ATTENTION_BODY
+
+
+def decode_layer_ok(x, cache, head_dim) -> bool:
+    """decode_layer serves x: one token (batch 1) over a cache, with the shapes its kernels take
+    (norm_gemv_ok, cache_attention_ok). The layer itself must have fused projections, no q/k norm
+    and no o_proj bias (the caller knows)."""
+    H = x.shape[-1]
+    return (cache is not None and math.prod(x.shape[:-1]) == 1 and use_kernels() and use_gemv() and use_layer_op()
+            and bool(jt.flags.use_cuda and jt.flags.no_grad) and H <= MAX_NORM_GEMV_K and H % 8 == 0
+            and cache_attention_ok(x.dtype, head_dim, cache.length + 1))
+
+
+def decode_layer(x, pending, in_norm, qkv_weight, qkv_bias, cos, sin, positions, keys, values, start,
+                 o_weight, post_norm, gate_up_weight, down_weight, eps, scale):
+    """One decoder layer for one token in ONE Jittor op: the six kernels of the decode path
+    (norm_gemv for q/k/v, qkv_rope into the cache, cache_attention, gemv for o_proj, norm_gemv for
+    gate/up, silu_gemv for down) launched back to back from one jt.code op on one stream. Jittor's
+    cost per op (building, scheduling, allocating its outputs) is paid once per layer instead of
+    six times; the launches keep their order on the stream, so each kernel reads what the one
+    before wrote. x [1, 1, H]: the residual stream with `pending` (the last layer's MLP output,
+    None before the first layer) not yet added; keys/values [1, nkv, L, d]: the cache's buffers,
+    the new position written at `start` -> (x + pending + attention, this layer's MLP output),
+    the same pair as model.DecoderLayer.execute_pending."""
+    H, nqd = x.shape[-1], o_weight.shape[0]
+    nqkv, inter = qkv_weight.shape[1], down_weight.shape[0]
+    operands = {"x": x, "pending": pending, "in_norm": in_norm, "qkv_w": qkv_weight, "qkv_b": qkv_bias,
+                "cos": cos, "sin": sin, "pos": positions, "keys": keys, "values": values, "o_w": o_weight,
+                "post_norm": post_norm, "gate_up_w": gate_up_weight, "down_w": down_weight}
+    names = [n for n, v in operands.items() if v is not None]
+    p = {n: f"in{i}_p" for i, n in enumerate(names)}
+    shape = lambda n, i: f"in{names.index(n)}_shape{i}"
+    null = "(in0_type*)nullptr"
+    scratch = nqkv + 2 * nqd + 2 * H + 2 * inter        # qkv | q | attention | o_proj | x + pending | gate_up
+    out = jt.code([x.shape, x.shape, (scratch,)], [x.dtype] * 3, [operands[n] for n in names],
+                  cuda_header=_LAYER_HEADER, data={"start": int(start), "eps": float(eps), "scale": float(scale)},
+                  cuda_src=f"""
+        typedef in0_type T;
+        const int H = {shape("x", x.ndim - 1)}, Nqkv = {shape("qkv_w", 1)}, NQD = {shape("o_w", 0)};
+        const int I = {shape("down_w", 0)}, nkv = {shape("keys", 1)}, L = {shape("keys", 2)}, D = {shape("keys", 3)};
+        const int nq = NQD / D, start = (int)data["start"], S = start + 1;
+        const float eps = (float)data["eps"], scale = (float)data["scale"];
+        constexpr int COLS = 4 * medusa_k::Vec<T>::N, THREADS = 256;
+        T* qkv = out2_p; T* q = qkv + Nqkv; T* attn = q + NQD; T* o = attn + NQD; T* x1 = o + H; T* gu = x1 + H;
+        const T* residual = {"x1" if pending is not None else p["x"]};
+        medusa_k::gemv<T, medusa_k::NORM><<<(Nqkv + COLS - 1) / COLS, THREADS, 4 * H>>>(
+            {p["x"]}, {p.get("pending", null)}, {p["in_norm"]}, {p["qkv_w"]}, {p.get("qkv_b", null)}, qkv,
+            {"x1" if pending is not None else null}, H, Nqkv, eps);
+        medusa_k::qkv_rope<<<(Nqkv + THREADS - 1) / THREADS, THREADS>>>(qkv, {p["cos"]}, {p["sin"]}, {p["pos"]},
+            q, {p["keys"]}, {p["values"]}, 1, 1, nq, nkv, D, L, start);
+        const int attention_shared = 4 * (D + S + 32 + THREADS * 8);
+        if (attention_shared > 48 * 1024)
+            cudaFuncSetAttribute(medusa_k::cache_attention<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 attention_shared);
+        medusa_k::cache_attention<<<nq, THREADS, attention_shared>>>(q, {p["keys"]}, {p["values"]},
+            (const float*)nullptr, attn, nkv, nq / nkv, L, D, S, 1, 0, scale, 1);
+        medusa_k::gemv<T, medusa_k::PLAIN><<<(H + COLS - 1) / COLS, THREADS>>>(attn, {null}, {null}, {p["o_w"]},
+            {null}, o, {null}, NQD, H, 0.0f);
+        medusa_k::gemv<T, medusa_k::NORM><<<(2 * I + COLS - 1) / COLS, THREADS, 4 * H>>>(residual, o,
+            {p["post_norm"]}, {p["gate_up_w"]}, {null}, gu, out0_p, H, 2 * I, eps);
+        medusa_k::gemv<T, medusa_k::SILU><<<(H + COLS - 1) / COLS, THREADS>>>(gu, {null}, {null}, {p["down_w"]},
+            {null}, out1_p, {null}, I, H, 0.0f);
+    """)
+    return out[0], out[1]
+
+
+# ---------------------------------------------------------------- a few rows times a weight (tensor cores)
+MMA_MAX_ROWS = 64              # rows of x one launch serves (four 16-row tiles)
+MMA_TARGET_BLOCKS = 528        # split K until there are about this many blocks (4 per SM of an H100/H200)
+
+_MMA_BODY = r"""
+#include <mma.h>
+namespace medusa_k {
+// y [M, N] = x [M, K] @ w [K, N], fp16 in, fp32 accumulation, M <= 64: a tree verification's
+// projections. cuBLAS picks kernels for large M; at M <= 64 the product is bound by streaming
+// w, so every weight tile is read once and applied to all M rows on the tensor cores (wmma
+// 16x16x16). A block: 4 warps x 32 columns, one slice of K (split K: gridDim.y slices, partial
+// sums added into the fp32 workspace ws, zeroed before); x's 64 x 64 chunks are staged in
+// shared memory (rows >= M are zeros); then mma_finish rounds ws to fp16 (+ bias).
+constexpr int MMA_KC = 64, MMA_LD = MMA_KC + 8;
+__global__ void mma_rows(const __half* x, const __half* w, float* ws, int M, int K, int N, int k_slice) {
+    using namespace nvcuda;
+    __shared__ __align__(32) __half xs[64 * MMA_LD];
+    __shared__ __align__(32) float tile[4][16 * 16];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int col0 = (blockIdx.x * 4 + warp) * 32;
+    const int k_begin = blockIdx.y * k_slice, k_end = min(K, k_begin + k_slice);
+    const int mtiles = (M + 15) / 16;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][2];
+    #pragma unroll
+    for (int m = 0; m < 4; m++)
+        #pragma unroll
+        for (int n = 0; n < 2; n++) wmma::fill_fragment(acc[m][n], 0.0f);
+    for (int k0 = k_begin; k0 < k_end; k0 += MMA_KC) {
+        __syncthreads();                                   // xs is free again
+        for (int i = threadIdx.x; i < 64 * MMA_KC / 8; i += blockDim.x) {
+            const int r = i / (MMA_KC / 8), c = (i % (MMA_KC / 8)) * 8;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (r < M) v = *reinterpret_cast<const uint4*>(x + (size_t)r * K + k0 + c);
+            *reinterpret_cast<uint4*>(xs + r * MMA_LD + c) = v;
+        }
+        __syncthreads();
+        if (col0 < N) {
+            #pragma unroll
+            for (int kk = 0; kk < MMA_KC; kk += 16) {
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> b[2];
+                #pragma unroll
+                for (int n = 0; n < 2; n++)
+                    if (col0 + 16 * n < N) wmma::load_matrix_sync(b[n], w + (size_t)(k0 + kk) * N + col0 + 16 * n, N);
+                #pragma unroll
+                for (int m = 0; m < 4; m++) {
+                    if (m >= mtiles) break;
+                    wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
+                    wmma::load_matrix_sync(a, xs + (16 * m) * MMA_LD + kk, MMA_LD);
+                    #pragma unroll
+                    for (int n = 0; n < 2; n++)
+                        if (col0 + 16 * n < N) wmma::mma_sync(acc[m][n], a, b[n], acc[m][n]);
+                }
+            }
+        }
+    }
+    if (col0 >= N) return;
+    for (int m = 0; m < mtiles; m++)
+        for (int n = 0; n < 2; n++) {
+            if (col0 + 16 * n >= N) continue;
+            wmma::store_matrix_sync(tile[warp], acc[m][n], 16, wmma::mem_row_major);
+            __syncwarp();
+            for (int i = lane; i < 256; i += 32) {
+                const int r = 16 * m + i / 16, c = col0 + 16 * n + i % 16;
+                if (r < M) atomicAdd(ws + (size_t)r * N + c, tile[warp][i]);
+            }
+            __syncwarp();
+        }
+}
+__global__ void mma_finish(const float* ws, const __half* bias, __half* y, int M, int N) {
+    const size_t total = (size_t)M * N;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        const __half r = __float2half(ws[i]);
+        y[i] = bias ? __float2half(__half2float(r) + __half2float(bias[i % N])) : r;
+    }
+}
+}  // namespace medusa_k
+"""
+_MMA_HEADER = _COMMON + _MMA_BODY
+
+_state.setdefault("mma", os.environ.get("MEDUSA_MMA", "1") != "0")
+
+
+def use_mma(enabled: bool = None) -> bool:
+    """The same for mma_rows ($MEDUSA_MMA=0: a tree's projections go to cuBLAS)."""
+    if enabled is not None:
+        _state["mma"] = bool(enabled)
+    return _state["mma"]
+
+
+def mma_rows_ok(a, b, trans_b=False) -> bool:
+    """2 to MMA_MAX_ROWS rows of fp16 against an fp16 [K, N] weight, K a multiple of 64 and N of 16."""
+    if trans_b or b.ndim != 2 or not (jt.flags.use_cuda and jt.flags.no_grad and use_kernels() and use_mma()):
+        return False
+    rows = math.prod(a.shape[:-1])
+    return (2 <= rows <= MMA_MAX_ROWS and str(a.dtype) == "float16" and str(b.dtype) == "float16"
+            and b.shape[0] % 64 == 0 and b.shape[1] % 16 == 0)
+
+
+def mma_rows(a, b, trans_b=False, bias=None):
+    """a [..., K] with 2-64 rows in all, b [K, N] -> a @ b (+ bias) [..., N] in one op: the
+    workspace zeroed, the tensor-core product split over K, the fp16 rounding (mma_rows_ok says
+    when). The split makes about MMA_TARGET_BLOCKS blocks, in slices of 64 rows of b."""
+    assert not trans_b
+    K, N = b.shape
+    col_blocks = -(-N // 128)
+    chunks = K // 64
+    splits = max(1, min(chunks, -(-MMA_TARGET_BLOCKS // col_blocks)))
+    k_slice = 64 * -(-chunks // splits)
+    splits = -(-K // k_slice)
+    rows = math.prod(a.shape[:-1])
+    inputs = [a, b] + ([bias] if bias is not None else [])
+    out = jt.code([(*a.shape[:-1], N), (rows, N)], ["float16", "float32"], inputs, cuda_header=_MMA_HEADER,
+                  data={"splits": splits, "k_slice": k_slice}, cuda_src=f"""
+        const int K = in1_shape0, N = in1_shape1, M = out1_shape0;
+        cudaMemsetAsync(out1_p, 0, sizeof(float) * (size_t)M * N);
+        medusa_k::mma_rows<<<dim3((N + 127) / 128, (int)data["splits"]), 128>>>(
+            (const __half*)in0_p, (const __half*)in1_p, out1_p, M, K, N, (int)data["k_slice"]);
+        const size_t total = (size_t)M * N;
+        const int blocks = (int)(total < 4096 * 256 ? (total + 255) / 256 : 4096);
+        medusa_k::mma_finish<<<blocks, 256>>>(out1_p, {"(const __half*)in2_p" if bias is not None else "nullptr"},
+                                              (__half*)out0_p, M, N);
+    """)
+    return out[0]

@@ -5,6 +5,7 @@ Layout per layer: keys and values [B, kv_heads, max_len, head_dim]. `length` liv
 """
 import numpy as np
 
+from medusa import cuda_kernels
 from medusa.runtime import jt
 
 
@@ -35,6 +36,11 @@ class KVCache:
         self.values[layer][:, :, start:end] = v
         return self.keys[layer], self.values[layer], end
 
+    def buffers(self, layer: int):
+        """(keys, values): the layer's whole buffers [B, kv_heads, max_len, D], for a kernel that
+        writes the new positions itself (cuda_kernels.qkv_rope_into_cache) at [length, ...)."""
+        return self.keys[layer], self.values[layer]
+
     def advance(self, n: int):
         self.length += n
 
@@ -45,7 +51,10 @@ class KVCache:
         if keep.size and (keep.min() < start or keep.max() >= self.length):
             raise ValueError(f"compact: positions {keep.tolist()} outside [{start}, {self.length})")
         n = int(keep.size)
-        if n and not np.array_equal(keep, np.arange(start, start + n)):
+        buffers = self.keys + self.values
+        if n and not np.array_equal(keep, np.arange(start, start + n)) and cuda_kernels.compact_ok(buffers, n):
+            cuda_kernels.compact_cache(buffers, start, keep).sync()   # one kernel for every layer
+        elif n and not np.array_equal(keep, np.arange(start, start + n)):
             index = jt.array(keep.astype(np.int32))
             for layer in range(len(self.keys)):
                 self.keys[layer][:, :, start:start + n] = self.keys[layer][:, :, index]

@@ -34,9 +34,12 @@ BLAS_MIN_ONE_ROW = 1 << 22     # weight elements from which a single row goes to
 
 def matmul_kernel(a, b, trans_b):
     """The function that computes matmul(a, b, trans_b): Jittor's own, one of medusa/kernels.py
-    (CPU) or cuda_kernels.gemv (one row on a GPU)."""
+    (CPU), cuda_kernels.gemv (one row on a GPU) or cuda_kernels.mma_rows (2-64 rows in fp16 on
+    a GPU: a tree's projections)."""
     if jt.flags.use_cuda:
-        return cuda_kernels.gemv if cuda_kernels.gemv_ok(a, b, trans_b) else kernels.reference_matmul
+        if cuda_kernels.gemv_ok(a, b, trans_b):
+            return cuda_kernels.gemv
+        return cuda_kernels.mma_rows if cuda_kernels.mma_rows_ok(a, b, trans_b) else kernels.reference_matmul
     if a.dtype != "float32" or b.dtype != "float32" or not kernels.use_blas():
         return kernels.reference_matmul
     if trans_b or b.ndim > 2:                      # attention: one product per (batch, kv head)
@@ -139,7 +142,9 @@ class Attention(jt.nn.Module):
 
     def execute(self, x, rope, mask, cache, layer):
         if self._qkv is not None:
-            return self._execute_fused(x, rope, mask, cache, layer)
+            weight, bias = self._qkv
+            qkv = matmul(x, weight)
+            return self.attend(qkv if bias is None else qkv + bias, rope, mask, cache, layer)
         cos, sin = rope.rows()
         B, T, _ = x.shape
         q = self.q_proj(x).reshape(B, T, self.n_heads, self.head_dim)
@@ -160,25 +165,26 @@ class Attention(jt.nn.Module):
         out = out.reshape(B, self.n_heads, T, self.head_dim)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, T, self.n_heads * self.head_dim))
 
-    def _execute_fused(self, x, rope, mask, cache, layer):
-        """The same layer in ~6 ops: fused projection, split + RoPE, attention over the cache's
-        buffers (tokens-major output, ready for o_proj), o_proj; CUDA kernels on a GPU, their
-        Jittor references elsewhere."""
-        B, T, _ = x.shape
+    def attend(self, qkv, rope, mask, cache, layer):
+        """The fused layer after its q/k/v projection qkv [B, T, (nq + 2 nkv) d]: split + RoPE
+        (writing k and v into the cache), attention over the cache's buffers (tokens-major
+        output, ready for o_proj), o_proj. On a GPU three ops (cuda_kernels.qkv_rope_into_cache,
+        cache_attention, gemv); elsewhere their Jittor references."""
+        B, T, _ = qkv.shape
         nq, nkv, d = self.n_heads, self.n_kv, self.head_dim
-        weight, bias = self._qkv
-        qkv = matmul(x, weight)
-        if bias is not None:
-            qkv = qkv + bias
+        cos, sin, positions = rope.cos_table, rope.sin_table, rope.positions
         fast = gpu_kernels_ok()
+        length = T if cache is None else cache.length + T
+        if fast and cache is not None and cuda_kernels.cache_attention_ok(qkv.dtype, d, length):
+            keys, values = cache.buffers(layer)
+            q = cuda_kernels.qkv_rope_into_cache(qkv, cos, sin, positions, keys, values, cache.length, nq, nkv, d)
+            return self.o_proj(cuda_kernels.cache_attention(q, keys, values, length, mask, d ** -0.5,
+                                                            tokens_major=True))
         split = cuda_kernels.qkv_rope if fast else cuda_kernels.reference_qkv_rope
-        q, k, v = split(qkv, rope.cos_table, rope.sin_table, rope.positions, nq, nkv, d)
-        if cache is not None:
-            keys, values, length = cache.write(layer, k, v)
-        else:
-            keys, values, length = k, v, T
+        q, k, v = split(qkv, cos, sin, positions, nq, nkv, d)
+        keys, values = (k, v) if cache is None else cache.write(layer, k, v)[:2]
         q = q.reshape(B, nkv, (nq // nkv) * T, d)
-        if fast and cuda_kernels.cache_attention_ok(q, length):
+        if fast and cuda_kernels.cache_attention_ok(qkv.dtype, d, length):
             out = cuda_kernels.cache_attention(q, keys, values, length, mask, d ** -0.5, tokens_major=True)
         else:
             out = attention(q, keys[:, :, :length], values[:, :, :length], mask, d ** -0.5)
@@ -224,9 +230,16 @@ class MLP(jt.nn.Module):
     def execute(self, x):
         if self._gate_up is None:
             return self.down_proj(jt.nn.silu(self.gate_proj(x)) * self.up_proj(x))
-        gate_up = matmul(x, self._gate_up)
-        act = cuda_kernels.silu_mul(gate_up) if gpu_kernels_ok() else cuda_kernels.reference_silu_mul(gate_up)
-        return self.down_proj(act)
+        return self.down(matmul(x, self._gate_up))
+
+    def down(self, gate_up):
+        """down_proj(SiLU(gate) * up) of the fused gate/up output: one kernel for one row on a GPU
+        (cuda_kernels.silu_gemv), else SiLU * up (fused on a GPU) and the projection."""
+        if not gpu_kernels_ok():
+            return self.down_proj(cuda_kernels.reference_silu_mul(gate_up))
+        if cuda_kernels.silu_gemv_ok(gate_up, self.down_proj.weight):
+            return cuda_kernels.silu_gemv(gate_up, self.down_proj.weight)
+        return self.down_proj(cuda_kernels.silu_mul(gate_up))
 
 
 class DecoderLayer(jt.nn.Module):
@@ -239,6 +252,50 @@ class DecoderLayer(jt.nn.Module):
     def execute(self, x, rope, mask, cache, layer):
         x = x + self.self_attn(self.input_layernorm(x), rope, mask, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def execute_pending(self, x, pending, rope, mask, cache, layer):
+        """The GPU form of execute: the residual stream x with `pending` (the previous layer's
+        MLP output, None before the first layer) not yet added -> (x, this layer's MLP output).
+        Each residual add runs inside the norm after it, and each norm inside the projection
+        after it where that is one row (norm_matmul); a decode step's layer is then six kernels,
+        launched from one op (cuda_kernels.decode_layer) where the layer allows."""
+        attn, mlp = self.self_attn, self.mlp
+        if (attn._qkv is not None and mlp._gate_up is not None and attn.o_proj.bias is None
+                and cuda_kernels.decode_layer_ok(x, cache, attn.head_dim)):
+            return cuda_kernels.decode_layer(
+                x, pending, self.input_layernorm.weight, *attn._qkv, rope.cos_table, rope.sin_table, rope.positions,
+                *cache.buffers(layer), cache.length, attn.o_proj.weight, self.post_attention_layernorm.weight,
+                mlp._gate_up, mlp.down_proj.weight, self.input_layernorm.eps, attn.head_dim ** -0.5)
+        if attn._qkv is not None:
+            x, qkv = norm_matmul(x, pending, self.input_layernorm, *attn._qkv)
+            out = attn.attend(qkv, rope, mask, cache, layer)
+        else:
+            x, h = norm_matmul(x, pending, self.input_layernorm)
+            out = attn(h, rope, mask, cache, layer)
+        if mlp._gate_up is not None:
+            x, gate_up = norm_matmul(x, out, self.post_attention_layernorm, mlp._gate_up)
+            return x, mlp.down(gate_up)
+        x, h = norm_matmul(x, out, self.post_attention_layernorm)
+        return x, mlp(h)
+
+
+def norm_matmul(x, delta, norm, weight=None, bias=None):
+    """(h, RMSNorm(h) @ weight + bias) with h = x + delta (x when delta is None): a residual add,
+    the norm after it and the projection that reads it (no weight: the normed h itself). On a GPU
+    at inference one row with a weight is one kernel (cuda_kernels.norm_gemv), else the add and
+    the norm are one (add_rms_norm) and the matmul another; elsewhere the references."""
+    fast = gpu_kernels_ok()
+    if fast and weight is not None and cuda_kernels.norm_gemv_ok(x, weight):
+        return cuda_kernels.norm_gemv(x, delta, norm.weight, norm.eps, weight, bias)
+    if delta is None:
+        h = norm(x)
+    else:
+        add_norm = cuda_kernels.add_rms_norm if fast else cuda_kernels.reference_add_rms_norm
+        x, h = add_norm(x, delta, norm.weight, norm.eps)
+    if weight is None:
+        return x, h
+    y = matmul(h, weight)
+    return x, (y if bias is None else y + bias)
 
 
 class Rope:
@@ -373,16 +430,12 @@ class Transformer(jt.nn.Module):
         return x
 
     def _layers_fused_norms(self, x, rope, mask, cache):
-        """The layers with every residual add fused into the norm after it (cuda_kernels.
-        add_rms_norm): the last layer's into the final norm. Returns the final-normed states."""
-        layers = self.model.layers
-        h = layers[0].input_layernorm(x)
-        for i, layer in enumerate(layers):
-            post = layer.post_attention_layernorm
-            x, h = cuda_kernels.add_rms_norm(x, layer.self_attn(h, rope, mask, cache, i), post.weight, post.eps)
-            after = layers[i + 1].input_layernorm if i + 1 < len(layers) else self.model.norm
-            x, h = cuda_kernels.add_rms_norm(x, layer.mlp(h), after.weight, after.eps)
-        return h
+        """The layers in their GPU form (DecoderLayer.execute_pending): every residual add fused
+        into the norm after it, the last one into the final norm. Returns the final-normed states."""
+        pending = None
+        for i, layer in enumerate(self.model.layers):
+            x, pending = layer.execute_pending(x, pending, rope, mask, cache, i)
+        return norm_matmul(x, pending, self.model.norm)[1]
 
 
 class VocabMap:

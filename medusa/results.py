@@ -46,6 +46,10 @@ def summarize(samples, greedy):
         summary["per_category"] = _per_category(samples)
         if greedy:
             summary["identical_outputs"] = sum(_identical(s) for s in samples)
+            divergences = [{"id": s["id"], "turn": i, **t["divergence"]}
+                           for s in samples for i, t in enumerate(s["turns"]) if "divergence" in t]
+            if divergences:
+                summary["divergences"] = divergences
     return summary
 
 
@@ -227,3 +231,7 @@ def print_summary(summary, out=sys.stdout):
         print(f"speedup {summary['speedup']:.2f}x", file=out)
     if "identical_outputs" in summary:
         print(f"identical outputs {summary['identical_outputs']}/{summary['num_samples']}", file=out)
+    for d in summary.get("divergences", []):
+        gap = d.get("logit_gap")
+        print(f"  {d['id']} turn {d['turn']}: first differs at token {d['position']}, "
+              f"logit gap {'-' if gap is None else f'{gap:.4f}'} (top-2 margin {d['top2_margin']:.4f})", file=out)

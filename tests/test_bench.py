@@ -3,6 +3,7 @@ runs on a tiny model (bench.py): resume, greedy identity, multi-turn."""
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from medusa import bench, prompt_sets, results
@@ -172,6 +173,26 @@ def test_greedy_medusa_matches_base_and_summary_recomputes(tiny_run):
     assert {"jittor", "device", "cpu", "git_commit", "date"} <= set(saved["environment"])
     assert out.with_suffix(".png").stat().st_size > 0
     assert saved["summary"]["load_average_1m"] >= 0
+
+
+def test_first_divergence_names_the_position_and_the_logit_gap(tiny_run):
+    """Where two greedy replies first differ, with the plain model's logits there; a reply that is
+    only longer has no tokens to compare; equal replies have no divergence."""
+    from medusa.core import forced_logits, generate
+
+    _, setup = tiny_run
+    prompt = [5, 9, 13, 22]
+    base = generate(setup.model, prompt, 10).output_ids
+    assert bench.first_divergence(setup.model, prompt, base, base) is None
+    other = list(base)
+    other[3] = (base[3] + 1) % setup.model.config.vocab_size
+    d = bench.first_divergence(setup.model, prompt, base, other)
+    row = forced_logits(setup.model, prompt, base[:3])[-1]
+    assert d["position"] == 3 and d["base_token"] == base[3] and d["medusa_token"] == other[3]
+    assert d["logit_gap"] == pytest.approx(row[base[3]] - row[other[3]]) and d["logit_gap"] >= 0
+    assert d["top2_margin"] == pytest.approx(float(np.diff(np.sort(row)[-2:])[0]))
+    assert bench.first_divergence(setup.model, prompt, base, base[:6]) == {"position": 6, "top2_margin": pytest.approx(
+        float(np.diff(np.sort(forced_logits(setup.model, prompt, base[:6])[-1])[-2:])[0]))}
 
 
 def test_interrupted_run_resumes_without_duplicates(tiny_run, monkeypatch):

@@ -230,16 +230,123 @@ def test_gemv_kernel(cuda, dtype, K, N):
     close(ck.gemv(x, w), jt.matmul(x.float32(), w.float32()).cast(dtype), dtype)
 
 
-def test_fused_model_runs_the_kernels(cpu_reference, cuda, monkeypatch):
-    """On CUDA the fused model calls each kernel in every layer."""
+@pytest.mark.parametrize("M,K,N", [(2, 64, 320), (9, 576, 960), (16, 576, 3072), (33, 1536, 576), (64, 4096, 12288),
+                                   (64, 11008, 4096), (64, 576, 49152)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_mma_rows_kernel(cuda, M, K, N, bias):
+    """The tensor-core product of a tree's rows vs cuBLAS (both accumulate in fp32)."""
+    x, w = rand((1, M, K), "float16", 23), rand((K, N), "float16", 24, 0.05)
+    b = rand((N,), "float16", 25) if bias else None
+    assert ck.mma_rows_ok(x, w)
+    want = jt.matmul(x, w)
+    close(ck.mma_rows(x, w, bias=b), want if b is None else want + b, "float16")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("K,N,delta,bias", [(64, 320, False, False), (576, 1728, True, False), (576, 1536, True, True),
+                                            (4096, 12288, True, False), (8192, 64, False, True)])
+def test_norm_gemv_kernel(cuda, dtype, K, N, delta, bias):
+    """The residual add, RMSNorm and the projection in one kernel vs add + norm + matmul."""
+    x, w, nw = rand((1, 1, K), dtype, 12), rand((K, N), dtype, 13, 0.05), rand((K,), dtype, 14, 0.1) + 1
+    d = rand((1, 1, K), dtype, 15) if delta else None
+    b = rand((N,), dtype, 16) if bias else None
+    assert ck.norm_gemv_ok(x, w)
+    h, y = ck.norm_gemv(x, d, nw, 1e-6, w, b)
+    want_h, want_y = ck.reference_norm_gemv(x, d, nw, 1e-6, w, b)
+    close(h, want_h, dtype)
+    close(y, want_y, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("I,N", [(128, 64), (1536, 576), (11008, 4096)])
+def test_silu_gemv_kernel(cuda, dtype, I, N):
+    gate_up, w = rand((1, 1, 2 * I), dtype, 17), rand((I, N), dtype, 18, 0.05)
+    assert ck.silu_gemv_ok(gate_up, w)
+    close(ck.silu_gemv(gate_up, w), ck.reference_silu_gemv(gate_up, w), dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("B,T,nq,nkv,d,start", [(1, 1, 4, 2, 32, 0), (1, 1, 32, 32, 128, 130), (2, 9, 4, 2, 32, 17),
+                                                (1, 64, 9, 3, 64, 200)])
+def test_qkv_rope_into_cache_kernel(cuda, dtype, B, T, nq, nkv, d, start):
+    """q in the folded layout, k and v written at [start, start + T) of the cache's buffers, the
+    positions around them untouched."""
+    model = Transformer(ModelConfig.from_dict(dict(COMMON, model_type="llama", head_dim=d)), dtype, 512)
+    qkv = rand((B, T, (nq + 2 * nkv) * d), dtype, 19)
+    positions = jt.array(np.random.default_rng(20).integers(0, 500, (B, T)).astype(np.int32))
+    L = start + T + 5
+    keys, values = rand((B, nkv, L, d), dtype, 21), rand((B, nkv, L, d), dtype, 22)
+    before = keys.numpy().copy(), values.numpy().copy()
+    q = ck.qkv_rope_into_cache(qkv, model._cos32, model._sin32, positions, keys, values, start, nq, nkv, d)
+    want_q, want_k, want_v = ck.reference_qkv_rope(qkv, model._cos32, model._sin32, positions, nq, nkv, d)
+    close(q, want_q.reshape(B, nkv, (nq // nkv) * T, d), dtype)
+    for buffer, old, want in zip((keys, values), before, (want_k, want_v)):
+        got = buffer.numpy()
+        close(jt.array(got[:, :, start:start + T]), want, dtype)
+        np.testing.assert_array_equal(got[:, :, :start], old[:, :, :start])
+        np.testing.assert_array_equal(got[:, :, start + T:], old[:, :, start + T:])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("keep", [[1, 2], [3, 4, 7, 8], [2, 5, 6, 9, 10, 11]])
+def test_compact_cache_kernel(cuda, dtype, keep):
+    """One kernel moves the kept positions of every buffer; sources that are also destinations
+    (keep[j] == start + i) are read before they are overwritten."""
+    from medusa.kvcache import KVCache
+
+    cfg = ModelConfig.from_dict(CONFIGS["llama"])
+    cache = KVCache(cfg, 1, 16, dtype)
+    for layer in range(cfg.num_hidden_layers):
+        cache.keys[layer] = rand((1, 2, 16, 16), dtype, 30 + layer)
+        cache.values[layer] = rand((1, 2, 16, 16), dtype, 40 + layer)
+    before = [b.numpy().copy() for b in cache.keys + cache.values]
+    start = 1
+    cache.length = 12
+    cache.compact(start, [start + k for k in keep])
+    assert cache.length == start + len(keep)
+    for got, old in zip(cache.keys + cache.values, before):
+        want = old.copy()
+        want[:, :, start:start + len(keep)] = old[:, :, [start + k for k in keep]]
+        np.testing.assert_array_equal(got.numpy()[:, :, :cache.length], want[:, :, :cache.length])
+
+
+@pytest.mark.parametrize("layer_op", [True, False])
+def test_fused_model_runs_the_kernels(cpu_reference, cuda, monkeypatch, layer_op):
+    """On CUDA the fused model calls each kernel in every layer: a decode step's layer is six
+    kernels (norm_gemv twice, qkv_rope_into_cache, cache_attention, gemv, silu_gemv), launched
+    from one op (decode_layer) unless that is switched off."""
     state, tokens, _ = cpu_reference["llama"]
     calls = {}
-    for name in ("rms_norm", "add_rms_norm", "qkv_rope", "silu_mul", "cache_attention", "gemv"):
+    names = ("rms_norm", "add_rms_norm", "qkv_rope", "qkv_rope_into_cache", "silu_mul", "cache_attention", "gemv",
+             "norm_gemv", "silu_gemv", "decode_layer")
+    for name in names:
         real = getattr(ck, name)
         monkeypatch.setattr(ck, name, lambda *a, _r=real, _n=name, **k: calls.update({_n: calls.get(_n, 0) + 1}) or _r(*a, **k))
+    monkeypatch.setitem(ck._state, "layer_op", layer_op)
     forced_logits(build("llama", state, "float16", fused=True), PROMPT, tokens[:3])
-    layers = CONFIGS["llama"]["num_hidden_layers"]
-    assert calls["qkv_rope"] == calls["silu_mul"] == calls["cache_attention"] == 4 * layers
-    assert calls["rms_norm"] == 4 and calls["add_rms_norm"] == 4 * 2 * layers   # residual adds in the norms
-    assert calls["gemv"] == 3 * (4 * layers + 1) + 1   # 3 one-token steps (4 projections a layer, lm_head)
-                                                       # and the prompt's last-position logits
+    L = CONFIGS["llama"]["num_hidden_layers"]
+    steps = 3                                 # one-token steps after the prompt (16 rows: add_rms_norm + cuBLAS)
+    assert calls.get("qkv_rope", 0) == 0 and calls["rms_norm"] == 1 and calls["silu_mul"] == L
+    assert calls["add_rms_norm"] == 2 * L + steps          # the prompt's layers and every final norm
+    assert calls["gemv"] == steps * (0 if layer_op else L) + steps + 1   # (o_proj,) lm_head, the prompt's logits
+    if layer_op:
+        assert calls["decode_layer"] == steps * L and calls["qkv_rope_into_cache"] == calls["cache_attention"] == L
+        assert calls.get("norm_gemv", 0) == calls.get("silu_gemv", 0) == 0
+    else:
+        assert calls.get("decode_layer", 0) == 0
+        assert calls["qkv_rope_into_cache"] == calls["cache_attention"] == (steps + 1) * L
+        assert calls["silu_gemv"] == steps * L and calls["norm_gemv"] == steps * 2 * L
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_layer_op_equals_its_six_kernels(cpu_reference, cuda, monkeypatch, dtype):
+    """decode_layer launches the same kernels in the same order as the six-op path: the logits
+    of a decode step, and the cache it writes, are bit-identical."""
+    state, tokens, _ = cpu_reference["llama"]
+    got = {}
+    for layer_op in (True, False):
+        monkeypatch.setitem(ck._state, "layer_op", layer_op)
+        got[layer_op] = forced_logits(build("llama", state, dtype, fused=True), PROMPT, tokens[:6])
+    np.testing.assert_array_equal(got[True], got[False])
+
+

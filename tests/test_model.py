@@ -180,3 +180,39 @@ def test_fused_projections_compute_the_same_model(tiny_pkl, family):
     heads = random_heads(plain, "medusa", share=True)
     want = medusa_generate(plain, heads, prompt, 16, "8_node").output_ids
     assert medusa_generate(fused, heads, prompt, 16, "8_node").output_ids == want == generate(plain, prompt, 16).output_ids
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+@pytest.mark.parametrize("fuse", [False, True])
+def test_pending_residual_form_computes_the_same_layers(tiny_pkl, family, fuse):
+    """The GPU's form of the layer loop (DecoderLayer.execute_pending: each residual add inside
+    the norm after it, the last in the final norm), run here through the kernels' references:
+    the same final-normed states as the plain loop for a prompt and then one cached token, with
+    the keys and values in both caches equal."""
+    from medusa.core import new_cache
+    from medusa.model import Rope
+
+    model = weights.load_model(tiny_pkl(family), "float32")
+    if fuse:
+        model.fuse_projections()
+    caches = new_cache(model, 1, 32), new_cache(model, 1, 32)
+
+    def plain(x, rope, mask, cache):
+        for i, layer in enumerate(model.model.layers):
+            x = layer(x, rope, mask, cache, i)
+        return model.model.norm(x)
+
+    start = 0
+    for tokens in ([5, 9, 13, 22, 40, 41, 7], [11]):
+        T = len(tokens)
+        ids = jt.array(np.array([tokens], np.int32))
+        rope = Rope(model, jt.array(np.arange(start, start + T, dtype=np.int32)[None]))
+        mask = build_mask(1, T, start) if T > 1 else None
+        got, want = (run(model.embed(ids), rope, mask, cache)
+                     for run, cache in ((model._layers_fused_norms, caches[0]), (plain, caches[1])))
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+        for cache in caches:
+            cache.advance(T)
+        start += T
+    for a, b in zip(caches[0].keys + caches[0].values, caches[1].keys + caches[1].values):
+        np.testing.assert_allclose(a.numpy()[:, :, :start], b.numpy()[:, :, :start], rtol=1e-5, atol=1e-5)

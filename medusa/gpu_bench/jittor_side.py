@@ -123,6 +123,32 @@ def profile_decode(cfg, model, steps=3, top=12):
     with jt.profile_scope(warmup=0, rerun=0) as report:
         for _ in range(steps):
             decoder.step()
+    return _profile_rows(report, steps, top)
+
+
+def profile_tree(cfg, model, tree, steps=3, top=12):
+    """Jittor's profiler over a few verification forwards of `tree` (decoding.tree_decode: the
+    base model on every node, their logits and argmax), the cache rewound after each."""
+    c = model.config
+    jt.set_global_seed(cfg.seed)
+    heads = build_heads(HeadConfig(**HEADS, hidden_size=c.hidden_size, vocab_size=c.vocab_size))
+    heads.eval()
+    step = MedusaStep(cfg, model, heads, tree)
+    step.prefill(prompt_ids(cfg, c.vocab_size))
+    past = step.cache.length
+
+    def verify():
+        decoding.tree_decode(model, step.cache, step.tree, step.tokens, step.sampling)
+        step.cache.truncate(past)
+
+    verify()
+    with jt.profile_scope(warmup=0, rerun=0) as report:
+        for _ in range(steps):
+            verify()
+    return _profile_rows(report, steps, top)
+
+
+def _profile_rows(report, steps, top):
     header, rows = report[0], report[1:]
     col = {name: header.index(name) for name in ("Name", "Count", "TotalTime")}
     kernels = sorted(({"ops": _op_names(r[col["Name"]]), "count": int(r[col["Count"]]),
@@ -234,15 +260,27 @@ def run(cfg) -> Recorder:
         rec.put(shape, "decode", decode_timing(cfg, model))
         from medusa import cuda_kernels
 
-        cuda_kernels.use_gemv(False)                 # the same model, one-row matmuls on cuBLAS
+        cuda_kernels.use_layer_op(False)             # the same kernels, one op each (six a layer)
+        try:
+            rec.put(shape, "decode_six_ops", decode_timing(cfg, model))
+            rec.put(shape, "profile_decode_six_ops", profile_decode(cfg, model))
+        finally:
+            cuda_kernels.use_layer_op(True)
+        cuda_kernels.use_gemv(False)                 # one-row matmuls on cuBLAS (and no layer op)
         try:
             rec.put(shape, "decode_cublas_gemv", decode_timing(cfg, model))
         finally:
             cuda_kernels.use_gemv(True)
         rec.put(shape, "profile_decode", profile_decode(cfg, model))
+        rec.put(shape, "profile_tree_mc_sim_7b_63", profile_tree(cfg, model, "mc_sim_7b_63"))
         rec.put(shape, "matmul_probe", matmul_probe(cfg, model))
         for tree in cfg.trees:
             rec.put(shape, f"medusa_{tree}", medusa_timing(cfg, model, tree))
+        cuda_kernels.use_mma(False)                  # a tree's projections on cuBLAS instead of mma_rows
+        try:
+            rec.put(shape, "medusa_mc_sim_7b_63_cublas", medusa_timing(cfg, model, "mc_sim_7b_63"))
+        finally:
+            cuda_kernels.use_mma(True)
 
     def cleanup():
         sync()

