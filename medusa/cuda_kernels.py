@@ -138,6 +138,17 @@ __global__ void rms_norm(const T* x, const W* w, T* y, int H, float eps) {
     const float inv = rsqrtf(block_reduce(ss, scratch, false) / H + eps);
     for (int i = threadIdx.x; i < H; i += blockDim.x) out[i] = from_f32<T>(f32(row[i]) * inv * f32(w[i]));
 }
+// host-side launches, shared by the single ops and the layer ops (the same blockDim, so the
+// same summation order and bit-identical results)
+inline int norm_threads(int H) { return H >= 1024 ? 1024 : (H + 31) / 32 * 32; }
+template <class T, class W>
+inline void launch_rms_norm(const T* x, const W* w, T* y, size_t rows, int H, float eps) {
+    rms_norm<<<rows, norm_threads(H)>>>(x, w, y, H, eps);
+}
+template <class T, class W>
+inline void launch_add_rms_norm(const T* x, const T* d, const W* w, T* sum, T* y, size_t rows, int H, float eps) {
+    add_rms_norm<<<rows, norm_threads(H)>>>(x, d, w, sum, y, H, eps);
+}
 }  // namespace medusa_k
 """
 _RMS_NORM_HEADER = _COMMON + _RMS_NORM_BODY
@@ -159,9 +170,8 @@ def rms_norm(x, weight, eps):
     """x [..., H] (fp16/fp32), weight [H] -> RMSNorm(x) * weight, same dtype as x."""
     return jt.code(x.shape, x.dtype, [x, weight], cuda_header=_RMS_NORM_HEADER, data={"eps": float(eps)},
                    cuda_src=f"""
-        const int H = in0_shape{x.ndim - 1};
-        const int threads = H >= 1024 ? 1024 : (H + 31) / 32 * 32;
-        medusa_k::rms_norm<<<{_rows("in0", x.ndim)}, threads>>>(in0_p, in1_p, out0_p, H, (float)data["eps"]);
+        medusa_k::launch_rms_norm(in0_p, in1_p, out0_p, {_rows("in0", x.ndim)}, in0_shape{x.ndim - 1},
+                                  (float)data["eps"]);
     """)
 
 
@@ -175,10 +185,8 @@ def add_rms_norm(x, delta, weight, eps):
     and the norm after it."""
     return jt.code([x.shape, x.shape], [x.dtype, x.dtype], [x, delta, weight], cuda_header=_RMS_NORM_HEADER,
                    data={"eps": float(eps)}, cuda_src=f"""
-        const int H = in0_shape{x.ndim - 1};
-        const int threads = H >= 1024 ? 1024 : (H + 31) / 32 * 32;
-        medusa_k::add_rms_norm<<<{_rows("in0", x.ndim)}, threads>>>(in0_p, in1_p, in2_p, out0_p, out1_p, H,
-                                                                     (float)data["eps"]);
+        medusa_k::launch_add_rms_norm(in0_p, in1_p, in2_p, out0_p, out1_p, {_rows("in0", x.ndim)},
+                                      in0_shape{x.ndim - 1}, (float)data["eps"]);
     """)
 
 
@@ -212,6 +220,13 @@ __global__ void qkv_rope(const T* qkv, const float* cos_t, const float* sin_t, c
         else        k[(((size_t)b * nkv + (h - nq)) * L + start + t) * D + d] = from_f32<T>(r);
     }
 }
+inline int grid_of(size_t total) { return (int)(total < 4096 * 256 ? (total + 255) / 256 : 4096); }
+template <class T>
+inline void launch_qkv_rope(const T* qkv, const float* cos_t, const float* sin_t, const int* pos, T* q, T* k, T* v,
+                            int B, int Tn, int nq, int nkv, int D, int L, int start) {
+    qkv_rope<<<grid_of((size_t)B * Tn * (nq + 2 * nkv) * D), 256>>>(qkv, cos_t, sin_t, pos, q, k, v, B, Tn, nq, nkv,
+                                                                    D, L, start);
+}
 }  // namespace medusa_k
 """
 _QKV_ROPE_HEADER = _COMMON + _QKV_ROPE_BODY
@@ -233,10 +248,8 @@ def reference_qkv_rope(qkv, cos, sin, positions, nq, nkv, d):
 
 
 _QKV_ROPE_LAUNCH = """
-    const size_t total = (size_t)in0_shape0 * in0_shape1 * in0_shape2;
-    const int blocks = (int)(total < 4096 * 256 ? (total + 255) / 256 : 4096);
-    medusa_k::qkv_rope<<<blocks, 256>>>(in0_p, in1_p, in2_p, in3_p, out0_p, {k}, {v},
-        in0_shape0, in0_shape1, (int)data["nq"], (int)data["nkv"], out0_shape3, {L}, {start});
+    medusa_k::launch_qkv_rope(in0_p, in1_p, in2_p, in3_p, out0_p, {k}, {v}, in0_shape0, in0_shape1,
+        (int)data["nq"], (int)data["nkv"], out0_shape3, {L}, {start});
 """
 
 
@@ -277,6 +290,11 @@ __global__ void silu_mul(const T* gu, T* y, size_t rows, int I) {
         y[i] = from_f32<T>(g / (1.0f + __expf(-g)) * u);
     }
 }
+template <class T>
+inline void launch_silu_mul(const T* gu, T* y, size_t rows, int I) {
+    const size_t total = rows * I;
+    silu_mul<<<(int)(total < 4096 * 256 ? (total + 255) / 256 : 4096), 256>>>(gu, y, rows, I);
+}
 }  // namespace medusa_k
 """
 _SILU_MUL_HEADER = _COMMON + _SILU_MUL_BODY
@@ -291,9 +309,7 @@ def silu_mul(gate_up):
     """gate_up [..., 2I] (the fused gate/up projection) -> SiLU(gate) * up [..., I]."""
     I = gate_up.shape[-1] // 2
     return jt.code((*gate_up.shape[:-1], I), gate_up.dtype, [gate_up], cuda_header=_SILU_MUL_HEADER, cuda_src=f"""
-        const size_t rows = {_rows("in0", gate_up.ndim)}, total = rows * out0_shape{gate_up.ndim - 1};
-        const int blocks = (int)(total < 4096 * 256 ? (total + 255) / 256 : 4096);
-        medusa_k::silu_mul<<<blocks, 256>>>(in0_p, out0_p, rows, out0_shape{gate_up.ndim - 1});
+        medusa_k::launch_silu_mul(in0_p, out0_p, {_rows("in0", gate_up.ndim)}, out0_shape{gate_up.ndim - 1});
     """)
 
 
@@ -306,14 +322,15 @@ namespace medusa_k {
 //          also writes the sum x + d (the new residual) when d is given;
 //   SILU:  SiLU(gu[k]) * gu[K + k] of the fused gate/up projection's output gu [2K].
 // Each element of x is rounded to T as the unfused ops would store it. A block covers 4 x
-// 16-byte column groups and 64 slices of K; every thread streams its slice of rows, U 16-byte
-// loads in flight, and partial sums meet in shared memory. At batch 1 this is the whole matmul
+// 16-byte column groups and 64 slices of K; every thread streams its slice of rows (unrolled
+// by 4; 8 loads in flight per thread made the Vicuna-7B step 1.6x slower: fewer warps fit), and
+// partial sums meet in shared memory. At batch 1 this is the whole matmul
 // cost of a decode step. NORM keeps the normed row in dynamic shared memory (K floats).
 enum { PLAIN = 0, NORM = 1, SILU = 2 };
 template <class T, int MODE>
 __global__ void gemv(const T* x, const T* d, const T* nw, const T* w, const T* bias, T* y, T* sum,
                      int K, int N, float eps) {
-    constexpr int V = Vec<T>::N, GROUPS = 4, SLICES = 64, U = 8;   // blockDim = GROUPS * SLICES
+    constexpr int V = Vec<T>::N, GROUPS = 4, SLICES = 64;          // blockDim = GROUPS * SLICES
     __shared__ float part[SLICES][GROUPS * V];
     extern __shared__ float xs[];
     if (MODE == NORM) {
@@ -335,30 +352,19 @@ __global__ void gemv(const T* x, const T* d, const T* nw, const T* w, const T* b
     #pragma unroll
     for (int j = 0; j < V; j++) acc[j] = 0.0f;
     if (col < N) {
-        for (int k0 = slice; k0 < K; k0 += SLICES * U) {
-            float wv[U][V], xv[U];
-            #pragma unroll
-            for (int u = 0; u < U; u++) {
-                const int k = k0 + u * SLICES;
-                if (k < K) {
-                    Vec<T>::load(w + (size_t)k * N + col, wv[u]);
-                    if (MODE == PLAIN) xv[u] = f32(x[k]);
-                    else if (MODE == NORM) xv[u] = xs[k];
-                    else {
-                        const float gate = f32(x[k]);
-                        xv[u] = f32(from_f32<T>(gate / (1.0f + __expf(-gate)) * f32(x[K + k])));
-                    }
-                } else {
-                    xv[u] = 0.0f;
-                    #pragma unroll
-                    for (int j = 0; j < V; j++) wv[u][j] = 0.0f;
-                }
+        #pragma unroll 4
+        for (int k = slice; k < K; k += SLICES) {
+            float wv[V];
+            Vec<T>::load(w + (size_t)k * N + col, wv);
+            float xk;
+            if (MODE == PLAIN) xk = f32(x[k]);
+            else if (MODE == NORM) xk = xs[k];
+            else {
+                const float gate = f32(x[k]);
+                xk = f32(from_f32<T>(gate / (1.0f + __expf(-gate)) * f32(x[K + k])));
             }
             #pragma unroll
-            for (int u = 0; u < U; u++) {
-                #pragma unroll
-                for (int j = 0; j < V; j++) acc[j] += xv[u] * wv[u][j];
-            }
+            for (int j = 0; j < V; j++) acc[j] += xk * wv[j];
         }
     }
     #pragma unroll
@@ -587,6 +593,15 @@ __global__ void cache_attention(const T* q, const T* keys, const T* values, cons
         orow[i] = from_f32<T>(acc * inv);
     }
 }
+template <class T>
+inline void launch_cache_attention(const T* q, const T* keys, const T* values, const float* mask, T* out, int blocks,
+                                   int Hkv, int R, int L, int D, int S, int Tn, float scale, int tokens_major) {
+    const int threads = 256, shared = 4 * (D + S + 32 + threads * 8);
+    if (shared > 48 * 1024)
+        cudaFuncSetAttribute(cache_attention<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, shared);
+    cache_attention<<<blocks, threads, shared>>>(q, keys, values, mask, out, Hkv, R, L, D, S, Tn, mask != nullptr,
+                                                 scale, tokens_major);
+}
 }  // namespace medusa_k
 """
 _ATTENTION_HEADER = _COMMON + _ATTENTION_BODY
@@ -611,13 +626,9 @@ def cache_attention(q, keys, values, length, mask, scale, tokens_major=False):
     shape = (B, T, H * (R // T) * D) if tokens_major else q.shape
     return jt.code(shape, q.dtype, inputs, cuda_header=_ATTENTION_HEADER,
                    data={"S": length, "T": T, "scale": float(scale)}, cuda_src=f"""
-        const int S = (int)data["S"], threads = 256, shared = 4 * (in0_shape3 + S + 32 + threads * 8);
-        if (shared > 48 * 1024)
-            cudaFuncSetAttribute(medusa_k::cache_attention<in0_type>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, shared);
-        medusa_k::cache_attention<<<in0_shape0 * in0_shape1 * in0_shape2, threads, shared>>>(
-            in0_p, in1_p, in2_p, {mask_p}, out0_p, in0_shape1, in0_shape2, in1_shape2, in0_shape3,
-            S, (int)data["T"], {int(mask is not None)}, (float)data["scale"], {int(tokens_major)});
+        medusa_k::launch_cache_attention(in0_p, in1_p, in2_p, {mask_p}, out0_p, in0_shape0 * in0_shape1 * in0_shape2,
+            in0_shape1, in0_shape2, in1_shape2, in0_shape3, (int)data["S"], (int)data["T"], (float)data["scale"],
+            {int(tokens_major)});
     """)
 
 
@@ -670,14 +681,10 @@ def decode_layer(x, pending, in_norm, qkv_weight, qkv_bias, cos, sin, positions,
         medusa_k::gemv<T, medusa_k::NORM><<<(Nqkv + COLS - 1) / COLS, THREADS, 4 * H>>>(
             {p["x"]}, {p.get("pending", null)}, {p["in_norm"]}, {p["qkv_w"]}, {p.get("qkv_b", null)}, qkv,
             {"x1" if pending is not None else null}, H, Nqkv, eps);
-        medusa_k::qkv_rope<<<(Nqkv + THREADS - 1) / THREADS, THREADS>>>(qkv, {p["cos"]}, {p["sin"]}, {p["pos"]},
-            q, {p["keys"]}, {p["values"]}, 1, 1, nq, nkv, D, L, start);
-        const int attention_shared = 4 * (D + S + 32 + THREADS * 8);
-        if (attention_shared > 48 * 1024)
-            cudaFuncSetAttribute(medusa_k::cache_attention<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 attention_shared);
-        medusa_k::cache_attention<<<nq, THREADS, attention_shared>>>(q, {p["keys"]}, {p["values"]},
-            (const float*)nullptr, attn, nkv, nq / nkv, L, D, S, 1, 0, scale, 1);
+        medusa_k::launch_qkv_rope<T>(qkv, {p["cos"]}, {p["sin"]}, {p["pos"]}, q, {p["keys"]}, {p["values"]},
+                                     1, 1, nq, nkv, D, L, start);
+        medusa_k::launch_cache_attention<T>(q, {p["keys"]}, {p["values"]}, nullptr, attn, nq, nkv, nq / nkv, L, D,
+                                            S, 1, scale, 1);
         medusa_k::gemv<T, medusa_k::PLAIN><<<(H + COLS - 1) / COLS, THREADS>>>(attn, {null}, {null}, {p["o_w"]},
             {null}, o, {null}, NQD, H, 0.0f);
         medusa_k::gemv<T, medusa_k::NORM><<<(2 * I + COLS - 1) / COLS, THREADS, 4 * H>>>(residual, o,
@@ -690,7 +697,11 @@ def decode_layer(x, pending, in_norm, qkv_weight, qkv_bias, cos, sin, positions,
 
 # ---------------------------------------------------------------- a few rows times a weight (tensor cores)
 MMA_MAX_ROWS = 64              # rows of x one launch serves (four 16-row tiles)
-MMA_TARGET_BLOCKS = 528        # split K until there are about this many blocks (4 per SM of an H100/H200)
+# 2-64 rows through mma_rows only against weights of at most this many elements: measured on the
+# H200 (December), a SmolLM2-shaped 64-node tree step took 8.2 ms with it and 9.4 with cuBLAS,
+# a Vicuna-7B-shaped one 23.0 ms with it and 10.0 with cuBLAS (its weights are 17-90M elements:
+# there the product is bound by streaming the weight, which cuBLAS does better)
+MMA_MAX_WEIGHT = 1 << 23
 
 _MMA_BODY = r"""
 #include <mma.h>
@@ -701,7 +712,7 @@ namespace medusa_k {
 // 16x16x16). A block: 4 warps x 32 columns, one slice of K (split K: gridDim.y slices, partial
 // sums added into the fp32 workspace ws, zeroed before); x's 64 x 64 chunks are staged in
 // shared memory (rows >= M are zeros); then mma_finish rounds ws to fp16 (+ bias).
-constexpr int MMA_KC = 64, MMA_LD = MMA_KC + 8;
+constexpr int MMA_KC = 64, MMA_LD = MMA_KC + 8, MMA_TARGET_BLOCKS = 528;   // 4 per SM of an H100/H200
 __global__ void mma_rows(const __half* x, const __half* w, float* ws, int M, int K, int N, int k_slice) {
     using namespace nvcuda;
     __shared__ __align__(32) __half xs[64 * MMA_LD];
@@ -763,6 +774,23 @@ __global__ void mma_finish(const float* ws, const __half* bias, __half* y, int M
         y[i] = bias ? __float2half(__half2float(r) + __half2float(bias[i % N])) : r;
     }
 }
+// the split of K: about MMA_TARGET_BLOCKS blocks, slices of whole 64-row chunks
+inline void mma_plan(int K, int N, int* splits, int* k_slice) {
+    const int col_blocks = (N + 127) / 128, chunks = K / 64;
+    int s = (MMA_TARGET_BLOCKS + col_blocks - 1) / col_blocks;
+    s = s > chunks ? chunks : (s < 1 ? 1 : s);
+    *k_slice = 64 * ((chunks + s - 1) / s);
+    *splits = (K + *k_slice - 1) / *k_slice;
+}
+// y = x @ w (+ bias): zero the workspace ws [M, N] fp32, the split product, the rounding
+inline void launch_mma(const __half* x, const __half* w, const __half* bias, __half* y, float* ws, int M, int K, int N) {
+    int splits, k_slice;
+    mma_plan(K, N, &splits, &k_slice);
+    cudaMemsetAsync(ws, 0, sizeof(float) * (size_t)M * N);
+    mma_rows<<<dim3((N + 127) / 128, splits), 128>>>(x, w, ws, M, K, N, k_slice);
+    const size_t total = (size_t)M * N;
+    mma_finish<<<(int)(total < 4096 * 256 ? (total + 255) / 256 : 4096), 256>>>(ws, bias, y, M, N);
+}
 }  // namespace medusa_k
 """
 _MMA_HEADER = _COMMON + _MMA_BODY
@@ -778,36 +806,90 @@ def use_mma(enabled: bool = None) -> bool:
 
 
 def mma_rows_ok(a, b, trans_b=False) -> bool:
-    """2 to MMA_MAX_ROWS rows of fp16 against an fp16 [K, N] weight, K a multiple of 64 and N of 16."""
+    """2 to MMA_MAX_ROWS rows of fp16 against an fp16 [K, N] weight of at most MMA_MAX_WEIGHT
+    elements, K a multiple of 64 and N of 16."""
     if trans_b or b.ndim != 2 or not (jt.flags.use_cuda and jt.flags.no_grad and use_kernels() and use_mma()):
         return False
     rows = math.prod(a.shape[:-1])
     return (2 <= rows <= MMA_MAX_ROWS and str(a.dtype) == "float16" and str(b.dtype) == "float16"
-            and b.shape[0] % 64 == 0 and b.shape[1] % 16 == 0)
+            and b.shape[0] % 64 == 0 and b.shape[1] % 16 == 0 and b.shape[0] * b.shape[1] <= MMA_MAX_WEIGHT)
 
 
 def mma_rows(a, b, trans_b=False, bias=None):
     """a [..., K] with 2-64 rows in all, b [K, N] -> a @ b (+ bias) [..., N] in one op: the
     workspace zeroed, the tensor-core product split over K, the fp16 rounding (mma_rows_ok says
-    when). The split makes about MMA_TARGET_BLOCKS blocks, in slices of 64 rows of b."""
+    when). The split of K makes about 528 blocks (medusa_k::mma_plan)."""
     assert not trans_b
-    K, N = b.shape
-    col_blocks = -(-N // 128)
-    chunks = K // 64
-    splits = max(1, min(chunks, -(-MMA_TARGET_BLOCKS // col_blocks)))
-    k_slice = 64 * -(-chunks // splits)
-    splits = -(-K // k_slice)
-    rows = math.prod(a.shape[:-1])
+    rows, N = math.prod(a.shape[:-1]), b.shape[1]
     inputs = [a, b] + ([bias] if bias is not None else [])
     out = jt.code([(*a.shape[:-1], N), (rows, N)], ["float16", "float32"], inputs, cuda_header=_MMA_HEADER,
-                  data={"splits": splits, "k_slice": k_slice}, cuda_src=f"""
-        const int K = in1_shape0, N = in1_shape1, M = out1_shape0;
-        cudaMemsetAsync(out1_p, 0, sizeof(float) * (size_t)M * N);
-        medusa_k::mma_rows<<<dim3((N + 127) / 128, (int)data["splits"]), 128>>>(
-            (const __half*)in0_p, (const __half*)in1_p, out1_p, M, K, N, (int)data["k_slice"]);
-        const size_t total = (size_t)M * N;
-        const int blocks = (int)(total < 4096 * 256 ? (total + 255) / 256 : 4096);
-        medusa_k::mma_finish<<<blocks, 256>>>(out1_p, {"(const __half*)in2_p" if bias is not None else "nullptr"},
-                                              (__half*)out0_p, M, N);
+                  cuda_src=f"""
+        medusa_k::launch_mma((const __half*)in0_p, (const __half*)in1_p,
+                             {"(const __half*)in2_p" if bias is not None else "nullptr"}, (__half*)out0_p, out1_p,
+                             out1_shape0, in1_shape0, in1_shape1);
     """)
     return out[0]
+
+
+# ---------------------------------------------------------------- a whole decoder layer, a few rows
+_ROWS_LAYER_HEADER = _COMMON + _RMS_NORM_BODY + _QKV_ROPE_BODY + _SILU_MUL_BODY + _ATTENTION_BODY + _MMA_BODY
+
+
+def rows_layer_ok(x, cache, mask, weights, head_dim) -> bool:
+    """rows_layer serves x: 2 to MMA_MAX_ROWS fp16 rows (batch 1) over a cache with a mask, every
+    weight one mma_rows takes (small ones: this is the path of small models, whose tree step is
+    bound by Jittor's cost per op), the shapes cache_attention takes."""
+    T = x.shape[1] if x.ndim == 3 else 0
+    return (cache is not None and mask is not None and x.ndim == 3 and x.shape[0] == 1 and use_layer_op()
+            and all(mma_rows_ok(x, w) for w in weights)
+            and cache_attention_ok(x.dtype, head_dim, cache.length + T))
+
+
+def rows_layer(x, pending, in_norm, qkv_weight, qkv_bias, cos, sin, positions, keys, values, start, mask,
+               o_weight, post_norm, gate_up_weight, down_weight, eps, scale):
+    """decode_layer for 2-64 rows (a tree verification, a short prefill) of a small model in ONE
+    Jittor op: the kernels of the op-by-op path (rms_norm or add_rms_norm, mma_rows for q/k/v,
+    qkv_rope into the cache, cache_attention with the mask, mma_rows for o_proj, add_rms_norm,
+    mma_rows for gate/up, silu_mul, mma_rows for down) with the same launch shapes, so the same
+    results bit for bit, launched back to back from one op. x [1, T, H], mask [1, 1, T, start + T]
+    -> (x + pending + attention, this layer's MLP output)."""
+    T, H = x.shape[1], x.shape[2]
+    nqd, nqkv, inter = o_weight.shape[0], qkv_weight.shape[1], down_weight.shape[0]
+    operands = {"x": x, "pending": pending, "in_norm": in_norm, "qkv_w": qkv_weight, "qkv_b": qkv_bias,
+                "cos": cos, "sin": sin, "pos": positions, "keys": keys, "values": values, "mask": mask,
+                "o_w": o_weight, "post_norm": post_norm, "gate_up_w": gate_up_weight, "down_w": down_weight}
+    names = [n for n, v in operands.items() if v is not None]
+    p = {n: f"in{i}_p" for i, n in enumerate(names)}
+    shape = lambda n, i: f"in{names.index(n)}_shape{i}"
+    half = lambda n: f"(const __half*){p[n]}" if n in p else "(const __half*)nullptr"
+    # qkv | q | attention | o_proj | x + pending | normed | gate_up | SiLU * up, each T rows
+    scratch = T * (nqkv + 2 * nqd + 3 * H + 3 * inter)
+    first_norm = (f'medusa_k::launch_add_rms_norm({half("x")}, {half("pending")}, {half("in_norm")}, x1, h, T, H, eps);'
+                  if pending is not None else
+                  f'medusa_k::launch_rms_norm({half("x")}, {half("in_norm")}, h, T, H, eps);')
+    out = jt.code([x.shape, x.shape, (scratch,), (T * max(nqkv, H, 2 * inter),)],
+                  ["float16", "float16", "float16", "float32"], [operands[n] for n in names],
+                  cuda_header=_ROWS_LAYER_HEADER, data={"start": int(start), "eps": float(eps), "scale": float(scale)},
+                  cuda_src=f"""
+        const int T = {shape("x", 1)}, H = {shape("x", 2)}, Nqkv = {shape("qkv_w", 1)}, NQD = {shape("o_w", 0)};
+        const int I = {shape("down_w", 0)}, nkv = {shape("keys", 1)}, L = {shape("keys", 2)}, D = {shape("keys", 3)};
+        const int nq = NQD / D, start = (int)data["start"], S = start + T;
+        const float eps = (float)data["eps"], scale = (float)data["scale"];
+        __half* qkv = (__half*)out2_p; __half* q = qkv + T * Nqkv; __half* attn = q + T * NQD;
+        __half* o = attn + T * NQD; __half* x1 = o + T * H; __half* h = x1 + T * H; __half* gu = h + T * H;
+        __half* act = gu + T * 2 * I;
+        float* ws = out3_p;
+        const __half* residual = {"x1" if pending is not None else half("x")};
+        {first_norm}
+        medusa_k::launch_mma(h, {half("qkv_w")}, {half("qkv_b")}, qkv, ws, T, H, Nqkv);
+        medusa_k::launch_qkv_rope<__half>(qkv, {p["cos"]}, {p["sin"]}, {p["pos"]}, q, (__half*){p["keys"]},
+                                          (__half*){p["values"]}, 1, T, nq, nkv, D, L, start);
+        medusa_k::launch_cache_attention<__half>(q, (__half*){p["keys"]}, (__half*){p["values"]}, {p["mask"]}, attn,
+                                                 nq * T, nkv, (nq / nkv) * T, L, D, S, T, scale, 1);
+        medusa_k::launch_mma(attn, {half("o_w")}, nullptr, o, ws, T, NQD, H);
+        medusa_k::launch_add_rms_norm<__half, __half>(residual, o, {half("post_norm")}, (__half*)out0_p, h, T, H, eps);
+        medusa_k::launch_mma(h, {half("gate_up_w")}, nullptr, gu, ws, T, H, 2 * I);
+        medusa_k::launch_silu_mul<__half>(gu, act, T, I);
+        medusa_k::launch_mma(act, {half("down_w")}, nullptr, (__half*)out1_p, ws, T, I, H);
+    """)
+    return out[0], out[1]

@@ -258,14 +258,21 @@ class DecoderLayer(jt.nn.Module):
         MLP output, None before the first layer) not yet added -> (x, this layer's MLP output).
         Each residual add runs inside the norm after it, and each norm inside the projection
         after it where that is one row (norm_matmul); a decode step's layer is then six kernels,
-        launched from one op (cuda_kernels.decode_layer) where the layer allows."""
+        launched from one op (cuda_kernels.decode_layer) where the layer allows, and a tree's layer
+        of a small model is one op too (cuda_kernels.rows_layer)."""
         attn, mlp = self.self_attn, self.mlp
-        if (attn._qkv is not None and mlp._gate_up is not None and attn.o_proj.bias is None
-                and cuda_kernels.decode_layer_ok(x, cache, attn.head_dim)):
-            return cuda_kernels.decode_layer(
-                x, pending, self.input_layernorm.weight, *attn._qkv, rope.cos_table, rope.sin_table, rope.positions,
-                *cache.buffers(layer), cache.length, attn.o_proj.weight, self.post_attention_layernorm.weight,
-                mlp._gate_up, mlp.down_proj.weight, self.input_layernorm.eps, attn.head_dim ** -0.5)
+        if attn._qkv is not None and mlp._gate_up is not None and attn.o_proj.bias is None:
+            weights = attn._qkv[0], attn.o_proj.weight, mlp._gate_up, mlp.down_proj.weight
+            args = (self.input_layernorm.weight, *attn._qkv, rope.cos_table, rope.sin_table, rope.positions)
+            tail = (self.input_layernorm.eps, attn.head_dim ** -0.5)
+            if cuda_kernels.decode_layer_ok(x, cache, attn.head_dim):
+                return cuda_kernels.decode_layer(x, pending, *args, *cache.buffers(layer), cache.length,
+                                                 attn.o_proj.weight, self.post_attention_layernorm.weight,
+                                                 mlp._gate_up, mlp.down_proj.weight, *tail)
+            if cuda_kernels.rows_layer_ok(x, cache, mask, weights, attn.head_dim):
+                return cuda_kernels.rows_layer(x, pending, *args, *cache.buffers(layer), cache.length, mask,
+                                               attn.o_proj.weight, self.post_attention_layernorm.weight,
+                                               mlp._gate_up, mlp.down_proj.weight, *tail)
         if attn._qkv is not None:
             x, qkv = norm_matmul(x, pending, self.input_layernorm, *attn._qkv)
             out = attn.attend(qkv, rope, mask, cache, layer)

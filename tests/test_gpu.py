@@ -237,7 +237,7 @@ def test_mma_rows_kernel(cuda, M, K, N, bias):
     """The tensor-core product of a tree's rows vs cuBLAS (both accumulate in fp32)."""
     x, w = rand((1, M, K), "float16", 23), rand((K, N), "float16", 24, 0.05)
     b = rand((N,), "float16", 25) if bias else None
-    assert ck.mma_rows_ok(x, w)
+    assert ck.mma_rows_ok(x, w) == (K * N <= ck.MMA_MAX_WEIGHT)   # larger weights: cuBLAS is faster
     want = jt.matmul(x, w)
     close(ck.mma_rows(x, w, bias=b), want if b is None else want + b, "float16")
 
@@ -301,7 +301,7 @@ def test_compact_cache_kernel(cuda, dtype, keep):
         cache.values[layer] = rand((1, 2, 16, 16), dtype, 40 + layer)
     before = [b.numpy().copy() for b in cache.keys + cache.values]
     start = 1
-    cache.length = 12
+    cache.length = 16
     cache.compact(start, [start + k for k in keep])
     assert cache.length == start + len(keep)
     for got, old in zip(cache.keys + cache.values, before):
@@ -314,26 +314,29 @@ def test_compact_cache_kernel(cuda, dtype, keep):
 def test_fused_model_runs_the_kernels(cpu_reference, cuda, monkeypatch, layer_op):
     """On CUDA the fused model calls each kernel in every layer: a decode step's layer is six
     kernels (norm_gemv twice, qkv_rope_into_cache, cache_attention, gemv, silu_gemv), launched
-    from one op (decode_layer) unless that is switched off."""
+    from one op (decode_layer), and the prompt's layers are one op each (rows_layer), unless the
+    layer op is switched off."""
     state, tokens, _ = cpu_reference["llama"]
     calls = {}
     names = ("rms_norm", "add_rms_norm", "qkv_rope", "qkv_rope_into_cache", "silu_mul", "cache_attention", "gemv",
-             "norm_gemv", "silu_gemv", "decode_layer")
+             "norm_gemv", "silu_gemv", "decode_layer", "rows_layer")
     for name in names:
         real = getattr(ck, name)
         monkeypatch.setattr(ck, name, lambda *a, _r=real, _n=name, **k: calls.update({_n: calls.get(_n, 0) + 1}) or _r(*a, **k))
     monkeypatch.setitem(ck._state, "layer_op", layer_op)
     forced_logits(build("llama", state, "float16", fused=True), PROMPT, tokens[:3])
+    calls = {name: calls.get(name, 0) for name in names}
     L = CONFIGS["llama"]["num_hidden_layers"]
-    steps = 3                                 # one-token steps after the prompt (16 rows: add_rms_norm + cuBLAS)
-    assert calls.get("qkv_rope", 0) == 0 and calls["rms_norm"] == 1 and calls["silu_mul"] == L
-    assert calls["add_rms_norm"] == 2 * L + steps          # the prompt's layers and every final norm
-    assert calls["gemv"] == steps * (0 if layer_op else L) + steps + 1   # (o_proj,) lm_head, the prompt's logits
-    if layer_op:
-        assert calls["decode_layer"] == steps * L and calls["qkv_rope_into_cache"] == calls["cache_attention"] == L
-        assert calls.get("norm_gemv", 0) == calls.get("silu_gemv", 0) == 0
+    steps = 3                                 # one-token steps after the 16-token prompt
+    assert calls["qkv_rope"] == 0 and calls["gemv"] == steps * (0 if layer_op else L) + steps + 1   # (o_proj,)
+    if layer_op:                              # lm_head per step and the prompt's last logits
+        assert calls["rows_layer"] == L and calls["decode_layer"] == steps * L       # the prompt, the steps
+        assert calls["add_rms_norm"] == steps + 1                                   # the final norms
+        assert calls["rms_norm"] == calls["silu_mul"] == calls["norm_gemv"] == calls["silu_gemv"] == 0
+        assert calls["qkv_rope_into_cache"] == calls["cache_attention"] == 0
     else:
-        assert calls.get("decode_layer", 0) == 0
+        assert calls["rows_layer"] == calls["decode_layer"] == 0
+        assert calls["rms_norm"] == 1 and calls["silu_mul"] == L and calls["add_rms_norm"] == 2 * L + steps
         assert calls["qkv_rope_into_cache"] == calls["cache_attention"] == (steps + 1) * L
         assert calls["silu_gemv"] == steps * L and calls["norm_gemv"] == steps * 2 * L
 
@@ -350,3 +353,25 @@ def test_layer_op_equals_its_six_kernels(cpu_reference, cuda, monkeypatch, dtype
     np.testing.assert_array_equal(got[True], got[False])
 
 
+
+
+def test_rows_layer_equals_its_kernels(cpu_reference, cuda, monkeypatch):
+    """rows_layer (a tree's or a short prompt's layer in one op) launches the kernels of the
+    op-by-op path with the same shapes: the prompt's logits and the decode steps after it are
+    bit-identical, and Medusa's tree steps go through it."""
+    state, tokens, _ = cpu_reference["llama"]
+    got, calls = {}, []
+    real = ck.rows_layer
+    monkeypatch.setattr(ck, "rows_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for layer_op in (True, False):
+        monkeypatch.setitem(ck._state, "layer_op", layer_op)
+        got[layer_op] = forced_logits(build("llama", state, "float16", fused=True), PROMPT, tokens[:4])
+    np.testing.assert_array_equal(got[True], got[False])
+    assert len(calls) == CONFIGS["llama"]["num_hidden_layers"]          # the 16-token prompt, layer op on
+    model = build("llama", state, "float16", fused=True)
+    monkeypatch.setitem(ck._state, "layer_op", True)
+    plain = generate(model, PROMPT, STEPS).output_ids
+    plain_margins = margins(forced_logits(model, PROMPT, plain[:-1]))
+    out = medusa_generate(model, random_heads(model, "medusa", share=True), PROMPT, STEPS, "mc_sim_7b_63")
+    assert_same_up_to_near_ties(out.output_ids, plain, plain_margins)
+    assert len(calls) > 3 * CONFIGS["llama"]["num_hidden_layers"]
