@@ -14,9 +14,11 @@
 # with the carried tokenizer files (transformers cannot be imported beside Jittor's numpy there;
 # the benchmark's tokenizer needs only `tokenizers` and `jinja2`, medusa/tokenizer.py), then runs
 # the benchmark once per heads file (default: the shipped medusa heads), greedy, 10 prompts x 128
-# new tokens, the tree `auto` picks on a GPU. Results land in $OUT/<heads>_cuda.json; plot them
-# here with `python -m medusa.results --plot FILE` (the image's matplotlib is built for numpy 2).
-# Extra benchmark flags: BENCH_FLAGS.
+# new tokens, the tree `auto` picks on a GPU. Results land in $OUT/<heads>_cuda.json (--no_plot
+# there: the image's matplotlib is built for numpy 2); draw the PNG here with
+#   python -c "import json, sys; from medusa import results; r = json.load(open(sys.argv[1]));
+#              results.plot_results(r, sys.argv[1][:-5] + '.png')" FILE.json
+# Extra benchmark flags: BENCH_FLAGS; DEVICE=cpu (with nvcc_path="") dry-runs `run` on a CPU machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 K=/tmp/keep

@@ -324,6 +324,7 @@ def test_fused_model_runs_the_kernels(cpu_reference, cuda, monkeypatch, layer_op
         real = getattr(ck, name)
         monkeypatch.setattr(ck, name, lambda *a, _r=real, _n=name, **k: calls.update({_n: calls.get(_n, 0) + 1}) or _r(*a, **k))
     monkeypatch.setitem(ck._state, "layer_op", layer_op)
+    monkeypatch.setitem(ck._state, "rows_layer", layer_op)
     forced_logits(build("llama", state, "float16", fused=True), PROMPT, tokens[:3])
     calls = {name: calls.get(name, 0) for name in names}
     L = CONFIGS["llama"]["num_hidden_layers"]
@@ -363,6 +364,7 @@ def test_rows_layer_equals_its_kernels(cpu_reference, cuda, monkeypatch):
     got, calls = {}, []
     real = ck.rows_layer
     monkeypatch.setattr(ck, "rows_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setitem(ck._state, "rows_layer", True)
     for layer_op in (True, False):
         monkeypatch.setitem(ck._state, "layer_op", layer_op)
         got[layer_op] = forced_logits(build("llama", state, "float16", fused=True), PROMPT, tokens[:4])
