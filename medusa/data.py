@@ -173,9 +173,15 @@ def render(messages, tokenizer, template="tokenizer", add_generation_prompt=Fals
 
 def chat_prompt_ids(tokenizer, messages):
     """Token ids of `messages` in the tokenizer's chat template, ending with the assistant header:
-    what a model is given to generate the next reply."""
-    return [int(t) for t in tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                          tokenize=True, return_dict=False)]
+    what a model is given to generate the next reply. A template that refuses the conversation
+    (raise_exception, e.g. a system message it does not take) is a one-line UsageError."""
+    try:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    except TemplateError as e:
+        roles = [m.get("role") for m in messages]
+        raise UsageError(f"the tokenizer's chat template refused a conversation with roles {roles}: {e} "
+                         "(give the turns it expects, e.g. without a system message)") from None
+    return [int(t) for t in ids]
 
 
 def _render_vicuna(messages, tokenizer, add_generation_prompt):

@@ -10,6 +10,11 @@
 #   scripts/gpu_e2e.sh keep .e2e/parts/aa       # calls 2-4, carry that part (ab, ac likewise)
 #   scripts/gpu_e2e.sh run .e2e/parts/ad .e2e/tok [HEADS...]   # call 5, carry both: join, convert, bench
 #
+# TESTS=1 makes `setup` also run the GPU tests of the fused path (pytest -m gpu, a subset that
+# fits one call with the compiles: $OUT/pytest.log); BENCH=1 makes `run` also run the three-side
+# step benchmark (scripts/gpu_bench.sh, packed into $OUT/bench.tgz) after the end-to-end runs.
+# Five calls in all, each started right after the one before (the machine stays warm ~30 s).
+#
 # `run` joins the parts (md5 checked against .e2e/parts/md5), converts the GGUF into an fp16 unit
 # with the carried tokenizer files (transformers cannot be imported beside Jittor's numpy there;
 # the benchmark's tokenizer needs only `tokenizers` and `jinja2`, medusa/tokenizer.py), then runs
@@ -49,6 +54,12 @@ setup)
         || exit 1
     python3 -m medusa.setup_gpu --patch-only || exit 1
     python3 -c "from medusa.runtime import jt, use_device; print(use_device('cuda'), jt.flags.use_cuda)"
+    if [ "${TESTS:-0}" = 1 ]; then
+        PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout "${TEST_S:-300}" python3 -m pytest -q -m gpu -p no:cacheprovider \
+            tests/test_gpu.py -k "${TEST_K:-(fp16_close or fp32_matches or lossless or fp16_with) and not False or \
+layer or runs_the_kernels or compact or gemv_kernel or mma_rows}" 2>&1 | tee "$OUT"/pytest.log \
+            | grep -E "passed|failed|^E " | head -30
+    fi
     ;;
 keep)
     cp "$1"/part.* "$K"/ && ls -l "$K"
@@ -83,6 +94,12 @@ EOF
             --medusa_weights "$h" --no_plot --output "$OUT/${name}_${DEVICE:-cuda}.json" ${BENCH_FLAGS:-} 2>&1 \
             | tr '\r' '\n' | grep -v -E '^\s*$' | tail -n 25
     done
+    if [ "${BENCH:-0}" = 1 ]; then
+        mkdir -p /tmp/bench
+        WHEELS= BUDGET=${BENCH_S:-330} TORCH_S=${TORCH_S:-130} scripts/gpu_bench.sh /tmp/bench --skip_plain_ops \
+            --shapes vicuna-7b smollm2-135m --measure_s 3
+        tar czf "$OUT"/bench.tgz -C /tmp bench
+    fi
     ;;
 *)
     echo "unknown stage $stage (pack, setup, keep, run)" >&2

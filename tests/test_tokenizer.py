@@ -57,3 +57,34 @@ def test_chat_template_ids_and_text_equal_transformers(tiny_hf, smollm2_dir, whi
 def test_a_folder_without_tokenizer_json_is_a_clear_error(tmp_path):
     with pytest.raises(MissingFileError, match="no tokenizer.json"):
         ChatTokenizer.from_folder(tmp_path)
+
+
+def test_template_helpers_and_missing_template(tiny_hf, tmp_path):
+    """A template's raise_exception reaches the caller as a TemplateError (chat_prompt_ids turns
+    it into a one-line error); a named-template list uses its default; no template is a UsageError."""
+    import json
+    import shutil
+
+    from jinja2 import TemplateError
+
+    from medusa.data import chat_prompt_ids
+    from medusa.errors import UsageError
+
+    folder = tmp_path / "tok"
+    shutil.copytree(tiny_hf("llama"), folder)
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = [{"name": "default", "template": "{% if messages[0]['role'] != 'user' %}"
+                                "{{ raise_exception('first message must be user') }}{% endif %}"
+                                "{{ messages[0]['content'] | tojson }}"}]
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = ChatTokenizer.from_folder(folder)
+    assert tok.apply_chat_template([{"role": "user", "content": "café"}], tokenize=False) == '"café"'
+    with pytest.raises(TemplateError, match="first message must be user"):
+        tok.apply_chat_template([{"role": "system", "content": "x"}])
+    with pytest.raises(UsageError, match=r"refused a conversation with roles \['system'\]: first message must be user"):
+        chat_prompt_ids(tok, [{"role": "system", "content": "x"}])
+    del config["chat_template"]
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(UsageError, match="no chat template"):
+        ChatTokenizer.from_folder(folder).apply_chat_template([{"role": "user", "content": "x"}])
