@@ -265,7 +265,7 @@ class DecoderLayer(jt.nn.Module):
             weights = attn._qkv[0], attn.o_proj.weight, mlp._gate_up, mlp.down_proj.weight
             args = (self.input_layernorm.weight, *attn._qkv, rope.cos_table, rope.sin_table, rope.positions)
             tail = (self.input_layernorm.eps, attn.head_dim ** -0.5)
-            if cuda_kernels.decode_layer_ok(x, cache, attn.head_dim):
+            if mask is None and cuda_kernels.decode_layer_ok(x, cache, attn.head_dim):   # (it applies no mask)
                 return cuda_kernels.decode_layer(x, pending, *args, *cache.buffers(layer), cache.length,
                                                  attn.o_proj.weight, self.post_attention_layernorm.weight,
                                                  mlp._gate_up, mlp.down_proj.weight, *tail)
