@@ -1,26 +1,33 @@
 """Fused CUDA kernels for the GPU decode step, each beside its plain-Jittor reference.
 
-Why: at batch 1 a Jittor step is host-bound. Every Python-level Jittor op costs ~6-7 us of host
-time to build, and one decoder layer written with plain ops is ~45 of them (the norms' casts and
-reductions, rotate_half's slices and concat, the transposes, the softmax pieces). These kernels
-make a layer ~13 ops: two matmuls fewer (fused q/k/v and gate/up weights, model.fuse_projections)
-and one op for each of
+Why: at batch 1 a Jittor step is host-bound. Every Python-level Jittor op costs host time to
+build, schedule and allocate, and one decoder layer written with plain ops is ~45 of them (the
+norms' casts and reductions, rotate_half's slices and concat, the transposes, the softmax
+pieces). Fused q/k/v and gate/up weights (model.fuse_projections) and these kernels make it six:
 
-    y = rms_norm(x, weight, eps)                      # [..., H], fp32 accumulation
-    h, y = add_rms_norm(x, delta, weight, eps)        # the residual add and the next norm
-    q, k, v = qkv_rope(qkv, cos, sin, positions, nq, nkv, d)  # split the fused projection,
-                                                      # RoPE on q and k, heads-major layout
-    h = silu_mul(gate_up)                             # SiLU(gate) * up of [..., 2I] -> [..., I]
-    y = gemv(x, w)                                    # one row @ [K, N]: the decode step's matmuls
+    h, y = norm_gemv(x, delta, norm_w, eps, w)        # residual add + RMSNorm + one-row projection
+    q = qkv_rope_into_cache(qkv, cos, sin, positions, keys, values, start, nq, nkv, d)
+                                                      # split, RoPE, K/V written into the cache
     o = cache_attention(q, keys, values, length, mask, scale)  # softmax(q k^T s + mask) v over
                                                       # the first `length` cache positions
+    y = gemv(x, w)                                    # one row @ [K, N] (o_proj, lm_head)
+    y = silu_gemv(gate_up, w)                         # SiLU(gate) * up + the down projection
+
+and `decode_layer` launches those six from ONE op (a jt.code source may launch several kernels;
+they keep their order on the stream), so Jittor's cost per op is paid once a layer. For 2-64
+rows (a tree) the pieces are rms_norm / add_rms_norm, mma_rows (tensor cores, small weights;
+cuBLAS otherwise), qkv_rope, cache_attention with the tree mask and silu_mul; `rows_layer` is
+their layer op. `compact_cache` moves a Medusa step's accepted path in every layer's cache at
+once. Host-side launchers in the kernel sources (`launch_*`) are shared by the single ops and
+the layer ops, so both give bit-identical results.
 
 `jt.code` kernels are keyed on dtypes and ranks, not shapes (Jittor's code_op.cc), and the
 lengths they read come through `data`, so a growing cache never recompiles them. The
 `reference_*` functions (model.attention for cache_attention, Jittor's matmul for gemv)
 compute the same with Jittor's ops: they are the path everywhere else and what tests/test_gpu.py
 compares against on the device. `model.gpu_kernels_ok` and the `*_ok` functions say when a
-kernel applies (CUDA, no gradient, the shapes it was written for).
+kernel applies (CUDA, no gradient, the shapes it was written for). Switches: use_kernels,
+use_gemv, use_layer_op, use_rows_layer, use_mma (and $MEDUSA_* for each).
 
 Reference: the kernels of gpt-fast / vLLM-style decoding (one block per row for the norm, one
 block per query row for attention over the cache, a thread per key position).
