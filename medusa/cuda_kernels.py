@@ -506,6 +506,19 @@ __global__ void compact(Buffers<T> bufs, int nbuf, int rows, int L, int D, int s
         for (int j = 0; j < n; j++) col[(size_t)(start + j) * D] = v[j];
     }
 }
+// the same with the kept positions in device memory (keep [n], n <= 32): the device loop's moves
+template <class T>
+__global__ void compact_at(Buffers<T> bufs, int nbuf, int rows, int L, int D, int start, int n, const int* keep) {
+    const size_t total = (size_t)nbuf * rows * D;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        const int d = i % D;
+        const int r = (i / D) % rows;
+        T* col = bufs.p[i / ((size_t)D * rows)] + (size_t)r * L * D + d;
+        T v[32];
+        for (int j = 0; j < n; j++) v[j] = col[(size_t)keep[j] * D];
+        for (int j = 0; j < n; j++) col[(size_t)(start + j) * D] = v[j];
+    }
+}
 }  // namespace medusa_k
 """
 _COMPACT_HEADER = _COMMON + _COMPACT_BODY
@@ -535,6 +548,26 @@ def compact_cache(buffers, start, keep):
         const int blocks = (int)(total < 4096 * 256 ? (total + 255) / 256 : 4096);
         medusa_k::compact<<<blocks, 256>>>(bufs, {len(buffers)}, rows, in0_shape2, in0_shape3,
                                            (int)data["start"], n, keep);
+        cudaMemsetAsync(out0_p, 0, sizeof(int));
+    """)
+
+
+def compact_cache_at(buffers, start, keep):
+    """compact_cache with the positions in a device var keep (int32 [n], absolute, n <= 32),
+    so the host need not know them: the device loop moves a path it has not fetched. Positions
+    past the real path may repeat (the cache is truncated after them). Returns a var to sync."""
+    n = keep.shape[0]
+    fill = "\n".join(f"bufs.p[{i}] = in{i}_p;" for i in range(len(buffers)))
+    k = len(buffers)
+    return jt.code((1,), "int32", list(buffers) + [keep], cuda_header=_COMPACT_HEADER, data={"start": int(start)},
+                   cuda_src=f"""
+        medusa_k::Buffers<in0_type> bufs;
+        {fill}
+        const int rows = in0_shape0 * in0_shape1;
+        const size_t total = (size_t){k} * rows * in0_shape3;
+        const int blocks = (int)(total < 4096 * 256 ? (total + 255) / 256 : 4096);
+        medusa_k::compact_at<<<blocks, 256>>>(bufs, {k}, rows, in0_shape2, in0_shape3, (int)data["start"],
+                                              in{k}_shape0, (const int*)in{k}_p);
         cudaMemsetAsync(out0_p, 0, sizeof(int));
     """)
 

@@ -34,6 +34,7 @@ also reads the logits rows of the nodes it visits; on the CPU a leaf's logits ar
 when the accepted path ends there (see tree_decode).
 """
 import functools
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -132,6 +133,31 @@ def _tree_for(key, num_heads):
                 rank=rank, mask_block=jt.array(block).stop_grad(),
                 positions=jt.array(buf.position_ids.astype(np.int32)[None]).stop_grad(),
                 all_nodes=_scoring(buf, np.arange(n)), internal=_scoring(buf, internal))
+
+
+@dataclass(frozen=True)
+class DeviceTables:
+    """A tree's index tables on the device, for the device loop (_device_stream)."""
+    parent: object              # jt [N] int32 parent node (root: 0, its ok is forced)
+    rows: object                # jt [P, depth + 1] int32 root-to-leaf node ids, padding 0
+    valid: object               # jt [P, depth + 1] int32 1 where a path has a node (column 0: 1)
+    order: object               # jt [P] int32 P - 1 - p: ties between equal lengths go to the first path
+    select: object              # jt [sum(topk)] int32 where each flat candidate sits in the heads' [depth, kmax] top-k
+    tree_indices: object        # jt [N] int32 node -> flat candidate (buffers.tree_indices)
+
+
+@functools.lru_cache(maxsize=32)
+def _tables_for(tree):
+    buf = tree.buffers
+    arr = lambda a: jt.array(np.ascontiguousarray(a, dtype=np.int32)).stop_grad()
+    valid = buf.valid_mask.copy()
+    valid[:, 0] = True
+    kmax = max(buf.topk)
+    select = [d * kmax + j for d, k in enumerate(buf.topk) for j in range(k)]
+    P = buf.retrieve_indices.shape[0]
+    return DeviceTables(parent=arr(np.maximum(buf.parent, 0)), rows=arr(np.where(buf.valid_mask, buf.retrieve_indices, 0)),
+                        valid=arr(valid), order=arr(np.arange(P)[::-1]), select=arr(select),
+                        tree_indices=arr(buf.tree_indices))
 
 
 def resolve_tree(choices, num_heads) -> Tree:
@@ -434,6 +460,10 @@ def medusa_stream(model, heads, prompt_ids, max_new_tokens, choices="8_node", eo
         hidden_last, root = prefill(model, cache, prompt_ids, sampling, rng)
         if check:                                  # the first token straight from the full head
             root = int(model.full_argmax(hidden_last[0])[0])
+    if device_loop_ok(model, heads, sampling, check):
+        yield from _device_stream(model, heads, tree, cache, hidden_last, root, max_new_tokens, eos_ids, start)
+        return
+    with jt.no_grad():
         done = root in eos_ids or max_new_tokens == 1
         tokens = None if done else propose(model, heads, tree, hidden_last, root)
     yield [root], {"init": time.perf_counter() - start}
@@ -475,6 +505,88 @@ def medusa_stream(model, heads, prompt_ids, max_new_tokens, choices="8_node", eo
             for step in pending:
                 yield step.new, step.stats
             pending = []
+
+
+# ---------------------------------------------------------------- the device loop (greedy)
+# $MEDUSA_DEVICE_LOOP: auto (on a GPU) | 1 (anywhere: the CPU tests run it so) | 0. The default is 0
+# until the loop has run on a GPU (tests/test_gpu.py::test_device_loop_on_cuda); then make it auto.
+_DEVICE_LOOP = {"mode": os.environ.get("MEDUSA_DEVICE_LOOP", "0")}
+
+
+def device_loop_ok(model, heads, sampling, check) -> bool:
+    """The greedy loop that keeps a step on the device (_device_stream) serves this call: greedy,
+    heads that draft from the hidden state alone (not rnn's depth-by-depth), the full vocabulary,
+    no vocabulary check, and $MEDUSA_DEVICE_LOOP asks for it. On the CPU the host loop is faster:
+    it skips the leaves' logits, which the device loop computes for every node."""
+    mode = _DEVICE_LOOP["mode"]
+    wanted = mode == "1" or (mode == "auto" and bool(jt.flags.use_cuda))
+    return (wanted and sampling.kind == "greedy" and not getattr(heads, "sequential", False)
+            and not model.vocab.reduced and check is None)
+
+
+def _device_propose(model, heads, tree, tables, hidden_last, root):
+    """propose() without leaving the device: root jt [1] int32 -> the next tree's tokens jt [1, N]."""
+    buf = tree.buffers
+    logits, _ = heads(hidden_last, None, model.lm_head_t(), model.embed_weight(), project=range(buf.depth))
+    top = topk_indices(logits[:, 0, 0], max(buf.topk)).int32()                     # [depth, kmax]
+    flat = jt.concat([root.reshape(1), top.reshape(-1)[tables.select]])             # [1 + sum(topk)]
+    return flat[tables.tree_indices].reshape(1, -1)
+
+
+def _device_step(model, heads, cache, tree, tables, tokens):
+    """One greedy Medusa step built on the device: the tree forward, every node's argmax, the
+    longest accepted path (evaluate_posterior's greedy rule, first path on ties), the cache
+    moves of that path and the next tree's tokens from the heads. Nothing is fetched: returns
+    (fetch jt [depth + 2] int32 = [accepted length n, the path's tokens after the root..., bonus],
+    the next tokens, the cache move to sync with them)."""
+    depth = tree.buffers.depth
+    past = cache.length
+    hidden = core.forward(model, tokens, tree.positions + past, tree.mask(past), cache)   # [1, N, H]
+    argmax = jt.argmax(model.logits(hidden)[0], 1)[0].int32()                            # [N]
+    ok = (tokens[0] == argmax[tables.parent]).int32()                                     # ok[0]: forced below
+    accepted = ok[tables.rows] * tables.valid
+    accepted = jt.concat([jt.ones((accepted.shape[0], 1), "int32"), accepted[:, 1:]], dim=1)
+    lengths = (jt.cumsum(1 - accepted, dim=1) == 0).int32().sum(1)                       # leading ones, [P]
+    best = jt.argmax(lengths * accepted.shape[0] + tables.order, 0)[0]                    # longest, then first
+    n = lengths[best]                                                                     # [1]
+    path = tables.rows[best].reshape(-1)                                                  # [depth + 1]
+    steps = jt.arange(depth + 1).int32()
+    last = path[n - 1]
+    keep = jt.where(steps < n, path, last.broadcast(path.shape)) + past                  # past the path: harmless repeats
+    moved = cache.move(past, keep)
+    bonus = argmax[last]
+    fetch = jt.concat([n.int32(), tokens[0][path[1:]], bonus.reshape(1)])
+    hidden_last = hidden[:, last].reshape(1, 1, -1)
+    return fetch, _device_propose(model, heads, tree, tables, hidden_last, bonus.reshape(1)), moved
+
+
+def _device_stream(model, heads, tree, cache, hidden_last, root, max_new_tokens, eos_ids, start):
+    """medusa_stream's greedy loop with one fetch per step (a few ints: the accepted length, its
+    tokens, the bonus): the step's parts run as one graph on the device, so its whole time is
+    booked as "tree"."""
+    tables = _tables_for(tree)
+    done = root in eos_ids or max_new_tokens == 1
+    with jt.no_grad():
+        tokens = None if done else _device_propose(model, heads, tree, tables, hidden_last,
+                                                   jt.array(np.array([root], np.int32)))
+        if tokens is not None:
+            tokens.sync()
+    yield [root], {"init": time.perf_counter() - start}
+    emitted, depth = 1, tree.buffers.depth
+    while not done:
+        clock = time.perf_counter()
+        with jt.no_grad():
+            past = cache.length
+            fetch, next_tokens, moved = _device_step(model, heads, cache, tree, tables, tokens)
+            jt.sync([fetch, next_tokens] + ([moved] if moved is not None else []))
+            got = fetch.numpy().astype(np.int64)
+        n = int(got[0])
+        cache.truncate(past + n)                           # the root and the accepted nodes
+        new = _clip([int(t) for t in got[1:n]] + [int(got[depth + 1])], eos_ids, max_new_tokens - emitted)
+        emitted += len(new)
+        done = new[-1] in eos_ids or emitted >= max_new_tokens
+        tokens = next_tokens
+        yield new, {"tree": time.perf_counter() - clock}
 
 
 def medusa_generate(model, heads, prompt_ids, max_new_tokens, choices="8_node", eos_ids=(), sampling=None,

@@ -61,6 +61,20 @@ class KVCache:
                 self.values[layer][:, :, start:start + n] = self.values[layer][:, :, index]
         self.length = start + n
 
+    def move(self, start: int, keep):
+        """Copy the positions in `keep` (a jt int32 [n] var, absolute, each >= start; it may
+        repeat) to start, start + 1, ... in every layer, the length unchanged: compact() for a
+        path the host has not fetched (decoding's device loop truncates once it knows the
+        length). -> a var to sync (one kernel on a GPU), or None (the moves are graph ops)."""
+        buffers = self.keys + self.values
+        if cuda_kernels.compact_ok(buffers, keep.shape[0]):
+            return cuda_kernels.compact_cache_at(buffers, start, keep)
+        n = keep.shape[0]
+        for layer in range(len(self.keys)):
+            self.keys[layer][:, :, start:start + n] = self.keys[layer][:, :, keep]
+            self.values[layer][:, :, start:start + n] = self.values[layer][:, :, keep]
+        return None
+
     def truncate(self, length: int):
         """Forget every position from `length` on (they are overwritten by what comes next)."""
         if not 0 <= length <= self.length:

@@ -198,3 +198,51 @@ def test_padded_paths_and_bad_inputs():
         Sampling("beam")
     with pytest.raises(ValueError, match="exceeds the number of Medusa heads"):
         resolve_tree("mc_sim_7b_63", 2)
+
+
+# ---------------------------------------------------------------- the device loop (one fetch a step)
+@pytest.fixture
+def device_loop(monkeypatch):
+    """Run decoding's device loop here on the CPU (it is the GPU's greedy loop)."""
+    monkeypatch.setitem(decoding._DEVICE_LOOP, "mode", "1")
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("head_family", ["medusa", "moe"])
+def test_device_loop_equals_the_host_loop(models, monkeypatch, head_family, preset):
+    model = models("qwen2")
+    heads = random_heads(model, head_family, share=(preset == "16_node"))
+    host = medusa_generate(model, heads, prompt(1), N_NEW, preset)
+    monkeypatch.setitem(decoding._DEVICE_LOOP, "mode", "1")
+    assert decoding.device_loop_ok(model, heads, Sampling(), None)
+    device = medusa_generate(model, heads, prompt(1), N_NEW, preset)
+    assert device.output_ids == host.output_ids == plain_greedy(model, "qwen2", prompt(1))
+    assert device.accept_lengths == host.accept_lengths
+
+
+def test_device_loop_takes_full_paths_branches_and_stops(models, device_loop):
+    """Oracle heads: every step accepts depth + 1; right at rank 1 the loop takes the branch; an
+    EOS mid-step and max_new_tokens end exactly."""
+    model = models("llama")
+    ids = prompt(3)
+    ref = plain_greedy(model, "llama", ids, 40)
+    out = medusa_generate(model, OracleHeads(model, ids + ref), ids, 31, "8_node")
+    assert out.output_ids == ref[:31] and out.accept_lengths == [5] * 6
+    ids4 = prompt(4)
+    ref4 = plain_greedy(model, "llama", ids4, 40)
+    branch = [[1], [1, 1], [1, 1, 1], [0], [0, 0]]
+    out = medusa_generate(model, OracleHeads(model, ids4 + ref4, rank=1), ids4, 29, branch)
+    assert out.output_ids == ref4[:29] and out.accept_lengths == [4] * 7
+    heads = OracleHeads(model, ids + ref)
+    for n in (1, 2, 7, 13):
+        assert medusa_generate(model, heads, ids, n, "8_node").output_ids == ref[:n]
+    j = next(i for i in range(3, 40) if ref[i] not in ref[:i])
+    assert medusa_generate(model, heads, ids, 40, "8_node", eos_ids=(ref[j],)).output_ids == ref[:j + 1]
+
+
+def test_device_loop_only_where_it_applies(models, device_loop):
+    model = models("qwen2")
+    assert not decoding.device_loop_ok(model, random_heads(model, "rnn"), Sampling(), None)   # depth by depth
+    assert not decoding.device_loop_ok(model, random_heads(model, "medusa"), Sampling("sample", temperature=0.7), None)
+    decoding._DEVICE_LOOP["mode"] = "0"
+    assert not decoding.device_loop_ok(model, random_heads(model, "medusa"), Sampling(), None)

@@ -377,3 +377,20 @@ def test_rows_layer_equals_its_kernels(cpu_reference, cuda, monkeypatch):
     out = medusa_generate(model, random_heads(model, "medusa", share=True), PROMPT, STEPS, "mc_sim_7b_63")
     assert_same_up_to_near_ties(out.output_ids, plain, plain_margins)
     assert len(calls) > 3 * CONFIGS["llama"]["num_hidden_layers"]
+
+
+@pytest.mark.parametrize("tree", ["8_node", "mc_sim_7b_63"])
+def test_device_loop_on_cuda(cpu_reference, cuda, monkeypatch, tree):
+    """decoding's device loop (one fetch a step, the path moved in the cache by compact_cache_at)
+    gives the host loop's tokens and accept lengths on CUDA; oracle heads accept full depth."""
+    from medusa import decoding
+
+    state, tokens, _ = cpu_reference["llama"]
+    model = build("llama", state, "float32", fused=True)
+    heads = random_heads(model, "medusa", share=False)
+    host = medusa_generate(model, heads, PROMPT, STEPS, tree)
+    monkeypatch.setitem(decoding._DEVICE_LOOP, "mode", "auto")
+    device = medusa_generate(model, heads, PROMPT, STEPS, tree)
+    assert device.output_ids == host.output_ids == tokens and device.accept_lengths == host.accept_lengths
+    oracle = medusa_generate(model, OracleHeads(model, PROMPT + tokens), PROMPT, 21, "8_node")
+    assert oracle.output_ids == tokens[:21] and oracle.accept_lengths == [5] * 4
