@@ -494,28 +494,17 @@ struct Keep { int at[32]; };
 // A thread owns one (buffer, row, d) column and reads all n sources before it writes, so a
 // source that is also a destination (keep[j] == start + i, j < i) is never read after it is
 // overwritten.
+// keep_at: the positions in device memory instead (the device loop moves a path it has not fetched)
 template <class T>
-__global__ void compact(Buffers<T> bufs, int nbuf, int rows, int L, int D, int start, int n, Keep keep) {
+__global__ void compact(Buffers<T> bufs, int nbuf, int rows, int L, int D, int start, int n, Keep keep,
+                        const int* keep_at) {
     const size_t total = (size_t)nbuf * rows * D;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         const int d = i % D;
         const int r = (i / D) % rows;
         T* col = bufs.p[i / ((size_t)D * rows)] + (size_t)r * L * D + d;
         T v[32];
-        for (int j = 0; j < n; j++) v[j] = col[(size_t)keep.at[j] * D];
-        for (int j = 0; j < n; j++) col[(size_t)(start + j) * D] = v[j];
-    }
-}
-// the same with the kept positions in device memory (keep [n], n <= 32): the device loop's moves
-template <class T>
-__global__ void compact_at(Buffers<T> bufs, int nbuf, int rows, int L, int D, int start, int n, const int* keep) {
-    const size_t total = (size_t)nbuf * rows * D;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        const int d = i % D;
-        const int r = (i / D) % rows;
-        T* col = bufs.p[i / ((size_t)D * rows)] + (size_t)r * L * D + d;
-        T v[32];
-        for (int j = 0; j < n; j++) v[j] = col[(size_t)keep[j] * D];
+        for (int j = 0; j < n; j++) v[j] = col[(size_t)(keep_at ? keep_at[j] : keep.at[j]) * D];
         for (int j = 0; j < n; j++) col[(size_t)(start + j) * D] = v[j];
     }
 }
@@ -547,7 +536,7 @@ def compact_cache(buffers, start, keep):
         const size_t total = (size_t){len(buffers)} * rows * in0_shape3;
         const int blocks = (int)(total < 4096 * 256 ? (total + 255) / 256 : 4096);
         medusa_k::compact<<<blocks, 256>>>(bufs, {len(buffers)}, rows, in0_shape2, in0_shape3,
-                                           (int)data["start"], n, keep);
+                                           (int)data["start"], n, keep, nullptr);
         cudaMemsetAsync(out0_p, 0, sizeof(int));
     """)
 
@@ -566,8 +555,8 @@ def compact_cache_at(buffers, start, keep):
         const int rows = in0_shape0 * in0_shape1;
         const size_t total = (size_t){k} * rows * in0_shape3;
         const int blocks = (int)(total < 4096 * 256 ? (total + 255) / 256 : 4096);
-        medusa_k::compact_at<<<blocks, 256>>>(bufs, {k}, rows, in0_shape2, in0_shape3, (int)data["start"],
-                                              in{k}_shape0, (const int*)in{k}_p);
+        medusa_k::compact<<<blocks, 256>>>(bufs, {k}, rows, in0_shape2, in0_shape3, (int)data["start"],
+                                           in{k}_shape0, medusa_k::Keep(), (const int*)in{k}_p);
         cudaMemsetAsync(out0_p, 0, sizeof(int));
     """)
 
