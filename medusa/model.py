@@ -106,7 +106,7 @@ class RMSNorm(jt.nn.Module):
 
 
 def gpu_kernels_ok() -> bool:
-    """The fused CUDA kernels (medusa/cuda_kernels.py) serve inference on a GPU; they have no
+    """The fused CUDA kernels (medusa/cuda_kernels/) serve inference on a GPU; they have no
     gradient, so anything that trains through the base keeps Jittor's ops."""
     return bool(jt.flags.use_cuda and jt.flags.no_grad and cuda_kernels.use_kernels())
 
@@ -369,7 +369,7 @@ class Transformer(jt.nn.Module):
 
     def fuse_projections(self):
         """Fused q/k/v and gate/up weights in every layer (the GPU's path: two matmuls fewer per
-        layer and one op each for split + RoPE, attention and SiLU * up; medusa/cuda_kernels.py).
+        layer and one op each for split + RoPE, attention and SiLU * up; medusa/cuda_kernels/).
         The separate weights are dropped, so do this after loading; checkpoints keep their names."""
         for layer in self.model.layers:
             layer.self_attn.fuse()

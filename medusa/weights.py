@@ -424,7 +424,7 @@ def load_model(src, dtype=None, max_positions=None):
         p.stop_grad()
     model.eval()
     if jt.flags.use_cuda:
-        model.fuse_projections()           # the GPU's fused layout (model.py, cuda_kernels.py)
+        model.fuse_projections()           # the GPU's fused layout (model.py, cuda_kernels/)
     return model
 
 

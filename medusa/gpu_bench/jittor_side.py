@@ -58,7 +58,7 @@ def random_fill(model, seed):
 def build_model(cfg, shape, fused=True):
     """(model, source): the torch side's saved weights when present, else random weights; with
     `fused`, the GPU layout load_model gives (Transformer.fuse_projections), else Jittor's
-    plain ops with separate projections (the path before medusa/cuda_kernels.py)."""
+    plain ops with separate projections (the path before medusa/cuda_kernels/)."""
     ref = Path(cfg.ref_dir) / shape
     if fused and (ref / "config.json").is_file():
         return weights.load_model(ref, cfg.dtype, cfg.max_len), "torch weights"
@@ -240,7 +240,7 @@ def header(cfg, device):
             "heads": {**HEADS, "dtype": "float32 ResBlocks (as medusa.heads computes), the shared vocab "
                                      "projection in the base dtype"},
             "medusa_step": "medusa.decoding: propose, tree_decode, evaluate_posterior, update_inputs",
-            "model": "fused projections + medusa/cuda_kernels.py; decode_jittor_ops: Jittor's own ops"}
+            "model": "fused projections + medusa/cuda_kernels/; decode_jittor_ops: Jittor's own ops"}
 
 
 def run(cfg) -> Recorder:
