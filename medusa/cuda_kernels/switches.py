@@ -1,47 +1,37 @@
-"""On/off switches of the fused kernels ($MEDUSA_* at import; each use_*() sets or asks)."""
+"""On/off switches of the fused kernels: each starts from its $MEDUSA_* variable, and its use_*()
+sets it (True/False) or only asks (None), e.g. to time Jittor's own ops in the same process."""
 import os
 
-_state = {"enabled": os.environ.get("MEDUSA_CUDA_KERNELS", "1") != "0",
-          "gemv": os.environ.get("MEDUSA_GEMV", "1") != "0",
-          "layer_op": os.environ.get("MEDUSA_LAYER_OP", "1") != "0",
-          # rows_layer has not run on a GPU yet (the device went away before its first call): opt-in
-          "rows_layer": os.environ.get("MEDUSA_ROWS_LAYER", "0") == "1",
-          "mma": os.environ.get("MEDUSA_MMA", "1") != "0"}
+# key: (environment variable, default)
+_SWITCHES = {
+    "enabled": ("MEDUSA_CUDA_KERNELS", True),    # every fused kernel
+    "gemv": ("MEDUSA_GEMV", True),               # one-row kernels (off: one-row matmuls go to cuBLAS)
+    "layer_op": ("MEDUSA_LAYER_OP", True),       # decode_layer (off: a decode step's layer is six ops)
+    # rows_layer is written and compiled but has not run on a GPU (the device went away before its
+    # first call): opt-in until tests/test_gpu.py::test_rows_layer_equals_its_kernels passes there
+    "rows_layer": ("MEDUSA_ROWS_LAYER", False),
+    "mma": ("MEDUSA_MMA", True),                 # mma_rows (off: a tree's projections go to cuBLAS)
+}
+def _from_env(var, default) -> bool:
+    """On by default: anything but 0 keeps it on. Off by default: only 1 turns it on."""
+    value = os.environ.get(var)
+    return default if value is None else (value != "0" if default else value == "1")
 
 
-def use_kernels(enabled: bool = None) -> bool:
-    """Turn the fused kernels on or off (None: only ask; $MEDUSA_CUDA_KERNELS=0 starts off), e.g.
-    to time Jittor's own ops in the same process. Returns the setting."""
-    if enabled is not None:
-        _state["enabled"] = bool(enabled)
-    return _state["enabled"]
+_state = {key: _from_env(var, default) for key, (var, default) in _SWITCHES.items()}
 
 
-def use_gemv(enabled: bool = None) -> bool:
-    """The same for gemv alone ($MEDUSA_GEMV=0: one-row matmuls go to cuBLAS)."""
-    if enabled is not None:
-        _state["gemv"] = bool(enabled)
-    return _state["gemv"]
+def _switch(key):
+    def use(enabled: bool = None) -> bool:
+        if enabled is not None:
+            _state[key] = bool(enabled)
+        return _state[key]
+    use.__doc__ = f"Turn this kernel switch on or off (None: only ask; ${_SWITCHES[key][0]}). Returns the setting."
+    return use
 
 
-def use_layer_op(enabled: bool = None) -> bool:
-    """The same for decode_layer ($MEDUSA_LAYER_OP=0: a decode step's layer runs as six ops)."""
-    if enabled is not None:
-        _state["layer_op"] = bool(enabled)
-    return _state["layer_op"]
-
-
-def use_rows_layer(enabled: bool = None) -> bool:
-    """The same for rows_layer, off unless $MEDUSA_ROWS_LAYER=1: it is written and compiled but has
-    not run on a GPU yet (tests/test_gpu.py::test_rows_layer_equals_its_kernels holds it to the
-    op-by-op path bit for bit; turn the default on once that passes on a device)."""
-    if enabled is not None:
-        _state["rows_layer"] = bool(enabled)
-    return _state["rows_layer"]
-
-
-def use_mma(enabled: bool = None) -> bool:
-    """The same for mma_rows ($MEDUSA_MMA=0: a tree's projections go to cuBLAS)."""
-    if enabled is not None:
-        _state["mma"] = bool(enabled)
-    return _state["mma"]
+use_kernels = _switch("enabled")
+use_gemv = _switch("gemv")
+use_layer_op = _switch("layer_op")
+use_rows_layer = _switch("rows_layer")
+use_mma = _switch("mma")
