@@ -138,9 +138,9 @@ def _tree_for(key, num_heads):
 @dataclass(frozen=True)
 class DeviceTables:
     """A tree's index tables on the device, for the device loop (_device_stream)."""
-    parent: object              # jt [N] int32 parent node (root: 0, its ok is forced)
+    parent: object              # jt [N - 1] int32 parent node of nodes 1..N-1
     rows: object                # jt [P, depth + 1] int32 root-to-leaf node ids, padding 0
-    valid: object               # jt [P, depth + 1] int32 1 where a path has a node (column 0: 1)
+    valid: object               # jt [P, depth + 1] int32 1 where a path has a node (buffers.valid_mask)
     order: object               # jt [P] int32 P - 1 - p: ties between equal lengths go to the first path
     select: object              # jt [sum(topk)] int32 where each flat candidate sits in the heads' [depth, kmax] top-k
     tree_indices: object        # jt [N] int32 node -> flat candidate (buffers.tree_indices)
@@ -150,13 +150,11 @@ class DeviceTables:
 def _tables_for(tree):
     buf = tree.buffers
     arr = lambda a: jt.array(np.ascontiguousarray(a, dtype=np.int32)).stop_grad()
-    valid = buf.valid_mask.copy()
-    valid[:, 0] = True
     kmax = max(buf.topk)
     select = [d * kmax + j for d, k in enumerate(buf.topk) for j in range(k)]
     P = buf.retrieve_indices.shape[0]
-    return DeviceTables(parent=arr(np.maximum(buf.parent, 0)), rows=arr(np.where(buf.valid_mask, buf.retrieve_indices, 0)),
-                        valid=arr(valid), order=arr(np.arange(P)[::-1]), select=arr(select),
+    return DeviceTables(parent=arr(buf.parent[1:]), rows=arr(np.where(buf.valid_mask, buf.retrieve_indices, 0)),
+                        valid=arr(buf.valid_mask), order=arr(np.arange(P)[::-1]), select=arr(select),
                         tree_indices=arr(buf.tree_indices))
 
 
@@ -543,9 +541,8 @@ def _device_step(model, heads, cache, tree, tables, tokens):
     past = cache.length
     hidden = core.forward(model, tokens, tree.positions + past, tree.mask(past), cache)   # [1, N, H]
     argmax = jt.argmax(model.logits(hidden)[0], 1)[0].int32()                            # [N]
-    ok = (tokens[0] == argmax[tables.parent]).int32()                                     # ok[0]: forced below
+    ok = jt.concat([jt.ones((1,), "int32"), (tokens[0, 1:] == argmax[tables.parent]).int32()])   # the root: always
     accepted = ok[tables.rows] * tables.valid
-    accepted = jt.concat([jt.ones((accepted.shape[0], 1), "int32"), accepted[:, 1:]], dim=1)
     lengths = (jt.cumsum(1 - accepted, dim=1) == 0).int32().sum(1)                       # leading ones, [P]
     best = jt.argmax(lengths * accepted.shape[0] + tables.order, 0)[0]                    # longest, then first
     n = lengths[best]                                                                     # [1]

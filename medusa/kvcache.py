@@ -52,13 +52,11 @@ class KVCache:
             raise ValueError(f"compact: positions {keep.tolist()} outside [{start}, {self.length})")
         n = int(keep.size)
         buffers = self.keys + self.values
-        if n and not np.array_equal(keep, np.arange(start, start + n)) and cuda_kernels.compact_ok(buffers, n):
-            cuda_kernels.compact_cache(buffers, start, keep).sync()   # one kernel for every layer
-        elif n and not np.array_equal(keep, np.arange(start, start + n)):
-            index = jt.array(keep.astype(np.int32))
-            for layer in range(len(self.keys)):
-                self.keys[layer][:, :, start:start + n] = self.keys[layer][:, :, index]
-                self.values[layer][:, :, start:start + n] = self.values[layer][:, :, index]
+        if n and not np.array_equal(keep, np.arange(start, start + n)):
+            if cuda_kernels.compact_ok(buffers, n):
+                cuda_kernels.compact_cache(buffers, start, keep).sync()   # one kernel for every layer
+            else:
+                self._copy_positions(start, jt.array(keep.astype(np.int32)))
         self.length = start + n
 
     def move(self, start: int, keep):
@@ -69,11 +67,15 @@ class KVCache:
         buffers = self.keys + self.values
         if cuda_kernels.compact_ok(buffers, keep.shape[0]):
             return cuda_kernels.compact_cache_at(buffers, start, keep)
-        n = keep.shape[0]
-        for layer in range(len(self.keys)):
-            self.keys[layer][:, :, start:start + n] = self.keys[layer][:, :, keep]
-            self.values[layer][:, :, start:start + n] = self.values[layer][:, :, keep]
+        self._copy_positions(start, keep)
         return None
+
+    def _copy_positions(self, start: int, index):
+        """Jittor's ops for compact/move: positions `index` (jt int32 [n]) to start, start + 1, ..."""
+        n = index.shape[0]
+        for layer in range(len(self.keys)):
+            self.keys[layer][:, :, start:start + n] = self.keys[layer][:, :, index]
+            self.values[layer][:, :, start:start + n] = self.values[layer][:, :, index]
 
     def truncate(self, length: int):
         """Forget every position from `length` on (they are overwritten by what comes next)."""

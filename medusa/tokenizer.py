@@ -14,9 +14,9 @@ to transformers' ids and text.
 """
 import json
 from datetime import datetime
-from pathlib import Path
 
-from medusa.errors import MissingFileError, UsageError
+from medusa.errors import UsageError
+from medusa.weights import tokenizer_folder
 
 SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 
@@ -46,9 +46,7 @@ class ChatTokenizer:
         tokenizer_config.json."""
         from tokenizers import Tokenizer
 
-        folder = Path(folder) if Path(folder).is_dir() else Path(folder).parent
-        if not (folder / "tokenizer.json").is_file():
-            raise MissingFileError(f"{folder}: no tokenizer.json (convert the model with weight_convert.py)")
+        folder = tokenizer_folder(folder)
         config = {}
         if (folder / "tokenizer_config.json").is_file():
             config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))

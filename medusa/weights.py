@@ -428,11 +428,18 @@ def load_model(src, dtype=None, max_positions=None):
     return model
 
 
-def load_tokenizer(src):
-    """A transformers fast tokenizer from the tokenizer files beside `src` (no torch import)."""
-    from transformers import PreTrainedTokenizerFast
-
+def tokenizer_folder(src) -> Path:
+    """The folder of the tokenizer files beside `src` (a folder, or a file in one); it must hold
+    tokenizer.json."""
     folder = Path(src) if Path(src).is_dir() else Path(src).parent
     if not (folder / "tokenizer.json").is_file():
         raise MissingFileError(f"{folder}: no tokenizer.json (convert the model with weight_convert.py)")
-    return PreTrainedTokenizerFast.from_pretrained(str(folder))
+    return folder
+
+
+def load_tokenizer(src):
+    """A transformers fast tokenizer from the tokenizer files beside `src` (no torch import);
+    training reads chat spans through it. Inference uses medusa.tokenizer.ChatTokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(tokenizer_folder(src)))

@@ -44,6 +44,8 @@ __device__ float block_reduce(float v, float* scratch, bool is_max) {
     v = is_max ? warp_max(v) : warp_sum(v);
     return v;
 }
+// blocks of 256 threads for a grid-stride loop over `total` elements (at most 4096 blocks)
+inline int grid_of(size_t total) { return (int)(total < 4096 * 256 ? (total + 255) / 256 : 4096); }
 }  // namespace medusa_k
 """
 

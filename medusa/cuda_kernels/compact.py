@@ -30,6 +30,13 @@ __global__ void compact(Buffers<T> bufs, int nbuf, int rows, int L, int D, int s
         for (int j = 0; j < n; j++) col[(size_t)(start + j) * D] = v[j];
     }
 }
+// one launch over every buffer [rows, L, D]; the op's one-int output is zeroed as its sync target
+template <class T>
+inline void launch_compact(const Buffers<T>& bufs, int nbuf, int rows, int L, int D, int start, int n,
+                           const Keep& keep, const int* keep_at, int* done) {
+    compact<<<grid_of((size_t)nbuf * rows * D), 256>>>(bufs, nbuf, rows, L, D, start, n, keep, keep_at);
+    cudaMemsetAsync(done, 0, sizeof(int));
+}
 }  // namespace medusa_k
 """
 _COMPACT_HEADER = _COMMON + _COMPACT_BODY
@@ -54,12 +61,8 @@ def compact_cache(buffers, start, keep):
         medusa_k::Keep keep;
         const int n = (int)data["n"];
         {keeps}
-        const int rows = in0_shape0 * in0_shape1;
-        const size_t total = (size_t){len(buffers)} * rows * in0_shape3;
-        const int blocks = (int)(total < 4096 * 256 ? (total + 255) / 256 : 4096);
-        medusa_k::compact<<<blocks, 256>>>(bufs, {len(buffers)}, rows, in0_shape2, in0_shape3,
-                                           (int)data["start"], n, keep, nullptr);
-        cudaMemsetAsync(out0_p, 0, sizeof(int));
+        medusa_k::launch_compact(bufs, {len(buffers)}, in0_shape0 * in0_shape1, in0_shape2, in0_shape3,
+                                 (int)data["start"], n, keep, nullptr, out0_p);
     """)
 
 
@@ -73,10 +76,6 @@ def compact_cache_at(buffers, start, keep):
                    cuda_src=f"""
         medusa_k::Buffers<in0_type> bufs;
         {fill}
-        const int rows = in0_shape0 * in0_shape1;
-        const size_t total = (size_t){k} * rows * in0_shape3;
-        const int blocks = (int)(total < 4096 * 256 ? (total + 255) / 256 : 4096);
-        medusa_k::compact<<<blocks, 256>>>(bufs, {k}, rows, in0_shape2, in0_shape3, (int)data["start"],
-                                           in{k}_shape0, medusa_k::Keep(), (const int*)in{k}_p);
-        cudaMemsetAsync(out0_p, 0, sizeof(int));
+        medusa_k::launch_compact(bufs, {k}, in0_shape0 * in0_shape1, in0_shape2, in0_shape3, (int)data["start"],
+                                 in{k}_shape0, medusa_k::Keep(), (const int*)in{k}_p, out0_p);
     """)

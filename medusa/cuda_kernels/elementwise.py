@@ -111,7 +111,6 @@ __global__ void qkv_rope(const T* qkv, const float* cos_t, const float* sin_t, c
         else        k[(((size_t)b * nkv + (h - nq)) * L + start + t) * D + d] = from_f32<T>(r);
     }
 }
-inline int grid_of(size_t total) { return (int)(total < 4096 * 256 ? (total + 255) / 256 : 4096); }
 template <class T>
 inline void launch_qkv_rope(const T* qkv, const float* cos_t, const float* sin_t, const int* pos, T* q, T* k, T* v,
                             int B, int Tn, int nq, int nkv, int D, int L, int start) {
@@ -183,8 +182,7 @@ __global__ void silu_mul(const T* gu, T* y, size_t rows, int I) {
 }
 template <class T>
 inline void launch_silu_mul(const T* gu, T* y, size_t rows, int I) {
-    const size_t total = rows * I;
-    silu_mul<<<(int)(total < 4096 * 256 ? (total + 255) / 256 : 4096), 256>>>(gu, y, rows, I);
+    silu_mul<<<grid_of(rows * I), 256>>>(gu, y, rows, I);
 }
 }  // namespace medusa_k
 """

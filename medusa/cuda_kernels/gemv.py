@@ -73,6 +73,16 @@ __global__ void gemv(const T* x, const T* d, const T* nw, const T* w, const T* b
         }
     }
 }
+// host-side launch, shared by the gemv ops and decode_layer: (4 x 16-byte column groups) per block
+template <class T, int MODE>
+inline void launch_gemv(const T* x, const T* d, const T* nw, const T* w, const T* bias, T* y, T* sum,
+                        int K, int N, float eps) {
+    constexpr int COLS = 4 * Vec<T>::N;
+    const int shared = MODE == NORM ? 4 * K : 0;
+    if (shared > 48 * 1024)
+        cudaFuncSetAttribute(gemv<T, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize, shared);
+    gemv<T, MODE><<<(N + COLS - 1) / COLS, 256, shared>>>(x, d, nw, w, bias, y, sum, K, N, eps);
+}
 }  // namespace medusa_k
 """
 _GEMV_HEADER = _COMMON + _GEMV_BODY
@@ -107,18 +117,13 @@ def _gemv(mode, operands, out_shape, sum_shape=None, eps=0.0):
     arg = {n: f"in{i}_p" for i, n in enumerate(names)}
     ptr = lambda n: arg.get(n, "(in0_type*)nullptr")
     x = operands["x"]
-    cols = 4 * (8 if str(x.dtype) == "float16" else 4)              # columns per block
     shapes = [out_shape] + ([sum_shape] if sum_shape else [])
+    w = names.index("w")
     out = jt.code(shapes, [x.dtype] * len(shapes), [operands[n] for n in names], cuda_header=_GEMV_HEADER,
                   data={"eps": float(eps)}, cuda_src=f"""
-        const int K = in{names.index("w")}_shape0, N = in{names.index("w")}_shape1;
-        const int shared = {"4 * K" if mode == "NORM" else "0"};
-        if (shared > 48 * 1024)
-            cudaFuncSetAttribute(medusa_k::gemv<in0_type, medusa_k::{mode}>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, shared);
-        medusa_k::gemv<in0_type, medusa_k::{mode}><<<(N + {cols - 1}) / {cols}, 256, shared>>>(
-            {ptr("x")}, {ptr("d")}, {ptr("nw")}, {ptr("w")}, {ptr("bias")}, out0_p,
-            {"out1_p" if sum_shape else "(in0_type*)nullptr"}, K, N, (float)data["eps"]);
+        medusa_k::launch_gemv<in0_type, medusa_k::{mode}>({ptr("x")}, {ptr("d")}, {ptr("nw")}, {ptr("w")},
+            {ptr("bias")}, out0_p, {"out1_p" if sum_shape else "(in0_type*)nullptr"}, in{w}_shape0, in{w}_shape1,
+            (float)data["eps"]);
     """)
     return out if sum_shape else out[0]
 

@@ -10,6 +10,28 @@ from medusa.cuda_kernels.switches import use_gemv, use_kernels, use_layer_op, us
 from medusa.runtime import jt
 
 
+# the sizes both layer ops read from their operands' shapes and `data`
+_PREAMBLE = """
+        const int Nqkv = {qkv_w1}, NQD = {o_w0}, I = {down_w0};
+        const int nkv = {keys1}, L = {keys2}, D = {keys3}, nq = NQD / D, start = (int)data["start"];
+        const float eps = (float)data["eps"], scale = (float)data["scale"];
+"""
+
+
+def _layer_code(operands, out_shapes, out_dtypes, header, body, start, eps, scale):
+    """The jt.code op of a layer: `operands` (name -> var, None = absent) become the inputs;
+    `body(p, shape)` writes the launches, with p[name] the input pointer and shape(name, i) its
+    extent i; the preamble above names the sizes every launch uses."""
+    names = [n for n, v in operands.items() if v is not None]
+    p = {n: f"in{i}_p" for i, n in enumerate(names)}
+    shape = lambda n, i: f"in{names.index(n)}_shape{i}"
+    preamble = _PREAMBLE.format(qkv_w1=shape("qkv_w", 1), o_w0=shape("o_w", 0), down_w0=shape("down_w", 0),
+                                keys1=shape("keys", 1), keys2=shape("keys", 2), keys3=shape("keys", 3))
+    return jt.code(out_shapes, out_dtypes, [operands[n] for n in names], cuda_header=header,
+                   data={"start": int(start), "eps": float(eps), "scale": float(scale)},
+                   cuda_src=preamble + body(p, shape))
+
+
 # ---------------------------------------------------------------- a whole decoder layer, one token
 _LAYER_HEADER = _COMMON + _GEMV_BODY + _QKV_ROPE_BODY + _ATTENTION_BODY
 
@@ -40,36 +62,25 @@ def decode_layer(x, pending, in_norm, qkv_weight, qkv_bias, cos, sin, positions,
     operands = {"x": x, "pending": pending, "in_norm": in_norm, "qkv_w": qkv_weight, "qkv_b": qkv_bias,
                 "cos": cos, "sin": sin, "pos": positions, "keys": keys, "values": values, "o_w": o_weight,
                 "post_norm": post_norm, "gate_up_w": gate_up_weight, "down_w": down_weight}
-    names = [n for n, v in operands.items() if v is not None]
-    p = {n: f"in{i}_p" for i, n in enumerate(names)}
-    shape = lambda n, i: f"in{names.index(n)}_shape{i}"
     null = "(in0_type*)nullptr"
     scratch = nqkv + 2 * nqd + 2 * H + 2 * inter        # qkv | q | attention | o_proj | x + pending | gate_up
-    out = jt.code([x.shape, x.shape, (scratch,)], [x.dtype] * 3, [operands[n] for n in names],
-                  cuda_header=_LAYER_HEADER, data={"start": int(start), "eps": float(eps), "scale": float(scale)},
-                  cuda_src=f"""
+    body = lambda p, shape: f"""
         typedef in0_type T;
-        const int H = {shape("x", x.ndim - 1)}, Nqkv = {shape("qkv_w", 1)}, NQD = {shape("o_w", 0)};
-        const int I = {shape("down_w", 0)}, nkv = {shape("keys", 1)}, L = {shape("keys", 2)}, D = {shape("keys", 3)};
-        const int nq = NQD / D, start = (int)data["start"], S = start + 1;
-        const float eps = (float)data["eps"], scale = (float)data["scale"];
-        constexpr int COLS = 4 * medusa_k::Vec<T>::N, THREADS = 256;
+        const int H = {shape("x", x.ndim - 1)}, S = start + 1;
         T* qkv = out2_p; T* q = qkv + Nqkv; T* attn = q + NQD; T* o = attn + NQD; T* x1 = o + H; T* gu = x1 + H;
         const T* residual = {"x1" if pending is not None else p["x"]};
-        medusa_k::gemv<T, medusa_k::NORM><<<(Nqkv + COLS - 1) / COLS, THREADS, 4 * H>>>(
-            {p["x"]}, {p.get("pending", null)}, {p["in_norm"]}, {p["qkv_w"]}, {p.get("qkv_b", null)}, qkv,
-            {"x1" if pending is not None else null}, H, Nqkv, eps);
+        medusa_k::launch_gemv<T, medusa_k::NORM>({p["x"]}, {p.get("pending", null)}, {p["in_norm"]}, {p["qkv_w"]},
+            {p.get("qkv_b", null)}, qkv, {"x1" if pending is not None else null}, H, Nqkv, eps);
         medusa_k::launch_qkv_rope<T>(qkv, {p["cos"]}, {p["sin"]}, {p["pos"]}, q, {p["keys"]}, {p["values"]},
                                      1, 1, nq, nkv, D, L, start);
         medusa_k::launch_cache_attention<T>(q, {p["keys"]}, {p["values"]}, nullptr, attn, nq, nkv, nq / nkv, L, D,
                                             S, 1, scale, 1);
-        medusa_k::gemv<T, medusa_k::PLAIN><<<(H + COLS - 1) / COLS, THREADS>>>(attn, {null}, {null}, {p["o_w"]},
-            {null}, o, {null}, NQD, H, 0.0f);
-        medusa_k::gemv<T, medusa_k::NORM><<<(2 * I + COLS - 1) / COLS, THREADS, 4 * H>>>(residual, o,
-            {p["post_norm"]}, {p["gate_up_w"]}, {null}, gu, out0_p, H, 2 * I, eps);
-        medusa_k::gemv<T, medusa_k::SILU><<<(H + COLS - 1) / COLS, THREADS>>>(gu, {null}, {null}, {p["down_w"]},
-            {null}, out1_p, {null}, I, H, 0.0f);
-    """)
+        medusa_k::launch_gemv<T, medusa_k::PLAIN>(attn, {null}, {null}, {p["o_w"]}, {null}, o, {null}, NQD, H, 0.0f);
+        medusa_k::launch_gemv<T, medusa_k::NORM>(residual, o, {p["post_norm"]}, {p["gate_up_w"]}, {null}, gu, out0_p,
+                                                 H, 2 * I, eps);
+        medusa_k::launch_gemv<T, medusa_k::SILU>(gu, {null}, {null}, {p["down_w"]}, {null}, out1_p, {null}, I, H, 0.0f);
+    """
+    out = _layer_code(operands, [x.shape, x.shape, (scratch,)], [x.dtype] * 3, _LAYER_HEADER, body, start, eps, scale)
     return out[0], out[1]
 
 
@@ -100,23 +111,16 @@ def rows_layer(x, pending, in_norm, qkv_weight, qkv_bias, cos, sin, positions, k
     operands = {"x": x, "pending": pending, "in_norm": in_norm, "qkv_w": qkv_weight, "qkv_b": qkv_bias,
                 "cos": cos, "sin": sin, "pos": positions, "keys": keys, "values": values, "mask": mask,
                 "o_w": o_weight, "post_norm": post_norm, "gate_up_w": gate_up_weight, "down_w": down_weight}
-    names = [n for n, v in operands.items() if v is not None]
-    p = {n: f"in{i}_p" for i, n in enumerate(names)}
-    shape = lambda n, i: f"in{names.index(n)}_shape{i}"
-    half = lambda n: f"(const __half*){p[n]}" if n in p else "(const __half*)nullptr"
     # qkv | q | attention | o_proj | x + pending | normed | gate_up | SiLU * up, each T rows
     scratch = T * (nqkv + 2 * nqd + 3 * H + 3 * inter)
-    first_norm = (f'medusa_k::launch_add_rms_norm({half("x")}, {half("pending")}, {half("in_norm")}, x1, h, T, H, eps);'
-                  if pending is not None else
-                  f'medusa_k::launch_rms_norm({half("x")}, {half("in_norm")}, h, T, H, eps);')
-    out = jt.code([x.shape, x.shape, (scratch,), (T * max(nqkv, H, 2 * inter),)],
-                  ["float16", "float16", "float16", "float32"], [operands[n] for n in names],
-                  cuda_header=_ROWS_LAYER_HEADER, data={"start": int(start), "eps": float(eps), "scale": float(scale)},
-                  cuda_src=f"""
-        const int T = {shape("x", 1)}, H = {shape("x", 2)}, Nqkv = {shape("qkv_w", 1)}, NQD = {shape("o_w", 0)};
-        const int I = {shape("down_w", 0)}, nkv = {shape("keys", 1)}, L = {shape("keys", 2)}, D = {shape("keys", 3)};
-        const int nq = NQD / D, start = (int)data["start"], S = start + T;
-        const float eps = (float)data["eps"], scale = (float)data["scale"];
+
+    def body(p, shape):
+        half = lambda n: f"(const __half*){p[n]}" if n in p else "(const __half*)nullptr"
+        first_norm = (f'medusa_k::launch_add_rms_norm({half("x")}, {half("pending")}, {half("in_norm")}, x1, h, T, H, eps);'
+                      if pending is not None else
+                      f'medusa_k::launch_rms_norm({half("x")}, {half("in_norm")}, h, T, H, eps);')
+        return f"""
+        const int T = {shape("x", 1)}, H = {shape("x", 2)}, S = start + T;
         __half* qkv = (__half*)out2_p; __half* q = qkv + T * Nqkv; __half* attn = q + T * NQD;
         __half* o = attn + T * NQD; __half* x1 = o + T * H; __half* h = x1 + T * H; __half* gu = h + T * H;
         __half* act = gu + T * 2 * I;
@@ -133,5 +137,7 @@ def rows_layer(x, pending, in_norm, qkv_weight, qkv_bias, cos, sin, positions, k
         medusa_k::launch_mma(h, {half("gate_up_w")}, nullptr, gu, ws, T, H, 2 * I);
         medusa_k::launch_silu_mul<__half>(gu, act, T, I);
         medusa_k::launch_mma(act, {half("down_w")}, nullptr, (__half*)out1_p, ws, T, I, H);
-    """)
+    """
+    out = _layer_code(operands, [x.shape, x.shape, (scratch,), (T * max(nqkv, H, 2 * inter),)],
+                      ["float16", "float16", "float16", "float32"], _ROWS_LAYER_HEADER, body, start, eps, scale)
     return out[0], out[1]

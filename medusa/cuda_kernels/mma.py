@@ -99,8 +99,7 @@ inline void launch_mma(const __half* x, const __half* w, const __half* bias, __h
     mma_plan(K, N, &splits, &k_slice);
     cudaMemsetAsync(ws, 0, sizeof(float) * (size_t)M * N);
     mma_rows<<<dim3((N + 127) / 128, splits), 128>>>(x, w, ws, M, K, N, k_slice);
-    const size_t total = (size_t)M * N;
-    mma_finish<<<(int)(total < 4096 * 256 ? (total + 255) / 256 : 4096), 256>>>(ws, bias, y, M, N);
+    mma_finish<<<grid_of((size_t)M * N), 256>>>(ws, bias, y, M, N);
 }
 }  // namespace medusa_k
 """
