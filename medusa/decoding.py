@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medusa import core
+from medusa.errors import UsageError
 from medusa.model import NEG_INF
 from medusa.runtime import jt
 from medusa.sampling import Sampling, softmax, top_p_filter
@@ -517,6 +518,8 @@ def device_loop_ok(model, heads, sampling, check) -> bool:
     no vocabulary check, and $MEDUSA_DEVICE_LOOP asks for it. On the CPU the host loop is faster:
     it skips the leaves' logits, which the device loop computes for every node."""
     mode = _DEVICE_LOOP["mode"]
+    if mode not in ("0", "1", "auto"):
+        raise UsageError(f"$MEDUSA_DEVICE_LOOP must be 0, 1 or auto, got {mode!r}")
     wanted = mode == "1" or (mode == "auto" and bool(jt.flags.use_cuda))
     return (wanted and sampling.kind == "greedy" and not getattr(heads, "sequential", False)
             and not model.vocab.reduced and check is None)

@@ -112,7 +112,10 @@ def use_device(device: str = "auto") -> str:
     if device == "auto":
         device = "cuda" if jt.has_cuda else "cpu"
     if device == "cuda" and not jt.has_cuda:
-        raise RuntimeError("device=cuda requested but Jittor found no CUDA (see README, GPU section)")
+        from medusa.errors import UsageError
+
+        raise UsageError("--device cuda: Jittor found no CUDA on this machine; use --device cpu or auto "
+                         "(README, GPU section, for a GPU machine)")
     jt.flags.use_cuda = 1 if device == "cuda" else 0
     return device
 

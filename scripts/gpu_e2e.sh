@@ -62,12 +62,14 @@ layer or runs_the_kernels or compact or gemv_kernel or mma_rows}" 2>&1 | tee "$O
     fi
     ;;
 keep)
-    cp "$1"/part.* "$K"/ && ls -l "$K"
+    cp "$1"/part.* "$K"/ || exit 1
+    ls -l "$K"
     ;;
 run)
     parts=$1 tok=$2
     shift 2
-    cp "$parts"/part.* "$K"/ && cat "$K"/part.* > "$K"/model.gguf && rm "$K"/part.*
+    cp "$parts"/part.* "$K"/ || exit 1
+    cat "$K"/part.* > "$K"/model.gguf && rm "$K"/part.* || exit 1
     [ "$(md5sum < "$K"/model.gguf | cut -d' ' -f1)" = "$(cat "$tok"/gguf.md5)" ] \
         || { echo "the joined GGUF does not match .e2e/parts/md5: a part is missing" >&2; exit 1; }
     mkdir -p "$K"/no_tokenizer
@@ -92,7 +94,7 @@ EOF
         name=$(basename "$h" .jtr)
         python3 test_medusa_benchmark.py --device "${DEVICE:-cuda}" --greedy --jittor_base_weights "$K"/unit/model.pkl \
             --medusa_weights "$h" --no_plot --output "$OUT/${name}_${DEVICE:-cuda}.json" ${BENCH_FLAGS:-} 2>&1 \
-            | tr '\r' '\n' | grep -v -E '^\s*$' | tail -n 25
+            | tr '\r' '\n' | grep -v -E '^\s*$' | tail -n 25 || exit 1
     done
     if [ "${BENCH:-0}" = 1 ]; then
         mkdir -p /tmp/bench

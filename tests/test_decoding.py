@@ -8,6 +8,7 @@ from medusa import decoding, weights
 from medusa.decoding import (STAT_NAMES, Sampling, _speculative_walk, medusa_generate, medusa_stream,
                              resolve_tree)
 from medusa.core import generate
+from medusa.errors import UsageError
 from medusa.runtime import jt
 from oracle import OracleHeads, random_heads
 
@@ -246,3 +247,6 @@ def test_device_loop_only_where_it_applies(models, device_loop):
     assert not decoding.device_loop_ok(model, random_heads(model, "medusa"), Sampling("sample", temperature=0.7), None)
     decoding._DEVICE_LOOP["mode"] = "0"
     assert not decoding.device_loop_ok(model, random_heads(model, "medusa"), Sampling(), None)
+    decoding._DEVICE_LOOP["mode"] = "yes"
+    with pytest.raises(UsageError, match=r"MEDUSA_DEVICE_LOOP must be 0, 1 or auto, got 'yes'"):
+        decoding.device_loop_ok(model, random_heads(model, "medusa"), Sampling(), None)
