@@ -247,6 +247,8 @@ def test_device_loop_only_where_it_applies(models, device_loop):
     assert not decoding.device_loop_ok(model, random_heads(model, "medusa"), Sampling("sample", temperature=0.7), None)
     decoding._DEVICE_LOOP["mode"] = "0"
     assert not decoding.device_loop_ok(model, random_heads(model, "medusa"), Sampling(), None)
+    decoding._DEVICE_LOOP["mode"] = "auto"                       # the default: on a GPU only
+    assert not decoding.device_loop_ok(model, random_heads(model, "medusa"), Sampling(), None)
     decoding._DEVICE_LOOP["mode"] = "yes"
     with pytest.raises(UsageError, match=r"MEDUSA_DEVICE_LOOP must be 0, 1 or auto, got 'yes'"):
         decoding.device_loop_ok(model, random_heads(model, "medusa"), Sampling(), None)

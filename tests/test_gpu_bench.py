@@ -70,6 +70,9 @@ def test_dry_run_both_sides_and_report(tmp_path):
     for tree in ("8_node", "mc_sim_7b_63"):
         assert summary[f"medusa_{tree}"]["medusa_over_base_median"]["jittor"] > 0
         assert set(tiny[f"medusa_{tree}"]["parts_median_ms"]) == {"heads", "tree", "posterior", "update"}
+        device_loop = tiny[f"medusa_{tree}_device_loop"]          # the same steps, on the device
+        assert device_loop["mean_tokens_per_step"] == tiny[f"medusa_{tree}"]["mean_tokens_per_step"]
+        assert set(device_loop["parts_median_ms"]) == {"tree"}
     assert summary["bandwidth_bound"]["bound_ms"] > 0
     assert results.with_suffix(".png").is_file()
     graphs = summary["torch_graphs"]                  # eager on a CPU: the same model as transformers

@@ -16,16 +16,19 @@ namespace medusa_k {
 //          also writes the sum x + d (the new residual) when d is given;
 //   SILU:  SiLU(gu[k]) * gu[K + k] of the fused gate/up projection's output gu [2K].
 // Each element of x is rounded to T as the unfused ops would store it. A block covers 4 x
-// 16-byte column groups and 64 slices of K; every thread streams its slice of rows (unrolled
-// by 4; 8 loads in flight per thread made the Vicuna-7B step 1.6x slower: fewer warps fit), and
-// partial sums meet in shared memory. At batch 1 this is the whole matmul
-// cost of a decode step. NORM keeps the normed row in dynamic shared memory (K floats).
+// 16-byte column groups (64 contiguous bytes of each weight row in fp16) and SLICES slices of K;
+// every thread streams its slice of rows (unrolled by 4; 8 loads in flight per thread made the
+// Vicuna-7B step 1.6x slower: fewer warps fit). Partial sums meet by warp shuffles, then in
+// shared memory. The launch picks SLICES (64, 128 or 256) so that the grid fills the GPU: with
+// 64 slices a 4096-column weight was 128 blocks of 8 warps, one block an SM, which read the
+// Vicuna-7B o_proj/down weights at ~1.0 TB/s. At batch 1 this is the whole matmul cost of a
+// decode step. NORM keeps the normed row in dynamic shared memory (K floats).
 enum { PLAIN = 0, NORM = 1, SILU = 2 };
-template <class T, int MODE>
-__global__ void gemv(const T* x, const T* d, const T* nw, const T* w, const T* bias, T* y, T* sum,
-                     int K, int N, float eps) {
-    constexpr int V = Vec<T>::N, GROUPS = 4, SLICES = 64;          // blockDim = GROUPS * SLICES
-    __shared__ float part[SLICES][GROUPS * V];
+template <class T, int MODE, int SLICES>
+__global__ void __launch_bounds__(SLICES * 4) gemv(const T* x, const T* d, const T* nw, const T* w,
+                                                   const T* bias, T* y, T* sum, int K, int N, float eps) {
+    constexpr int V = Vec<T>::N, GROUPS = 4, WARPS = SLICES * GROUPS / 32;   // blockDim = GROUPS * SLICES
+    __shared__ float part[WARPS][GROUPS * V];
     extern __shared__ float xs[];
     if (MODE == NORM) {
         __shared__ float scratch[32];
@@ -61,33 +64,58 @@ __global__ void gemv(const T* x, const T* d, const T* nw, const T* w, const T* b
             for (int j = 0; j < V; j++) acc[j] += xk * wv[j];
         }
     }
+    // the 8 slices of a warp that share a column group: lanes g, g + 4, ..., g + 28
     #pragma unroll
-    for (int j = 0; j < V; j++) part[slice][g * V + j] = acc[j];
+    for (int j = 0; j < V; j++)
+        for (int o = GROUPS; o < 32; o <<= 1) acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], o);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane < GROUPS) {
+        #pragma unroll
+        for (int j = 0; j < V; j++) part[warp][lane * V + j] = acc[j];
+    }
     __syncthreads();
-    for (int i = threadIdx.x; i < GROUPS * V; i += blockDim.x) {
-        const int c = blockIdx.x * GROUPS * V + i;
+    if (threadIdx.x < GROUPS * V) {
+        const int c = blockIdx.x * GROUPS * V + threadIdx.x;
         if (c < N) {
             float s = 0.0f;
-            for (int t = 0; t < SLICES; t++) s += part[t][i];
+            #pragma unroll 8
+            for (int t = 0; t < WARPS; t++) s += part[t][threadIdx.x];
             y[c] = bias ? from_f32<T>(f32(from_f32<T>(s)) + f32(bias[c])) : from_f32<T>(s);
         }
     }
 }
-// host-side launch, shared by the gemv ops and decode_layer: (4 x 16-byte column groups) per block
+template <class T, int MODE, int SLICES>
+inline void launch_gemv_with(int blocks, const T* x, const T* d, const T* nw, const T* w, const T* bias, T* y,
+                             T* sum, int K, int N, float eps) {
+    const int shared = MODE == NORM ? 4 * K : 0;
+    if (shared > 48 * 1024)
+        cudaFuncSetAttribute(gemv<T, MODE, SLICES>, cudaFuncAttributeMaxDynamicSharedMemorySize, shared);
+    gemv<T, MODE, SLICES><<<blocks, SLICES * 4, shared>>>(x, d, nw, w, bias, y, sum, K, N, eps);
+}
+// host-side launch, shared by the gemv ops and decode_layer: (4 x 16-byte column groups) per
+// block, and as many slices of K as keep the whole grid resident at once (2048 threads an SM)
 template <class T, int MODE>
 inline void launch_gemv(const T* x, const T* d, const T* nw, const T* w, const T* bias, T* y, T* sum,
                         int K, int N, float eps) {
+    static int sms = 0;
+    if (!sms) {
+        int dev = 0;
+        cudaGetDevice(&dev);
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+        if (sms <= 0) sms = 132;
+    }
     constexpr int COLS = 4 * Vec<T>::N;
-    const int shared = MODE == NORM ? 4 * K : 0;
-    if (shared > 48 * 1024)
-        cudaFuncSetAttribute(gemv<T, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize, shared);
-    gemv<T, MODE><<<(N + COLS - 1) / COLS, 256, shared>>>(x, d, nw, w, bias, y, sum, K, N, eps);
+    const int blocks = (N + COLS - 1) / COLS;
+    const long resident = 2048L * sms;
+    if ((long)blocks * 1024 <= resident) launch_gemv_with<T, MODE, 256>(blocks, x, d, nw, w, bias, y, sum, K, N, eps);
+    else if ((long)blocks * 512 <= resident) launch_gemv_with<T, MODE, 128>(blocks, x, d, nw, w, bias, y, sum, K, N, eps);
+    else launch_gemv_with<T, MODE, 64>(blocks, x, d, nw, w, bias, y, sum, K, N, eps);
 }
 }  // namespace medusa_k
 """
 _GEMV_HEADER = _COMMON + _GEMV_BODY
 
-MAX_NORM_GEMV_K = 8192         # the normed row lives in shared memory (32 KB) beside 8 KB of partial sums
+MAX_NORM_GEMV_K = 8192         # the normed row lives in shared memory (32 KB) beside 4 KB of partial sums
 
 
 def _one_row_ok(a, b) -> bool:

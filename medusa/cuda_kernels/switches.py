@@ -7,9 +7,7 @@ _SWITCHES = {
     "enabled": ("MEDUSA_CUDA_KERNELS", True),    # every fused kernel
     "gemv": ("MEDUSA_GEMV", True),               # one-row kernels (off: one-row matmuls go to cuBLAS)
     "layer_op": ("MEDUSA_LAYER_OP", True),       # decode_layer (off: a decode step's layer is six ops)
-    # rows_layer is written and compiled but has not run on a GPU (the device went away before its
-    # first call): opt-in until tests/test_gpu.py::test_rows_layer_equals_its_kernels passes there
-    "rows_layer": ("MEDUSA_ROWS_LAYER", False),
+    "rows_layer": ("MEDUSA_ROWS_LAYER", True),   # rows_layer (off: a small model's tree layer is ~10 ops)
     "mma": ("MEDUSA_MMA", True),                 # mma_rows (off: a tree's projections go to cuBLAS)
 }
 def _from_env(var, default) -> bool:

@@ -221,12 +221,37 @@ class MedusaStep:
         return len(path)
 
 
-def medusa_timing(cfg, model, tree):
+class DeviceMedusaStep(MedusaStep):
+    """One greedy Medusa step as `medusa.decoding._device_stream` takes it: the whole step as one
+    graph on the device (tree forward, argmax, accepted path, cache moves, next tree's tokens)
+    and one fetch of a few ints, all booked as "tree"."""
+
+    def prefill(self, ids):
+        self.cache.reset()
+        hidden_last, root = decoding.prefill(self.model, self.cache, ids, self.sampling, self.rng)
+        self.tables = decoding._tables_for(self.tree)
+        self.tokens = decoding._device_propose(self.model, self.heads, self.tree, self.tables, hidden_last,
+                                               jt.array(np.array([root], np.int32)))
+        self.tokens.sync()
+
+    def __call__(self, mark=lambda part: None):
+        past = self.cache.length
+        fetch, tokens, moved = decoding._device_step(self.model, self.heads, self.cache, self.tree, self.tables,
+                                                     self.tokens)
+        jt.sync([fetch, tokens] + ([moved] if moved is not None else []))
+        n = int(fetch.numpy()[0])
+        self.cache.truncate(past + n)
+        self.tokens = tokens
+        mark("tree")
+        return n
+
+
+def medusa_timing(cfg, model, tree, step_class=MedusaStep):
     c = model.config
     jt.set_global_seed(cfg.seed)
     heads = build_heads(HeadConfig(**HEADS, hidden_size=c.hidden_size, vocab_size=c.vocab_size))
     heads.eval()
-    step = MedusaStep(cfg, model, heads, tree)
+    step = step_class(cfg, model, heads, tree)
     ids = prompt_ids(cfg, c.vocab_size)
     return time_medusa(step, lambda: step.prefill(ids), cfg, sync)
 
@@ -276,6 +301,12 @@ def run(cfg) -> Recorder:
         rec.put(shape, "matmul_probe", matmul_probe(cfg, model))
         for tree in cfg.trees:
             rec.put(shape, f"medusa_{tree}", medusa_timing(cfg, model, tree))
+            rec.put(shape, f"medusa_{tree}_device_loop", medusa_timing(cfg, model, tree, DeviceMedusaStep))
+        cuda_kernels.use_rows_layer(False)           # a small model's tree layer as ~10 ops, not one
+        try:
+            rec.put(shape, "medusa_mc_sim_7b_63_no_rows_layer", medusa_timing(cfg, model, "mc_sim_7b_63"))
+        finally:
+            cuda_kernels.use_rows_layer(True)
         cuda_kernels.use_mma(False)                  # a tree's projections on cuBLAS instead of mma_rows
         try:
             rec.put(shape, "medusa_mc_sim_7b_63_cublas", medusa_timing(cfg, model, "mc_sim_7b_63"))

@@ -29,6 +29,14 @@ def _graphs_and_before(jittor: dict, torch: dict, shape, trees) -> dict:
     six = _stat(jittor, shape, "decode_six_ops", "median_ms")
     if six:
         out["layer_op"] = {"decode_six_ops_median_ms": six, "layer_op_speedup": _ratio(six, jd)}
+    cublas = _stat(jittor, shape, "decode_cublas_gemv", "median_ms")
+    if cublas:
+        out["cublas_gemv"] = {"decode_median_ms": cublas, "over_default_decode": _ratio(cublas, jd)}
+    for tree in trees:                          # the greedy step as one graph with one fetch
+        whole = _stat(jittor, shape, f"medusa_{tree}_device_loop", "median_ms")
+        if whole:
+            out.setdefault("device_loop", {})[tree] = {"step_median_ms": whole,
+                                                       "step_over_decode": _ratio(whole, jd)}
     graphs = (torch.get("shapes", {}).get(shape, {}).get("torch_graphs")) or {}
     g = (graphs.get("graph_decode") or {}).get("median_ms")
     if not g:
