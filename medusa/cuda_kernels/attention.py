@@ -78,10 +78,107 @@ __global__ void cache_attention(const T* q, const T* keys, const T* values, cons
         orow[i] = from_f32<T>(acc * inv);
     }
 }
+// Several query rows at once (tree verification, prefill): a block takes TREE_ROWS consecutive
+// rows t of one query head and reads each key and value row of the cache once for all of them
+// (one block per row read them once per row: a Vicuna-7B 64-node tree step spent 2.0 ms of its
+// 10.2 ms of kernel time here). Scores [TREE_ROWS, S] live in shared memory; a warp per row does
+// its softmax; the value sum gives each (row, 16-byte chunk of D) to blockDim / (TREE_ROWS * D / N)
+// threads over alternating keys. Same layouts and mask as cache_attention.
+constexpr int TREE_ROWS = 8;
+template <class T>
+__global__ void __launch_bounds__(256) tree_attention(const T* q, const T* keys, const T* values, const float* mask,
+                                                      T* out, int Hkv, int R, int L, int D, int S, int Tn, float scale,
+                                                      int tokens_major) {
+    constexpr int N = Vec<T>::N, RT = TREE_ROWS;
+    extern __shared__ float smem[];                 // [RT][D] queries | [RT][S] scores | [parts][RT][D] partials
+    __shared__ float zinv[RT];
+    const int tiles = (Tn + RT - 1) / RT, G = R / Tn;
+    const int tile = blockIdx.x % tiles, g = (blockIdx.x / tiles) % G, bh = blockIdx.x / tiles / G;
+    const int b = bh / Hkv, t0 = tile * RT, rows = min(RT, Tn - t0);
+    float* qs = smem;
+    float* sc = qs + RT * D;
+    float* part = sc + RT * S;
+    const T* kbase = keys + (size_t)bh * L * D;
+    const T* vbase = values + (size_t)bh * L * D;
+    const size_t qrow0 = (size_t)bh * R + (size_t)g * Tn + t0;     // row index of (this head, t0) in q
+    for (int i = threadIdx.x; i < RT * D; i += blockDim.x) {
+        const int r = i / D;
+        qs[i] = r < rows ? f32(q[(qrow0 + r) * D + i % D]) * scale : 0.0f;
+    }
+    __syncthreads();
+    for (int s = threadIdx.x; s < S; s += blockDim.x) {
+        const T* krow = kbase + (size_t)s * D;
+        float acc[RT];
+        #pragma unroll
+        for (int r = 0; r < RT; r++) acc[r] = 0.0f;
+        for (int i = 0; i < D; i += N) {
+            float k8[N];
+            Vec<T>::load(krow + i, k8);
+            #pragma unroll
+            for (int r = 0; r < RT; r++)
+                #pragma unroll
+                for (int j = 0; j < N; j++) acc[r] += qs[r * D + i + j] * k8[j];
+        }
+        #pragma unroll
+        for (int r = 0; r < RT; r++)
+            sc[r * S + s] = acc[r] + (r < rows ? mask[((size_t)b * Tn + t0 + r) * S + s] : 0.0f);
+    }
+    __syncthreads();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int r = warp; r < RT; r += warps) {
+        float m = -INFINITY, z = 0.0f;
+        for (int s = lane; s < S; s += 32) m = fmaxf(m, sc[r * S + s]);
+        m = warp_max(m);
+        for (int s = lane; s < S; s += 32) { const float e = __expf(sc[r * S + s] - m); sc[r * S + s] = e; z += e; }
+        z = warp_sum(z);
+        if (lane == 0) zinv[r] = 1.0f / z;
+    }
+    __syncthreads();
+    const int chunks = D / N, parts = blockDim.x / (chunks * RT);
+    const int h = threadIdx.x / (chunks * RT), r = (threadIdx.x / chunks) % RT, c = threadIdx.x % chunks;
+    if (h < parts) {
+        float acc[N];
+        #pragma unroll
+        for (int j = 0; j < N; j++) acc[j] = 0.0f;
+        for (int s = h; s < S; s += parts) {
+            float v8[N];
+            Vec<T>::load(vbase + (size_t)s * D + c * N, v8);
+            const float p = sc[r * S + s];
+            #pragma unroll
+            for (int j = 0; j < N; j++) acc[j] += p * v8[j];
+        }
+        #pragma unroll
+        for (int j = 0; j < N; j++) part[(h * RT + r) * D + c * N + j] = acc[j];
+    }
+    __syncthreads();
+    const int head = (bh % Hkv) * G + g;
+    for (int i = threadIdx.x; i < RT * D; i += blockDim.x) {
+        const int r2 = i / D, d = i % D, t = t0 + r2;
+        if (r2 >= rows) continue;
+        float acc = 0.0f;
+        for (int k = 0; k < parts; k++) acc += part[(k * RT + r2) * D + d];
+        T* orow = out + (tokens_major ? (((size_t)b * Tn + t) * Hkv * G + head) * D : (qrow0 + r2) * D);
+        orow[d] = from_f32<T>(acc * zinv[r2]);
+    }
+}
+// host-side launch, shared by the attention op and the layer ops: several masked rows go to
+// tree_attention where its scores fit in shared memory (and D / N * TREE_ROWS <= 256), the rest
+// to cache_attention. blocks: B * Hkv * R, one per query row.
 template <class T>
 inline void launch_cache_attention(const T* q, const T* keys, const T* values, const float* mask, T* out, int blocks,
                                    int Hkv, int R, int L, int D, int S, int Tn, float scale, int tokens_major) {
-    const int threads = 256, shared = 4 * (D + S + 32 + threads * 8);
+    const int threads = 256;
+    const int chunks = D / Vec<T>::N, parts = chunks * TREE_ROWS <= threads ? threads / (chunks * TREE_ROWS) : 0;
+    const int tree_shared = 4 * (TREE_ROWS * D + TREE_ROWS * S + parts * TREE_ROWS * D);
+    if (Tn > 1 && mask != nullptr && parts > 0 && tree_shared <= 200 * 1024) {
+        if (tree_shared > 48 * 1024)
+            cudaFuncSetAttribute(tree_attention<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, tree_shared);
+        const int tiles = (Tn + TREE_ROWS - 1) / TREE_ROWS;
+        tree_attention<<<blocks / Tn * tiles, threads, tree_shared>>>(q, keys, values, mask, out, Hkv, R, L, D, S, Tn,
+                                                                      scale, tokens_major);
+        return;
+    }
+    const int shared = 4 * (D + S + 32 + threads * 8);
     if (shared > 48 * 1024)
         cudaFuncSetAttribute(cache_attention<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, shared);
     cache_attention<<<blocks, threads, shared>>>(q, keys, values, mask, out, Hkv, R, L, D, S, Tn, mask != nullptr,
