@@ -201,12 +201,15 @@ def test_silu_mul_kernel(cuda, dtype, shape):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("H,G,T,S,D", [(2, 2, 1, 1, 32), (2, 2, 1, 37, 32), (32, 1, 1, 300, 128), (2, 2, 9, 50, 64),
-                                       (4, 3, 64, 700, 128), (1, 1, 1, 5000, 64)])
-def test_cache_attention_kernel(cuda, dtype, H, G, T, S, D):
+                                       (4, 3, 64, 700, 128), (1, 1, 1, 5000, 64), (2, 2, 13, 40, 128)])
+@pytest.mark.parametrize("tree", [False, True])
+def test_cache_attention_kernel(cuda, monkeypatch, dtype, H, G, T, S, D, tree):
     """Against model.attention on the sliced cache: decode (no mask) and tree steps (a random
-    mask block over the newest T positions), GQA, both output layouts, a cache longer than S."""
+    mask block over the newest T positions), GQA, both output layouts, a cache longer than S;
+    with `tree`, several masked rows go to tree_attention (13 rows: a partial tile of 8)."""
     from medusa.model import attention
 
+    monkeypatch.setitem(ck._state, "tree_attention", tree)
     L = S + 11
     q, keys, values = rand((1, H, G * T, D), dtype, 5), rand((1, H, L, D), dtype, 6), rand((1, H, L, D), dtype, 7)
     mask = None
@@ -365,6 +368,7 @@ def test_rows_layer_equals_its_kernels(cpu_reference, cuda, monkeypatch):
     real = ck.rows_layer
     monkeypatch.setattr(ck, "rows_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setitem(ck._state, "rows_layer", True)
+    monkeypatch.setitem(ck._state, "tree_attention", True)
     for layer_op in (True, False):
         monkeypatch.setitem(ck._state, "layer_op", layer_op)
         got[layer_op] = forced_logits(build("llama", state, "float16", fused=True), PROMPT, tokens[:4])

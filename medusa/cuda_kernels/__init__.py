@@ -27,7 +27,7 @@ lengths they read come through `data`, so a growing cache never recompiles them.
 compute the same with Jittor's ops: they are the path everywhere else and what tests/test_gpu.py
 compares against on the device. `model.gpu_kernels_ok` and the `*_ok` functions say when a
 kernel applies (CUDA, no gradient, the shapes it was written for). Switches: use_kernels,
-use_gemv, use_layer_op, use_rows_layer, use_mma (and $MEDUSA_* for each).
+use_gemv, use_layer_op, use_rows_layer, use_mma, use_tree_attention (and $MEDUSA_* for each).
 
 Reference: the kernels of gpt-fast / vLLM-style decoding (one block per row for the norm, one
 block per query row for attention over the cache, a thread per key position).
@@ -43,7 +43,8 @@ from medusa.cuda_kernels.gemv import (MAX_NORM_GEMV_K, gemv, gemv_ok, norm_gemv,
                                       reference_silu_gemv, silu_gemv, silu_gemv_ok)
 from medusa.cuda_kernels.layers import decode_layer, decode_layer_ok, rows_layer, rows_layer_ok
 from medusa.cuda_kernels.mma import MMA_MAX_ROWS, MMA_MAX_WEIGHT, mma_rows, mma_rows_ok
-from medusa.cuda_kernels.switches import _state, use_gemv, use_kernels, use_layer_op, use_mma, use_rows_layer
+from medusa.cuda_kernels.switches import (_state, use_gemv, use_kernels, use_layer_op, use_mma, use_rows_layer,
+                                         use_tree_attention)
 
 __all__ = ["MAX_ATTENTION_KEYS", "MAX_HEAD_DIM", "cache_attention", "cache_attention_ok",
            "MAX_COMPACT_BUFFERS", "MAX_COMPACT_KEEP", "compact_cache", "compact_cache_at", "compact_ok",
@@ -52,4 +53,4 @@ __all__ = ["MAX_ATTENTION_KEYS", "MAX_HEAD_DIM", "cache_attention", "cache_atten
            "MAX_NORM_GEMV_K", "gemv", "gemv_ok", "norm_gemv", "norm_gemv_ok", "reference_norm_gemv",
            "reference_silu_gemv", "silu_gemv", "silu_gemv_ok", "decode_layer", "decode_layer_ok", "rows_layer",
            "rows_layer_ok", "MMA_MAX_ROWS", "MMA_MAX_WEIGHT", "mma_rows", "mma_rows_ok", "_state", "use_gemv",
-           "use_kernels", "use_layer_op", "use_mma", "use_rows_layer"]
+           "use_kernels", "use_layer_op", "use_mma", "use_rows_layer", "use_tree_attention"]

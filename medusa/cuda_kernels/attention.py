@@ -1,5 +1,6 @@
 """Attention over the KV cache: decode and tree verification, GQA, fp32 softmax."""
 from medusa.cuda_kernels.common import _COMMON
+from medusa.cuda_kernels.switches import use_tree_attention
 from medusa.runtime import jt
 
 MAX_ATTENTION_KEYS = 8192      # the scores of one query row live in shared memory (32 KB of 48)
@@ -161,16 +162,17 @@ __global__ void __launch_bounds__(256) tree_attention(const T* q, const T* keys,
         orow[d] = from_f32<T>(acc * zinv[r2]);
     }
 }
-// host-side launch, shared by the attention op and the layer ops: several masked rows go to
-// tree_attention where its scores fit in shared memory (and D / N * TREE_ROWS <= 256), the rest
-// to cache_attention. blocks: B * Hkv * R, one per query row.
+// host-side launch, shared by the attention op and the layer ops: with `tree`, several masked
+// rows go to tree_attention where its scores fit in shared memory (and D / N * TREE_ROWS <= 256),
+// the rest to cache_attention. blocks: B * Hkv * R, one per query row.
 template <class T>
 inline void launch_cache_attention(const T* q, const T* keys, const T* values, const float* mask, T* out, int blocks,
-                                   int Hkv, int R, int L, int D, int S, int Tn, float scale, int tokens_major) {
+                                   int Hkv, int R, int L, int D, int S, int Tn, float scale, int tokens_major,
+                                   int tree) {
     const int threads = 256;
     const int chunks = D / Vec<T>::N, parts = chunks * TREE_ROWS <= threads ? threads / (chunks * TREE_ROWS) : 0;
     const int tree_shared = 4 * (TREE_ROWS * D + TREE_ROWS * S + parts * TREE_ROWS * D);
-    if (Tn > 1 && mask != nullptr && parts > 0 && tree_shared <= 200 * 1024) {
+    if (tree && Tn > 1 && mask != nullptr && parts > 0 && tree_shared <= 200 * 1024) {
         if (tree_shared > 48 * 1024)
             cudaFuncSetAttribute(tree_attention<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, tree_shared);
         const int tiles = (Tn + TREE_ROWS - 1) / TREE_ROWS;
@@ -210,5 +212,5 @@ def cache_attention(q, keys, values, length, mask, scale, tokens_major=False):
                    data={"S": length, "T": T, "scale": float(scale)}, cuda_src=f"""
         medusa_k::launch_cache_attention(in0_p, in1_p, in2_p, {mask_p}, out0_p, in0_shape0 * in0_shape1 * in0_shape2,
             in0_shape1, in0_shape2, in1_shape2, in0_shape3, (int)data["S"], (int)data["T"], (float)data["scale"],
-            {int(tokens_major)});
+            {int(tokens_major)}, {int(use_tree_attention())});
     """)
