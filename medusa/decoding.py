@@ -8,11 +8,14 @@ typical acceptance). One step reads like the paper:
     tree tokens  = propose(...)              # root token + per-depth top-k of the heads
     hidden, sc   = tree_decode(...)          # base model on all N tree nodes, KV cache
     path, bonus  = evaluate_posterior(...)   # accepted node ids (root first), next token
-    hidden_last  = update_inputs(...)        # keep exactly the accepted path in the cache
+    accepted     = update_inputs(...)        # keep exactly the accepted path in the cache
+    hidden_last  = heads.read_prefix(...)    # what the heads draft from (heads.py)
 
 State between steps: the cache holds every token before the root; the root (last emitted
 token) is not cached yet and is node 0 of the next tree. `hidden_last` [1, 1, H] is the base
-state whose logits chose the root; head k on it proposes the nodes at depth k + 1.
+state whose logits chose the root; head k on it proposes the nodes at depth k + 1. Heads with a
+prefix layer (Hydra++) read every newly cached position's state first (their own small cache)
+and draft from the layer's output at the last one.
 
 Acceptance modes (`Sampling.mode`):
 - greedy:  a node is accepted when its token is the argmax of its parent's base logits; the
@@ -219,9 +222,9 @@ def topk_indices(x, k):
 
 
 def prefill(model, cache, prompt_ids, sampling, rng):
-    """Run the prompt into the cache -> (hidden_last [1, 1, H], first new token)."""
-    hidden = core.prefill(model, cache, prompt_ids)[:, -1:]
-    logits = core.last_logits(model, hidden)                       # [V]
+    """Run the prompt into the cache -> (its hidden states [1, P, H], first new token)."""
+    hidden = core.prefill(model, cache, prompt_ids)
+    logits = core.last_logits(model, hidden[:, -1:])               # [V]
     token = _root_token(lambda: model.vocab.tokens(jt.argmax(logits, 0)[0].item()),
                         lambda: logits.numpy().astype(np.float64), sampling, rng, model.vocab)
     return hidden, token
@@ -233,7 +236,7 @@ def propose(model, heads, tree, hidden_last, root):
         return _propose_sequential(model, heads, tree, hidden_last, root)
     buf = tree.buffers
     logits, _ = heads(hidden_last, None, model.lm_head_t(), model.embed_weight(),
-                      project=range(buf.depth))                                   # [depth, 1, 1, V]
+                      project=range(buf.depth), prefixed=True)                    # [depth, 1, 1, V]
     top = model.vocab.tokens(topk_indices(logits[:, 0, 0], max(buf.topk)).numpy())  # [depth, k] token ids
     flat = np.concatenate([[root]] + [top[d, :k] for d, k in enumerate(buf.topk)])
     return flat[buf.tree_indices].astype(np.int64)
@@ -251,7 +254,8 @@ def _propose_sequential(model, heads, tree, hidden_last, root):
         for i, p in enumerate(parents):
             drafted[0, i, :d + 1] = model.vocab.embedding_rows(tokens[list(tree.ancestry[p])])
         hidden = hidden_last.broadcast((1, len(parents), hidden_last.shape[-1]))
-        logits, _ = heads(hidden, jt.array(drafted), model.lm_head_t(), model.embed_weight(), project=[d])
+        logits, _ = heads(hidden, jt.array(drafted), model.lm_head_t(), model.embed_weight(), project=[d],
+                          prefixed=True)
         top = model.vocab.tokens(topk_indices(logits[0, 0], buf.topk[d]).numpy())   # [parents, topk[d]]
         for i, p in enumerate(parents):
             for c in tree.children[p]:
@@ -374,12 +378,13 @@ def evaluate_posterior(tree, tokens, scores, sampling, rng):
 
 
 def update_inputs(cache, tree, path, hidden):
-    """Keep exactly the accepted path in the cache -> hidden_last [1, 1, H] of its last node."""
+    """Keep exactly the accepted path in the cache -> the base states of its nodes [1, n, H],
+    root first (heads.read_prefix turns them into what the heads draft from)."""
     past = cache.length - tree.num_nodes
     cache.compact(past, past + np.asarray(path))
-    hidden_last = hidden[:, path[-1]:path[-1] + 1]
-    jt.sync(cache.keys + cache.values + [hidden_last])
-    return hidden_last
+    accepted = hidden[:, path[-1]:path[-1] + 1] if len(path) == 1 else hidden[:, jt.array(np.asarray(path, np.int32))]
+    jt.sync(cache.keys + cache.values + [accepted])
+    return accepted
 
 
 def _clip(new, eos_ids, room):
@@ -455,10 +460,15 @@ def medusa_stream(model, heads, prompt_ids, max_new_tokens, choices="8_node", eo
     every = sampling.check_every(model)
     check = _VocabCheck(model, every) if every else None
     start = time.perf_counter()
+    state = heads.prefix_state()
+    if check and state is not None:
+        raise UsageError("heads with a prefix layer cannot run with the vocabulary check (Sampling.vocab_check): "
+                         "its corrections rewind the base cache, not the prefix layer's; run with the check off")
     with jt.no_grad():
-        hidden_last, root = prefill(model, cache, prompt_ids, sampling, rng)
+        prompt_hidden, root = prefill(model, cache, prompt_ids, sampling, rng)
+        hidden_last = heads.read_prefix(state, prompt_hidden)
         if check:                                  # the first token straight from the full head
-            root = int(model.full_argmax(hidden_last[0])[0])
+            root = int(model.full_argmax(prompt_hidden[0, -1:])[0])
     if device_loop_ok(model, heads, sampling, check):
         yield from _device_stream(model, heads, tree, cache, hidden_last, root, max_new_tokens, eos_ids, start)
         return
@@ -487,7 +497,7 @@ def medusa_stream(model, heads, prompt_ids, max_new_tokens, choices="8_node", eo
             done, root = new[-1] in eos_ids or emitted >= max_new_tokens, new[-1]
             lap("posterior")
             if not done or check:                  # checked: a fix at the end resumes from here
-                hidden_last = update_inputs(cache, tree, path, hidden)
+                hidden_last = heads.read_prefix(state, update_inputs(cache, tree, path, hidden))
                 lap("update")
             release = check is None or check.due(pending, done)
             if check and release:
@@ -515,7 +525,7 @@ _DEVICE_LOOP = {"mode": os.environ.get("MEDUSA_DEVICE_LOOP", "auto")}
 
 def device_loop_ok(model, heads, sampling, check) -> bool:
     """The greedy loop that keeps a step on the device (_device_stream) serves this call: greedy,
-    heads that draft from the hidden state alone (not rnn's depth-by-depth), the full vocabulary,
+    heads that draft from the hidden state alone (not rnn's depth-by-depth, no prefix layer), the full vocabulary,
     no vocabulary check, and $MEDUSA_DEVICE_LOOP asks for it. On the CPU the host loop is faster:
     it skips the leaves' logits, which the device loop computes for every node."""
     mode = _DEVICE_LOOP["mode"]
@@ -523,13 +533,14 @@ def device_loop_ok(model, heads, sampling, check) -> bool:
         raise UsageError(f"$MEDUSA_DEVICE_LOOP must be 0, 1 or auto, got {mode!r}")
     wanted = mode == "1" or (mode == "auto" and bool(jt.flags.use_cuda))
     return (wanted and sampling.kind == "greedy" and not getattr(heads, "sequential", False)
-            and not model.vocab.reduced and check is None)
+            and getattr(heads, "prefix", None) is None and not model.vocab.reduced and check is None)
 
 
 def _device_propose(model, heads, tree, tables, hidden_last, root):
     """propose() without leaving the device: root jt [1] int32 -> the next tree's tokens jt [1, N]."""
     buf = tree.buffers
-    logits, _ = heads(hidden_last, None, model.lm_head_t(), model.embed_weight(), project=range(buf.depth))
+    logits, _ = heads(hidden_last, None, model.lm_head_t(), model.embed_weight(), project=range(buf.depth),
+                      prefixed=True)
     top = topk_indices(logits[:, 0, 0], max(buf.topk)).int32()                     # [depth, kmax]
     flat = jt.concat([root.reshape(1), top.reshape(-1)[tables.select]])             # [1 + sum(topk)]
     return flat[tables.tree_indices].reshape(1, -1)

@@ -20,7 +20,9 @@ per-head parameters live in top-level ModuleLists indexed by head (`blocks.{k}.{
 import dataclasses
 import math
 
-from medusa.model import Linear, matmul
+import numpy as np
+
+from medusa.model import Linear, RMSNorm, attention, matmul
 from medusa.runtime import jt
 
 HEAD_FAMILIES = {}
@@ -45,6 +47,9 @@ class HeadConfig:
     moe_num_experts: int = 4      # E (moe only)
     moe_top_k: int = 2            # experts mixed per token (moe only); == E means soft routing
     vocab: str = ""               # the base's reduced vocabulary (ModelConfig.vocab_id); "" = full
+    prefix_layer: bool = False    # Hydra++'s prefix attention: one decoder layer over the base states first
+    prefix_heads: int = 0         # its attention heads (0: hidden_size / 64, at least 1)
+    prefix_intermediate: int = 0  # its MLP width (0: hidden_size)
 
     def __post_init__(self):
         if self.family not in HEAD_FAMILIES:
@@ -54,9 +59,15 @@ class HeadConfig:
                 raise ValueError(f"HeadConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_layers < 0:
             raise ValueError(f"HeadConfig.num_layers must be >= 0, got {self.num_layers}")
+        if self.prefix_layer and self.hidden_size % self.attention_heads():
+            raise ValueError(f"HeadConfig.prefix_heads={self.prefix_heads} must divide hidden_size={self.hidden_size}")
         if self.family == "moe" and not 2 <= self.moe_top_k <= self.moe_num_experts:
             raise ValueError(f"moe needs 2 <= moe_top_k <= moe_num_experts, got top_k={self.moe_top_k}, "
                              f"experts={self.moe_num_experts} (top-1 gives the router no gradient)")
+
+    def attention_heads(self) -> int:
+        """The prefix layer's attention heads."""
+        return self.prefix_heads or max(1, self.hidden_size // 64)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -106,6 +117,44 @@ def resblocks(hidden_size, num_layers, init_scale=0.0):
     return jt.nn.ModuleList([ResBlock(hidden_size, init_scale) for _ in range(num_layers)])
 
 
+class PrefixLayer(jt.nn.Module):
+    """Hydra++'s prefix attention (Ankner et al. 2024, section 4): one decoder layer over the base
+    model's final hidden states whose output is what every head reads, so a head sees more of the
+    context than the last position's state. Pre-norm causal self-attention and a SiLU-gated MLP,
+    fp32, without a position encoding (the base states carry position). The attention and MLP
+    output projections start at zero: at init the layer is the identity and the heads draft as
+    without it, and the output projections get gradient from the first step.
+
+    execute(h [B, T, H], past=None) -> (out [B, T, H], (keys, values) [B, heads, past + T, d]):
+    `past` holds the keys and values of the positions before h (decoding reads the accepted
+    positions a step at a time), None for a whole sequence (training)."""
+
+    def __init__(self, hidden_size, num_heads, intermediate):
+        H = hidden_size
+        self.num_heads, self.head_dim = num_heads, H // num_heads
+        self.attn_norm = RMSNorm(H, 1e-6)
+        self.qkv = linear(H, 3 * H, bias=False)
+        self.o = linear(H, H, bias=False, init_scale=0.0)
+        self.mlp_norm = RMSNorm(H, 1e-6)
+        self.gate_up = linear(H, 2 * intermediate, bias=False)
+        self.down = linear(intermediate, H, bias=False, init_scale=0.0)
+
+    def execute(self, h, past=None):
+        B, T, H = h.shape
+        nh, d = self.num_heads, self.head_dim
+        qkv = self.qkv(self.attn_norm(h)).reshape(B, T, 3, nh, d).transpose(2, 0, 3, 1, 4)   # [3, B, nh, T, d]
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        if past is not None:
+            k, v = jt.concat([past[0], k], dim=2), jt.concat([past[1], v], dim=2)
+        S = k.shape[2]
+        visible = np.arange(S)[None, :] <= (S - T) + np.arange(T)[:, None]        # causal over past + new
+        mask = jt.array(np.broadcast_to(np.where(visible, 0.0, -1e9).astype(np.float32), (B, 1, T, S)).copy())
+        a = attention(q, k, v, mask, d ** -0.5).transpose(0, 2, 1, 3).reshape(B, T, H)
+        h = h + self.o(a)
+        gate, up = jt.chunk(self.gate_up(self.mlp_norm(h)), 2, dim=-1)
+        return h + self.down(jt.nn.silu(gate) * up), (k, v)
+
+
 # ---------------------------------------------------------------- the interface
 class DraftHeads(jt.nn.Module):
     """Base of every family: owns the vocab projections (unless shared) and the call contract.
@@ -120,17 +169,24 @@ class DraftHeads(jt.nn.Module):
         H, V = cfg.hidden_size, cfg.vocab_size
         self.lm_heads = None if cfg.share_lm_head else jt.nn.ModuleList(
             [linear(H, V, bias=False) for _ in range(cfg.num_heads)])
+        self.prefix = (PrefixLayer(H, cfg.attention_heads(), cfg.prefix_intermediate or H)
+                       if cfg.prefix_layer else None)
 
-    def execute(self, hidden, tokens=None, lm_head_t=None, embed_weight=None, project=None):
+    def execute(self, hidden, tokens=None, lm_head_t=None, embed_weight=None, project=None, prefixed=False):
         """-> (logits [len(project), B, T, V] fp32, aux). `project`: the heads whose vocab logits
         are wanted (default all, in order); logits[i] belongs to head project[i]. The vocab
-        projection dominates the cost, so decoding asks only for the heads its tree uses."""
+        projection dominates the cost, so decoding asks only for the heads its tree uses.
+        With a prefix layer, `hidden` is a whole sequence from position 0 that the layer reads
+        causally, unless `prefixed` says it is the layer's output already (read_prefix)."""
         cfg = self.config
         if hidden.ndim != 3 or hidden.shape[-1] != cfg.hidden_size:
             raise ValueError(f"hidden must be [B, T, {cfg.hidden_size}], got {list(hidden.shape)}")
         if cfg.share_lm_head and lm_head_t is None:
             raise ValueError("share_lm_head=True: pass the base lm_head_t [H, V] (model.lm_head_t())")
-        feats, aux = self.features(hidden.float32(), tokens, embed_weight)
+        hidden = hidden.float32()
+        if self.prefix is not None and not prefixed:
+            hidden = self.prefix(hidden)[0]
+        feats, aux = self.features(hidden, tokens, embed_weight)
         project = range(cfg.num_heads) if project is None else list(project)
         if self.lm_heads is None:  # one matmul for all wanted heads: the shared [H, V] is read once
             return _shared_projection(jt.stack([feats[k] for k in project], dim=0), lm_head_t), aux
@@ -148,6 +204,19 @@ class DraftHeads(jt.nn.Module):
         for head in self.lm_heads:
             head.weight.assign(w.detach())
         return self
+
+    def prefix_state(self):
+        """Decoding state of the prefix layer (its keys and values so far), None without one."""
+        return None if self.prefix is None else {"past": None}
+
+    def read_prefix(self, state, hidden_new):
+        """The input the heads draft from after the base cached hidden_new [1, n, H] (its final
+        states of the positions just added): the last of them, or with a prefix layer its output
+        there, after it read all n (state from prefix_state(), advanced) -> [1, 1, H]."""
+        if state is None:
+            return hidden_new[:, -1:]
+        out, state["past"] = self.prefix(hidden_new.float32(), state["past"])
+        return out[:, -1:]
 
     def num_parameters(self) -> int:
         """Trainable parameters of the heads (the shared base weights are not counted)."""

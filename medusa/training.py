@@ -78,6 +78,7 @@ HELP = {
     'medusa_num_heads': 'draft heads K (head k predicts token t+k+2)',
     'medusa_num_layers': 'ResBlocks (moe: mixture layers) per head',
     'share_lm_head': 'project with the frozen base lm_head (small heads) instead of one vocab matrix per head',
+    'prefix_layer': "Hydra++'s prefix attention: one decoder layer over the base states that every head reads",
     'moe_num_experts': 'experts per mixture layer',
     'moe_top_k': 'experts mixed per token (== experts: soft routing)',
     'aux_loss_weight': 'coefficient of the MoE load-balancing loss',
@@ -116,6 +117,7 @@ class TrainArgs:
     medusa_num_heads: int = 4
     medusa_num_layers: int = 1
     share_lm_head: bool = True
+    prefix_layer: bool = False
     moe_num_experts: int = 4
     moe_top_k: int = 2
     aux_loss_weight: float = 0.01
@@ -157,6 +159,18 @@ def labels(ids, loss_mask, num_heads, vocab=None):
         return targets, valid
     rows = vocab.rows(targets)
     return np.maximum(rows, 0).astype(targets.dtype), valid & (rows >= 0)
+
+
+def padded_states(hiddens):
+    """Per-sample base states [T_i, H] (or one jt.Var [B, T, H]) -> jt.Var [B, T, H] fp32,
+    right-padded with zeros as data.collate pads the ids (causal layers never read the pads)."""
+    if isinstance(hiddens, jt.Var):
+        return hiddens.float32()
+    T = max(len(x) for x in hiddens)
+    out = np.zeros((len(hiddens), T, hiddens[0].shape[-1]), np.float32)
+    for b, x in enumerate(hiddens):
+        out[b, :len(x)] = x
+    return jt.array(out)
 
 
 def flat_rows(samples, hiddens, num_heads, pad_id, vocab=None):
@@ -282,7 +296,7 @@ class Trainer:
         self.heads = build_heads(HeadConfig(
             family=args.family, num_heads=args.medusa_num_heads, num_layers=args.medusa_num_layers,
             hidden_size=cfg.hidden_size, vocab_size=cfg.output_size, vocab=cfg.vocab_id, share_lm_head=args.share_lm_head,
-            moe_num_experts=args.moe_num_experts, moe_top_k=args.moe_top_k))
+            moe_num_experts=args.moe_num_experts, moe_top_k=args.moe_top_k, prefix_layer=args.prefix_layer))
         self.heads.init_from_base(self.model.lm_head_t())
         self.opt = AdamW(self.heads.parameters(), args.lr, weight_decay=args.weight_decay)
         self.hidden = (hidden_cache.load_or_build(self.model, samples, self._cache_file(src), self.pad_id)
@@ -359,10 +373,13 @@ class Trainer:
         """-> (loss per head [K] Var: hard CE sums, or soft CE sums when `soft`; aux; hit1; hit5;
         counts; hard CE sums [K] Var)."""
         hiddens = self.hiddens_of(idx)
-        h, drafted, targets, valid, (bi, ti) = flat_rows([self.samples[i] for i in idx], hiddens, self.K,
+        states = hiddens
+        if self.heads.prefix is not None:          # Hydra++'s prefix layer reads whole sequences first
+            states = self.heads.prefix(padded_states(hiddens))[0]
+        h, drafted, targets, valid, (bi, ti) = flat_rows([self.samples[i] for i in idx], states, self.K,
                                                          self.pad_id, self.model.vocab)
         teacher = teacher_probs(self.model, hiddens, bi, ti, valid) if soft else None
-        logits, aux = self.heads(h, drafted, self.model.lm_head_t(), self.model.embed_weight())
+        logits, aux = self.heads(h, drafted, self.model.lm_head_t(), self.model.embed_weight(), prefixed=True)
         nll, hit1, hit5, soft_ce = head_losses(logits[:, 0], targets, valid, teacher)
         return (soft_ce if soft else nll), aux, hit1, hit5, valid.sum(-1), nll
 

@@ -87,7 +87,10 @@ def head_ranks(model, heads, ids, start):
         positions = np.arange(start - 1, T - 1)                      # the base predicts t+1 there
         drafted = data.drafted_tokens(ids[None], np.zeros_like(positions), positions, K)   # [n, K]: t+k+1
         drafted = np.maximum(model.vocab.embedding_rows(drafted), 0).astype(np.int32)
-        logits, _ = heads(hidden[:, start - 1:T - 1], jt.array(drafted[None]), model.lm_head_t(), model.embed_weight())
+        states = hidden[:, start - 1:T - 1]
+        if heads.prefix is not None:                                 # it reads the context from position 0
+            states = heads.prefix(hidden[:, :T - 1].float32())[0][:, start - 1:]
+        logits, _ = heads(states, jt.array(drafted[None]), model.lm_head_t(), model.embed_weight(), prefixed=True)
         logits = logits[:, 0].numpy()                                # [K, n, V]
     truth = model.vocab.rows(ids)                                    # logit rows; -1 outside a reduced vocabulary
     ranks = np.full((K, len(positions)), -1, np.int64)
@@ -145,7 +148,8 @@ def step_time(model, heads, choices, context_ids, repeats):
     tree = resolve_tree(choices, heads.config.num_heads)
     cache = new_cache(model, 1, len(context_ids) + tree.num_nodes)
     sampling = Sampling()
-    hidden_last, root = prefill(model, cache, context_ids, sampling, None)
+    hidden, root = prefill(model, cache, context_ids, sampling, None)
+    hidden_last = heads.read_prefix(heads.prefix_state(), hidden)
     past, seconds = cache.length, []
     for _ in range(repeats + 1):       # the first step compiles this tree's kernels: untimed
         start = time.perf_counter()

@@ -2,7 +2,7 @@
 the base model's greedy continuation."""
 import numpy as np
 
-from medusa.heads import HeadConfig, build_heads
+from medusa.heads import DraftHeads, HeadConfig, build_heads
 from medusa.model import build_mask
 from medusa.runtime import jt
 
@@ -32,7 +32,11 @@ class OracleHeads:
         self.states = model(tokens, positions, build_mask(1, T)).numpy()[0]   # [T, H]
         self.calls = 0
 
-    def __call__(self, hidden, tokens, lm_head_t, embed_weight, project=None):
+    prefix = None                          # no prefix layer: the DraftHeads methods that say so
+    prefix_state = DraftHeads.prefix_state
+    read_prefix = DraftHeads.read_prefix
+
+    def __call__(self, hidden, tokens, lm_head_t, embed_weight, project=None, prefixed=False):
         self.calls += 1
         h = hidden.numpy()[0]                                                  # [T, H]
         drafted = None if tokens is None else tokens.numpy()[0]

@@ -9,6 +9,7 @@ from medusa.decoding import (STAT_NAMES, Sampling, _speculative_walk, medusa_gen
                              resolve_tree)
 from medusa.core import generate
 from medusa.errors import UsageError
+from medusa.heads import HeadConfig, build_heads
 from medusa.runtime import jt
 from oracle import OracleHeads, random_heads
 
@@ -252,3 +253,39 @@ def test_device_loop_only_where_it_applies(models, device_loop):
     decoding._DEVICE_LOOP["mode"] = "yes"
     with pytest.raises(UsageError, match=r"MEDUSA_DEVICE_LOOP must be 0, 1 or auto, got 'yes'"):
         decoding.device_loop_ok(model, random_heads(model, "medusa"), Sampling(), None)
+
+
+# ---------------------------------------------------------------- heads with a prefix layer
+def prefix_heads(model, family):
+    """Seeded heads with Hydra++'s prefix layer, its output projections made non-zero (at init
+    the layer is the identity, which would not test that decoding feeds it the right states)."""
+    jt.set_global_seed(0)
+    cfg = HeadConfig(family=family, num_heads=K, hidden_size=model.config.hidden_size,
+                              vocab_size=model.config.vocab_size, share_lm_head=True, prefix_layer=True)
+    heads = build_heads(cfg)
+    rng = np.random.default_rng(3)
+    for layer in (heads.prefix.o, heads.prefix.down):
+        layer.weight.assign(jt.array(rng.standard_normal(layer.weight.shape).astype("float32") * 0.05))
+    return heads
+
+
+@pytest.mark.parametrize("head_family,preset", [("rnn", "8_node"), ("medusa", "mc_sim_7b_63")])
+def test_prefix_layer_heads_are_lossless_and_read_every_accepted_state(models, monkeypatch, head_family, preset):
+    model = models("qwen2")
+    heads = prefix_heads(model, head_family)
+    seen = []
+    real = heads.read_prefix
+    monkeypatch.setattr(heads, "read_prefix", lambda state, h: seen.append(h.shape[1]) or real(state, h))
+    monkeypatch.setitem(decoding._DEVICE_LOOP, "mode", "1")        # asked for, and not taken: a prefix layer
+    out = medusa_generate(model, heads, prompt(1), N_NEW, preset)
+    assert out.output_ids == plain_greedy(model, "qwen2", prompt(1))
+    # the prompt, then each step's accepted path (root first): every cached position exactly once
+    assert seen[0] == len(prompt(1)) and seen[1:] == out.accept_lengths[:len(seen) - 1]
+    assert not decoding.device_loop_ok(model, heads, Sampling(), None)
+
+
+def test_prefix_layer_heads_sample(models):
+    model = models("qwen2")
+    heads = prefix_heads(model, "rnn")
+    out = medusa_generate(model, heads, prompt(2), 12, "8_node", sampling=Sampling("sample", temperature=0.7, seed=1))
+    assert len(out.output_ids) == 12

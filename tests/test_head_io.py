@@ -12,10 +12,10 @@ from medusa.runtime import jt
 H, V, K, B, T = 16, 40, 3, 2, 4
 
 
-def make(family, share=False, num_layers=2):
+def make(family, share=False, num_layers=2, **kw):
     jt.set_global_seed(1)
     return build_heads(HeadConfig(family=family, num_heads=K, num_layers=num_layers, hidden_size=H,
-                                  vocab_size=V, share_lm_head=share))
+                                  vocab_size=V, share_lm_head=share, **kw))
 
 
 def inputs(seed=0):
@@ -34,10 +34,10 @@ def randomise(heads, seed=2):
         p.assign(jt.array(rng.standard_normal(p.shape).astype("float32") * 0.1))
 
 
-@pytest.mark.parametrize("share", [False, True])
+@pytest.mark.parametrize("share,prefix", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("family", sorted(HEAD_FAMILIES))
-def test_save_load_round_trip(tmp_path, family, share):
-    heads = make(family, share)
+def test_save_load_round_trip(tmp_path, family, share, prefix):
+    heads = make(family, share, prefix_layer=prefix)
     randomise(heads)
     path = save_heads(heads, tmp_path / "heads.jtr")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["heads.jtr", "heads_config.json"]

@@ -204,3 +204,51 @@ def test_shared_fp16_lm_head_projects_in_fp16_only_without_gradients():
     assert not np.array_equal(fast, exact)   # the product was taken in fp16: inputs and output rounded
     rounded = hidden.numpy().astype(np.float16).astype(np.float32) @ lm16.numpy().astype(np.float32)
     np.testing.assert_allclose(fast, rounded, atol=1e-2)  # fp16 accumulation
+
+
+# ---------------------------------------------------------------- Hydra++'s prefix layer
+def _nonzero_outputs(heads, seed=1):
+    """Give the prefix layer's zero-initialised output projections random weights."""
+    rng = np.random.default_rng(seed)
+    for layer in (heads.prefix.o, heads.prefix.down):
+        layer.weight.assign(jt.array(rng.standard_normal(layer.weight.shape).astype("float32") * 0.2))
+    return heads
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prefix_layer_starts_as_the_identity(family):
+    hidden, tokens, _, lm, emb = batch()
+    plain, prefixed = make(family), make(family, prefix_layer=True)
+    for name, p in plain.named_parameters():
+        dict(prefixed.named_parameters())[name].assign(p)
+    np.testing.assert_array_equal(prefixed(hidden, tokens, lm, emb)[0].numpy(), plain(hidden, tokens, lm, emb)[0].numpy())
+    assert prefixed.num_parameters() > plain.num_parameters()
+
+
+def test_prefix_layer_is_causal_and_reads_step_by_step_like_a_whole_sequence():
+    heads = _nonzero_outputs(make("rnn", prefix_layer=True))
+    hidden, tokens, _, lm, emb = batch()
+    whole = heads.prefix(hidden)[0].numpy()
+    changed = hidden.numpy().copy()
+    changed[:, 3:] += 1.0                                        # later positions never reach earlier ones
+    np.testing.assert_allclose(heads.prefix(jt.array(changed))[0].numpy()[:, :3], whole[:, :3], atol=1e-6)
+    assert np.abs(heads.prefix(jt.array(changed))[0].numpy()[:, 3:] - whole[:, 3:]).max() > 1e-3
+    state = heads.prefix_state()
+    with jt.no_grad():                                           # decoding: the prompt, then accepted paths
+        for lo, hi in ((0, 2), (2, 3), (3, 5)):
+            got = heads.read_prefix(state, hidden[:1, lo:hi]).numpy()
+            np.testing.assert_allclose(got[0, 0], whole[0, hi - 1], atol=1e-5)
+    assert make("rnn").prefix_state() is None
+
+
+def test_prefix_layer_gets_gradient_and_checks_its_heads():
+    heads = _nonzero_outputs(make("rnn", prefix_layer=True))
+    hidden, tokens, targets, lm, emb = batch()
+    opt = jt.optim.SGD(heads.parameters(), 0.1)
+    opt.backward(loss_of(heads, hidden, tokens, targets, lm, emb))
+    for name, p in heads.named_parameters():
+        if name.startswith("prefix."):
+            assert np.abs(p.opt_grad(opt).numpy()).max() > 0, f"no gradient into {name}"
+    with pytest.raises(ValueError, match="prefix_heads=5 must divide hidden_size=32"):
+        make("rnn", prefix_layer=True, prefix_heads=5)
+    assert HeadConfig.from_dict(make("rnn", prefix_layer=True).config.to_dict()).prefix_layer

@@ -8,6 +8,7 @@ import pytest
 
 from medusa import data, hidden_cache, optim, training, weights
 from medusa.data import Sample
+from medusa.runtime import jt
 
 WORDS = "hello there how are you the cat sat on mat one two three four five six sea".split()
 
@@ -53,9 +54,14 @@ def test_loss_mask_covers_assistant_tokens_only(tiny_pkl):
     assert tok.decode(s.input_ids[s.loss_mask == 1]).replace(" ", "") == "thecatsat<|im_end|>"
 
 
-def test_padding_does_not_change_per_sample_loss(tiny_pkl, tmp_path):
-    args = tiny_args(tiny_pkl, tmp_path, cache_hidden=False)
+@pytest.mark.parametrize("prefix", [False, True])
+def test_padding_does_not_change_per_sample_loss(tiny_pkl, tmp_path, prefix):
+    args = tiny_args(tiny_pkl, tmp_path, "rnn" if prefix else "medusa", cache_hidden=prefix, prefix_layer=prefix)
     tr = training.Trainer(args)
+    if prefix:                    # the prefix layer reads whole padded sequences: make it more than the identity
+        rng = np.random.default_rng(0)
+        for layer in (tr.heads.prefix.o, tr.heads.prefix.down):
+            layer.weight.assign(jt.array(rng.standard_normal(layer.weight.shape).astype("float32") * 0.1))
     short, long_ = sorted(range(len(tr.samples)), key=lambda i: len(tr.samples[i]))[::len(tr.samples) - 1]
     assert len(tr.samples[short]) < len(tr.samples[long_])
     alone = tr.forward([short])
@@ -67,9 +73,9 @@ def test_padding_does_not_change_per_sample_loss(tiny_pkl, tmp_path):
     np.testing.assert_array_equal(n_short + only_long[4], padded[4])
 
 
-@pytest.mark.parametrize("family", ["medusa", "rnn", "moe"])
-def test_a_few_steps_lower_the_loss(tiny_pkl, tmp_path, family):
-    tr = training.Trainer(tiny_args(tiny_pkl, tmp_path, family, epochs=3, val_ratio=0.0))
+@pytest.mark.parametrize("family,prefix", [("medusa", False), ("rnn", False), ("moe", False), ("rnn", True)])
+def test_a_few_steps_lower_the_loss(tiny_pkl, tmp_path, family, prefix):
+    tr = training.Trainer(tiny_args(tiny_pkl, tmp_path, family, epochs=3, val_ratio=0.0, prefix_layer=prefix))
     before = tr.evaluate_on(tr.train_set)
     tr.fit()
     after = tr.evaluate_on(tr.train_set)

@@ -231,3 +231,17 @@ def test_no_vocab_check_without_the_full_head(narrow):
         assert not small.has_full_head and Sampling().check_every(small) == 0
     small = weights.load_model(units["tied"], "float32")
     assert Sampling().check_every(small) == 32 and Sampling(temperature=0.7).check_every(small) == 0
+
+
+def test_prefix_layer_heads_refuse_the_vocab_check(narrow):
+    """The check rewinds the base cache after a wrong token; a prefix layer's own cache would go
+    stale, so the combination is refused up front."""
+    from medusa.decoding import medusa_generate
+    from medusa.sampling import Sampling
+
+    _, _, _, units = narrow
+    small = weights.load_model(units["tied"], "float32")
+    heads = build_heads(HeadConfig(family="rnn", num_heads=4, hidden_size=64, vocab_size=small.config.output_size,
+                                   vocab=small.config.vocab_id, share_lm_head=True, prefix_layer=True))
+    with pytest.raises(UsageError, match="prefix layer cannot run with the vocabulary check"):
+        medusa_generate(small, heads, PROMPT, 8, "chain", sampling=Sampling(vocab_check=4))

@@ -204,8 +204,8 @@ class MedusaStep:
 
     def prefill(self, ids):
         self.cache.reset()
-        hidden_last, root = decoding.prefill(self.model, self.cache, ids, self.sampling, self.rng)
-        self.tokens = decoding.propose(self.model, self.heads, self.tree, hidden_last, root)
+        hidden, root = decoding.prefill(self.model, self.cache, ids, self.sampling, self.rng)
+        self.tokens = decoding.propose(self.model, self.heads, self.tree, hidden[:, -1:], root)
 
     def __call__(self, mark=lambda part: None):
         """One step; mark(part) is called after each part. Returns the tokens it accepts."""
@@ -214,7 +214,7 @@ class MedusaStep:
         mark("tree")
         path, bonus = decoding.evaluate_posterior(tree, self.tokens, scores, self.sampling, self.rng)
         mark("posterior")
-        hidden_last = decoding.update_inputs(self.cache, tree, path, hidden)
+        hidden_last = decoding.update_inputs(self.cache, tree, path, hidden)[:, -1:]
         mark("update")
         self.tokens = decoding.propose(model, self.heads, tree, hidden_last, bonus)
         mark("heads")
@@ -228,9 +228,9 @@ class DeviceMedusaStep(MedusaStep):
 
     def prefill(self, ids):
         self.cache.reset()
-        hidden_last, root = decoding.prefill(self.model, self.cache, ids, self.sampling, self.rng)
+        hidden, root = decoding.prefill(self.model, self.cache, ids, self.sampling, self.rng)
         self.tables = decoding._tables_for(self.tree)
-        self.tokens = decoding._device_propose(self.model, self.heads, self.tree, self.tables, hidden_last,
+        self.tokens = decoding._device_propose(self.model, self.heads, self.tree, self.tables, hidden[:, -1:],
                                                jt.array(np.array([root], np.int32)))
         self.tokens.sync()
 
