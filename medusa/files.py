@@ -15,6 +15,11 @@ import numpy as np
 
 from medusa.errors import UsageError
 
+
+def medusa_home() -> Path:
+    """The project's own cache: $MEDUSA_JITTOR_HOME or ~/.cache/medusa-jittor."""
+    return Path(os.environ.get("MEDUSA_JITTOR_HOME") or Path.home() / ".cache" / "medusa-jittor")
+
 # the globals a pickled dict of numpy arrays needs (numpy 1.x and 2.x module names)
 SAFE_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),

