@@ -105,6 +105,36 @@ def load_heads(path):
     return heads
 
 
+def start_from(heads, path):
+    """Copy the heads saved at `path` into `heads` (fine-tuning from them): their configs must
+    agree on everything but the prefix layer (HeadConfig.prefix_layer and its sizes), and every
+    saved tensor must exist in `heads` with its shape. Parameters the file lacks (a new prefix
+    layer) keep their init. Returns the names copied."""
+    path = Path(path)
+    saved = read_config(path).to_dict()
+    want = heads.config.to_dict()
+    prefix_keys = {"prefix_layer", "prefix_heads", "prefix_intermediate"}
+    differ = sorted(k for k in want if k not in prefix_keys and saved.get(k) != want[k])
+    if differ:
+        raise UsageError(f"{path}: its heads differ from the ones to train in {', '.join(differ)} "
+                         f"({', '.join(f'{k}={saved.get(k)!r} vs {want[k]!r}' for k in differ)}): "
+                         "pass the same head flags as the saved config")
+    tensors = load_tensors(path, "head weights")
+    params = dict(heads.named_parameters())
+    transposed = transposed_names(heads)
+    unknown = sorted(set(tensors) - set(params))
+    if unknown:
+        raise UsageError(f"{path}: tensors the heads to train do not have: {unknown[:5]}")
+    for name, value in tensors.items():
+        value = np.asarray(value, dtype=np.float32)
+        value = value.T if name in transposed else value
+        if tuple(value.shape) != tuple(params[name].shape):
+            raise UsageError(f"{path}: {name} has shape {tuple(value.shape)}, the heads to train want "
+                             f"{tuple(params[name].shape)}")
+        params[name].assign(jt.array(np.ascontiguousarray(value)))
+    return sorted(tensors)
+
+
 def _head_count(names):
     """Heads present in `names`: per-head parameters are `<list>.{k}.…` (see heads.py)."""
     ks = {int(n.split(".")[1]) for n in names if len(n.split(".")) > 2 and n.split(".")[1].isdigit()}

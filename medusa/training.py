@@ -79,6 +79,7 @@ HELP = {
     'medusa_num_layers': 'ResBlocks (moe: mixture layers) per head',
     'share_lm_head': 'project with the frozen base lm_head (small heads) instead of one vocab matrix per head',
     'prefix_layer': "Hydra++'s prefix attention: one decoder layer over the base states that every head reads",
+    'init_heads': 'start from these heads (.jtr with its config; the same head flags, a prefix layer may be new)',
     'moe_num_experts': 'experts per mixture layer',
     'moe_top_k': 'experts mixed per token (== experts: soft routing)',
     'aux_loss_weight': 'coefficient of the MoE load-balancing loss',
@@ -118,6 +119,7 @@ class TrainArgs:
     medusa_num_layers: int = 1
     share_lm_head: bool = True
     prefix_layer: bool = False
+    init_heads: str = ""
     moe_num_experts: int = 4
     moe_top_k: int = 2
     aux_loss_weight: float = 0.01
@@ -298,6 +300,10 @@ class Trainer:
             hidden_size=cfg.hidden_size, vocab_size=cfg.output_size, vocab=cfg.vocab_id, share_lm_head=args.share_lm_head,
             moe_num_experts=args.moe_num_experts, moe_top_k=args.moe_top_k, prefix_layer=args.prefix_layer))
         self.heads.init_from_base(self.model.lm_head_t())
+        if args.init_heads:
+            from medusa.head_io import start_from
+
+            start_from(self.heads, args.init_heads)
         self.opt = AdamW(self.heads.parameters(), args.lr, weight_decay=args.weight_decay)
         self.hidden = (hidden_cache.load_or_build(self.model, samples, self._cache_file(src), self.pad_id)
                        if args.cache_hidden else None)
@@ -596,6 +602,10 @@ def check_args(args: TrainArgs):
         raise UsageError(f"--loss {args.loss!r}: choose one of {', '.join(LOSSES)}")
     if args.early_stop < 0:
         raise UsageError(f"--early_stop must be >= 0 (0 = never), got {args.early_stop}")
+    if args.init_heads:
+        from medusa.head_io import read_config
+
+        read_config(args.init_heads)            # the file and its config beside it, or a one-line error
     if token_data(args) and args.template != "tokenizer":
         raise UsageError(f"--template {args.template}: token samples ({args.data_path}) are rendered already")
     if args.lr <= 0 or not 0 <= args.warmup_ratio < 1:

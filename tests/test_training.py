@@ -230,6 +230,7 @@ def test_presets_fill_only_the_flags_not_given():
     (["--preset", "eagle9"], "--preset 'eagle9': unknown"),
     (["--loss", "kl"], "--loss 'kl': choose one of hard, soft"),
     (["--early_stop", "-1"], "--early_stop must be >= 0"),
+    (["--init_heads", "nowhere.jtr"], "heads file nowhere.jtr does not exist"),
 ])
 def test_bad_recipe_flags_are_one_line_errors(argv, message):
     from medusa.errors import UsageError
@@ -304,3 +305,22 @@ def test_early_stop_ends_the_run_after_evaluations_without_a_new_best(tiny_pkl, 
     resumed = training.Trainer(tiny_args(tiny_pkl, tmp_path, epochs=8, early_stop=2, resume=True))
     resumed.fit()      # --resume of an early-stopped run stops at once (the count is in the state)
     assert resumed.step == tr.step
+
+
+def test_init_heads_starts_from_saved_heads_and_may_add_a_prefix_layer(tiny_pkl, tmp_path):
+    from medusa.errors import UsageError
+    from medusa.head_io import save_heads
+
+    first = training.Trainer(tiny_args(tiny_pkl, tmp_path, "rnn", output_dir=str(tmp_path / "a"), epochs=1))
+    first.fit()
+    saved = save_heads(first.heads, tmp_path / "start.jtr")
+    tr = training.Trainer(tiny_args(tiny_pkl, tmp_path, "rnn", output_dir=str(tmp_path / "b"), init_heads=str(saved),
+                                    prefix_layer=True))
+    got = dict(tr.heads.named_parameters())
+    for name, p in first.heads.named_parameters():
+        np.testing.assert_array_equal(got[name].numpy(), p.numpy(), err_msg=name)
+    # the prefix layer is new and starts as the identity: the same validation loss as the saved heads
+    assert abs(tr.evaluate_on(tr.val_set)["loss"] - first.evaluate_on(first.val_set)["loss"]) < 1e-4
+    with pytest.raises(UsageError, match="differ from the ones to train in medusa_num|differ from the ones to train in num_heads"):
+        training.Trainer(tiny_args(tiny_pkl, tmp_path, "rnn", output_dir=str(tmp_path / "c"), init_heads=str(saved),
+                                   medusa_num_heads=2))
