@@ -163,6 +163,17 @@ def labels(ids, loss_mask, num_heads, vocab=None):
     return np.maximum(rows, 0).astype(targets.dtype), valid & (rows >= 0)
 
 
+def release_cached_memory():
+    """On the CPU, hand Jittor's cached blocks back after each batch. Every batch has its own
+    number of rows, so its [K, rows, V] logits and their gradients need new block sizes, and the
+    allocator keeps the old ones. Measured on the 2-core CI machine (24 GiB), training SmolLM2 rnn
+    heads (V = 49,152, ~1,200 rows a batch): RSS went 3.5 -> 15.4 GB in 14 steps, and a run was
+    OOM-killed at 24 GB after 59 steps. With jt.gc() after each step, RSS stayed at 1.6 GB. The
+    GPU keeps its cache: there, reallocating costs more than the memory it frees."""
+    if not jt.flags.use_cuda:
+        jt.gc()
+
+
 def padded_states(hiddens):
     """Per-sample base states [T_i, H] (or one jt.Var [B, T, H]) -> jt.Var [B, T, H] fp32,
     right-padded with zeros as data.collate pads the ids (causal layers never read the pads)."""
@@ -407,6 +418,7 @@ class Trainer:
         # Jittor is lazy: run this step's all-reduces now, on every rank, so that no rank waits
         # in a collective that another rank only reaches later (or never, at exit).
         jt.sync_all()
+        release_cached_memory()
         self.step += 1
 
     def evaluate(self):
@@ -420,6 +432,7 @@ class Trainer:
             for j in range(0, len(mine), self.args.batch_size):
                 nll, _, hit1, hit5, n, _ = self.forward(mine[j:j + self.args.batch_size])
                 totals.add(nll.numpy(), hit1, hit5, n)
+                release_cached_memory()
         return totals.metrics(self.lambdas)
 
     # -- files (rank 0 only)

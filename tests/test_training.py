@@ -324,3 +324,18 @@ def test_init_heads_starts_from_saved_heads_and_may_add_a_prefix_layer(tiny_pkl,
     with pytest.raises(UsageError, match="differ from the ones to train in medusa_num|differ from the ones to train in num_heads"):
         training.Trainer(tiny_args(tiny_pkl, tmp_path, "rnn", output_dir=str(tmp_path / "c"), init_heads=str(saved),
                                    medusa_num_heads=2))
+
+
+def test_cpu_training_hands_cached_memory_back_after_each_batch(tiny_pkl, tmp_path, monkeypatch):
+    """Each batch has its own row count, so Jittor's allocator would keep every batch's block
+    sizes (a SmolLM2 run on the CPU was OOM-killed at 24 GB): jt.gc() after each step and each
+    validation batch."""
+    calls = []
+    tr = training.Trainer(tiny_args(tiny_pkl, tmp_path, epochs=1, max_steps=3))
+    monkeypatch.setattr(training.jt, "gc", lambda: calls.append(1))
+    totals = training.Totals(tr.K)
+    for _ in range(3):
+        tr.train_step(totals)
+    assert len(calls) == 3
+    tr.evaluate_on(tr.val_set)
+    assert len(calls) == 3 + -(-len(tr.val_set) // tr.args.batch_size)
