@@ -377,12 +377,16 @@ def evaluate_posterior(tree, tokens, scores, sampling, rng):
     return path, _root_token(lambda: scores.top(last), lambda: scores.row(last), sampling, rng, scores.model.vocab)
 
 
-def update_inputs(cache, tree, path, hidden):
-    """Keep exactly the accepted path in the cache -> the base states of its nodes [1, n, H],
-    root first (heads.read_prefix turns them into what the heads draft from)."""
+def update_inputs(cache, tree, path, hidden, every_state=False):
+    """Keep exactly the accepted path in the cache -> the base state of its last node [1, 1, H],
+    or with `every_state` the states of all its nodes [1, n, H], root first (what a prefix layer
+    reads: heads.read_prefix)."""
     past = cache.length - tree.num_nodes
     cache.compact(past, past + np.asarray(path))
-    accepted = hidden[:, path[-1]:path[-1] + 1] if len(path) == 1 else hidden[:, jt.array(np.asarray(path, np.int32))]
+    if every_state and len(path) > 1:
+        accepted = hidden[:, jt.array(np.asarray(path, np.int32))]
+    else:
+        accepted = hidden[:, path[-1]:path[-1] + 1]
     jt.sync(cache.keys + cache.values + [accepted])
     return accepted
 
@@ -497,7 +501,7 @@ def medusa_stream(model, heads, prompt_ids, max_new_tokens, choices="8_node", eo
             done, root = new[-1] in eos_ids or emitted >= max_new_tokens, new[-1]
             lap("posterior")
             if not done or check:                  # checked: a fix at the end resumes from here
-                hidden_last = heads.read_prefix(state, update_inputs(cache, tree, path, hidden))
+                hidden_last = heads.read_prefix(state, update_inputs(cache, tree, path, hidden, state is not None))
                 lap("update")
             release = check is None or check.due(pending, done)
             if check and release:

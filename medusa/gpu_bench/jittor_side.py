@@ -214,7 +214,7 @@ class MedusaStep:
         mark("tree")
         path, bonus = decoding.evaluate_posterior(tree, self.tokens, scores, self.sampling, self.rng)
         mark("posterior")
-        hidden_last = decoding.update_inputs(self.cache, tree, path, hidden)[:, -1:]
+        hidden_last = decoding.update_inputs(self.cache, tree, path, hidden)
         mark("update")
         self.tokens = decoding.propose(model, self.heads, tree, hidden_last, bonus)
         mark("heads")
