@@ -576,6 +576,17 @@ def _device_step(model, heads, cache, tree, tables, tokens):
     return fetch, _device_propose(model, heads, tree, tables, hidden_last, bonus.reshape(1)), moved
 
 
+def _device_advance(model, heads, cache, tree, tables, tokens):
+    """Run one _device_step, fetch its few ints and keep the accepted path in the cache ->
+    (fetched int64 [depth + 2]: accepted length n, the path's tokens, the bonus; the next tokens)."""
+    past = cache.length
+    fetch, next_tokens, moved = _device_step(model, heads, cache, tree, tables, tokens)
+    jt.sync([fetch, next_tokens] + ([moved] if moved is not None else []))
+    got = fetch.numpy().astype(np.int64)
+    cache.truncate(past + int(got[0]))                     # the root and the accepted nodes
+    return got, next_tokens
+
+
 def _device_stream(model, heads, tree, cache, hidden_last, root, max_new_tokens, eos_ids, start):
     """medusa_stream's greedy loop with one fetch per step (a few ints: the accepted length, its
     tokens, the bonus): the step's parts run as one graph on the device, so its whole time is
@@ -592,12 +603,8 @@ def _device_stream(model, heads, tree, cache, hidden_last, root, max_new_tokens,
     while not done:
         clock = time.perf_counter()
         with jt.no_grad():
-            past = cache.length
-            fetch, next_tokens, moved = _device_step(model, heads, cache, tree, tables, tokens)
-            jt.sync([fetch, next_tokens] + ([moved] if moved is not None else []))
-            got = fetch.numpy().astype(np.int64)
+            got, next_tokens = _device_advance(model, heads, cache, tree, tables, tokens)
         n = int(got[0])
-        cache.truncate(past + n)                           # the root and the accepted nodes
         new = _clip([int(t) for t in got[1:n]] + [int(got[depth + 1])], eos_ids, max_new_tokens - emitted)
         emitted += len(new)
         done = new[-1] in eos_ids or emitted >= max_new_tokens

@@ -107,9 +107,9 @@ def load_heads(path):
 
 def start_from(heads, path):
     """Copy the heads saved at `path` into `heads` (fine-tuning from them): their configs must
-    agree on everything but the prefix layer (HeadConfig.prefix_layer and its sizes), and every
-    saved tensor must exist in `heads` with its shape. Parameters the file lacks (a new prefix
-    layer) keep their init. Returns the names copied."""
+    agree on everything but the prefix layer (HeadConfig.prefix_layer and its sizes), and the
+    file must hold every other parameter with its shape (load_state's strict check). A prefix
+    layer the file lacks keeps its init."""
     path = Path(path)
     saved = read_config(path).to_dict()
     want = heads.config.to_dict()
@@ -119,20 +119,7 @@ def start_from(heads, path):
         raise UsageError(f"{path}: its heads differ from the ones to train in {', '.join(differ)} "
                          f"({', '.join(f'{k}={saved.get(k)!r} vs {want[k]!r}' for k in differ)}): "
                          "pass the same head flags as the saved config")
-    tensors = load_tensors(path, "head weights")
-    params = dict(heads.named_parameters())
-    transposed = transposed_names(heads)
-    unknown = sorted(set(tensors) - set(params))
-    if unknown:
-        raise UsageError(f"{path}: tensors the heads to train do not have: {unknown[:5]}")
-    for name, value in tensors.items():
-        value = np.asarray(value, dtype=np.float32)
-        value = value.T if name in transposed else value
-        if tuple(value.shape) != tuple(params[name].shape):
-            raise UsageError(f"{path}: {name} has shape {tuple(value.shape)}, the heads to train want "
-                             f"{tuple(params[name].shape)}")
-        params[name].assign(jt.array(np.ascontiguousarray(value)))
-    return sorted(tensors)
+    return load_state(heads, load_tensors(path, "head weights"), path, may_lack=("prefix.",))
 
 
 def _head_count(names):
@@ -141,11 +128,12 @@ def _head_count(names):
     return max(ks) + 1 if ks else None
 
 
-def load_state(heads, tensors: dict, source):
+def load_state(heads, tensors: dict, source, may_lack=()):
     """Assign `tensors` (on-disk layout: Linear weights [out, in]) to `heads`, requiring exactly
-    their parameter names and shapes; Linear weights are transposed to [in, out] on the way in."""
-    params = dict(heads.named_parameters())
+    their parameter names and shapes; Linear weights are transposed to [in, out] on the way in.
+    Parameters whose names start with one of `may_lack` may be absent: they keep their values."""
     transposed = transposed_names(heads)
+    params = {name: p for name, p in heads.named_parameters() if name in tensors or not name.startswith(may_lack)}
     disk_shape = {name: tuple(p.shape)[::-1] if name in transposed else tuple(p.shape)
                   for name, p in params.items()}
     found_k, want_k = _head_count(tensors), heads.config.num_heads

@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -280,8 +281,6 @@ def self_check(device: str = "auto", seed: int = 0) -> dict:
     return {"device": device, "checks": results}
 
 
-# ----------------------------------------------------------------------------- CLI
-
 # ----------------------------------------------------------------------------- MPI + NCCL
 def nccl_env(home: Path) -> dict:
     """The variables with which Jittor builds its NCCL ops against the pip package
@@ -320,10 +319,10 @@ def mpi_env(prefix: Path) -> dict:
 
 
 def shell_exports(env: dict) -> str:
-    import shlex
-
     return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
 
+
+# ----------------------------------------------------------------------------- CLI
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

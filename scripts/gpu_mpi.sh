@@ -63,7 +63,8 @@ run)
     if [ "$DEVICE" = cuda ]; then
         exports=$(python3 -m medusa.setup_gpu --mpi-env /tmp/ompi) || exit 1
     else            # the CPU: no NCCL, only Open MPI
-        exports="export PATH=/tmp/ompi/bin:$PATH mpicc_path=/tmp/ompi/bin/mpicc OPAL_PREFIX=/tmp/ompi"
+        exports=$(python3 -c "from pathlib import Path; from medusa import setup_gpu as s
+print(s.shell_exports(s.mpi_env(Path('/tmp/ompi'))), end='')") || exit 1
     fi
     eval "$exports"
     echo "$exports" | tee -a "$LOG"

@@ -235,15 +235,10 @@ class DeviceMedusaStep(MedusaStep):
         self.tokens.sync()
 
     def __call__(self, mark=lambda part: None):
-        past = self.cache.length
-        fetch, tokens, moved = decoding._device_step(self.model, self.heads, self.cache, self.tree, self.tables,
-                                                     self.tokens)
-        jt.sync([fetch, tokens] + ([moved] if moved is not None else []))
-        n = int(fetch.numpy()[0])
-        self.cache.truncate(past + n)
-        self.tokens = tokens
+        got, self.tokens = decoding._device_advance(self.model, self.heads, self.cache, self.tree, self.tables,
+                                                    self.tokens)
         mark("tree")
-        return n
+        return int(got[0])
 
 
 def medusa_timing(cfg, model, tree, step_class=MedusaStep):
