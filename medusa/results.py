@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from medusa.errors import UsageError
 from medusa.files import atomic_write
 
 # = medusa.decoding.STAT_NAMES (test_bench checks); not imported so that reading results
@@ -165,8 +166,9 @@ def start_results(path, config, resume):
     new = {k: v for k, v in config.items() if k not in RESUMABLE_KEYS}
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
-        raise ValueError(f"{path}: cannot resume with different settings: "
-                         + ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
+        raise UsageError(f"{path}: cannot resume with different settings ("
+                         + ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+                         + "): run with the same flags, or give another --output to measure again")
     results["config"] = config
     return results
 

@@ -8,11 +8,15 @@
 #   scripts/gpu_heads.sh sample              # sampled replies (T=0.7) for a seeded share of the prompts,
 #                                            # then all token samples (greedy + sampled) in one .npz
 #   scripts/gpu_heads.sh train NAME FAMILY [train flags...]   # one head training (resumed if cut off)
+#   scripts/gpu_heads.sh export NAME...      # every named run's best heads, log and metrics in one
+#                                            # archive, $OUT/runs.tgz.aa, .ab, ... (15 MB parts: a
+#                                            # file from $OUT may take 16 MiB); heads above the 10 MB
+#                                            # a shipped file may take are stored in fp16 (head_io)
 #
 # Inputs in the working tree: data/selfdistill/prompt_ids_12k.jsonl.gz (scripts/distill_ids.py
 # encode) and data/selfdistill/smollm2_12k_greedy_ids.jsonl.gz (the greedy replies' ids).
-# Outputs under $OUT (what comes back): sampled_ids.jsonl, samples.npz, NAME/{best.jtr, best_config.json,
-# metrics.jsonl, train_args.json, train.log}. Environment: LIMIT (seconds a training may run in
+# Outputs under $OUT (what comes back): sampled_ids.jsonl, samples.npz, NAME.log (a training's filtered
+# log; the whole one is /tmp/keep/runs/NAME.out), runs.tgz.* (`export`). Environment: LIMIT (seconds a training may run in
 # this call, default 540; the trainer saves its state on SIGTERM and the next `train` call resumes),
 # PICK (prompts sampled, 2400), TEMPERATURE (0.7), SEED (1).
 #
@@ -22,6 +26,9 @@
 #   scripts/gpu_heads.sh model DIR && cp data/selfdistill/smollm2_selfdistill_ids.npz /tmp/keep/samples.npz &&
 #   (LIMIT=470 scripts/gpu_heads.sh train rnn_soft rnn ... > /tmp/rnn.out 2>&1) & P=$!;
 #   until ls /tmp/keep/hidden/*/index.npz; do sleep 2; done; scripts/gpu_heads.sh train moe_soft moe ...; wait $P
+# Trainings in parallel on the one GPU share its time: 5 runs at once made ~14 optimizer steps/s
+# together, as one run alone (batch 32; measured in December), so parallel runs buy no throughput,
+# only fewer calls.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 K=/tmp/keep
@@ -62,15 +69,35 @@ train)
     [ "$family" = rnn ] && script=train_rnn.py
     [ "$family" = moe ] && script=train_moe.py
     run=$K/runs/$name
+    mkdir -p "$K"/runs
     resume=()
     [ -f "$run/last_state.npz" ] && resume=(--resume)
-    timeout -s TERM "${LIMIT:-540}" python3 "$script" --base_model_path "$K"/model.gguf --base_dtype float32 \
+    # python's output to a file, not a pipe: forked compile workers can hold a pipe open past the
+    # limit, and a run that saved its state on SIGTERM has been seen to hang at exit on the GPU
+    # (-k: killed 30 s after the TERM; the state is already written and the next call resumes)
+    timeout -k 30 -s TERM "${LIMIT:-540}" python3 "$script" --base_model_path "$K"/model.gguf --base_dtype float32 \
         --data_path "$K"/samples.npz --cache_dir "$K"/hidden --output_dir "$run" --device cuda "${resume[@]}" "$@" \
-        2>&1 | tr '\r' '\n' | grep -v -E '^\s*$' | awk 'NR % 20 == 1 || /val|error|Error|best|interrupted|early/' \
-        | tee -a "$OUT/$name.log"
-    mkdir -p "$OUT/$name"
-    cp "$run"/best.jtr "$run"/best_config.json "$run"/metrics.jsonl "$run"/train_args.json "$OUT/$name"/ 2>/dev/null
-    ls -l "$OUT/$name"
+        >> "$run.out" 2>&1
+    echo "$name: exit $?"
+    tr '\r' '\n' < "$run.out" | grep -v -E '^\s*$' | awk 'NR % 20 == 1 || /val|error|Error|best|interrupted|early/' \
+        > "$OUT/$name.log"
+    ls -l "$run"
+    ;;
+export)
+    rm -rf "$K"/export && mkdir -p "$K"/export
+    for name in "$@"; do
+        run=$K/runs/$name d=$K/export/$name
+        [ -f "$run"/best.jtr ] || { echo "$name: no best.jtr yet"; continue; }
+        mkdir -p "$d" && cp "$run"/best_config.json "$run"/metrics.jsonl "$run"/train_args.json "$d"/
+        cp "$OUT/$name.log" "$d"/train.log 2>/dev/null
+        if [ "$(stat -c %s "$run"/best.jtr)" -gt 10000000 ]; then
+            python3 -m medusa.head_io "$run"/best.jtr "$d"/best.jtr --dtype float16
+        else
+            cp "$run"/best.jtr "$d"/
+        fi
+    done
+    tar -C "$K"/export -czf - . | split -b 15M - "$OUT"/runs.tgz.
+    ls -l "$OUT"
     ;;
 *)
     echo "unknown stage $stage" >&2

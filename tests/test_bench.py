@@ -213,7 +213,8 @@ def test_interrupted_run_resumes_without_duplicates(tiny_run, monkeypatch):
     out = bench.Path(cfg.args.output)
     assert len(json.loads(out.read_text())["samples"]) == 2   # finished samples survive
     monkeypatch.setattr(bench, "run_sample", real)
-    with pytest.raises(ValueError, match="max_new_tokens"):
+    from medusa.errors import UsageError   # one line and exit 2 at the command line, not a traceback
+    with pytest.raises(UsageError, match="max_new_tokens.*give another --output"):
         bench.run(make_config("resume", base_only=True, resume=True, max_new_tokens=5), setup, progress=False)
     run, _ = bench.run(make_config("resume", base_only=True, resume=True, num_samples=4), setup, progress=False)
     ids = [s["id"] for s in run["samples"]]
