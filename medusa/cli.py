@@ -104,6 +104,7 @@ class Plan:
     head_config: object = None
     choices: list = None      # the tree's validated paths, when heads are used
     tree_spec: str = None     # the preset or file they came from (`auto` resolved)
+    draft_vocab: object = None  # vocab.DraftVocab the heads draft from (--draft_vocab), None = all tokens
 
     @property
     def tree_name(self) -> str:
@@ -115,6 +116,8 @@ class Plan:
         if self.heads_path is not None:
             out.update(medusa_weights=str(self.heads_path), head_config=self.head_config.to_dict(),
                        tree_spec=self.tree_spec, tree=self.choices)
+        if self.draft_vocab is not None:
+            out.update(draft_vocab=str(self.draft_vocab.path), draft_vocab_size=len(self.draft_vocab))
         return out
 
 
@@ -146,6 +149,26 @@ def resolve_heads(margs, heads):
     return DEFAULT_HEADS
 
 
+def resolve_draft(margs, heads_path, head_config, device):
+    """The DraftVocab of --draft_vocab (vocab.py), None for the whole vocabulary. `auto` takes
+    vocab.DRAFT_FILE from the heads' folder on a CPU, for heads that share the base lm_head."""
+    from medusa.vocab import DRAFT_FILE, DraftVocab
+
+    spec = margs.draft_vocab
+    if spec in ("none", ""):
+        return None
+    if spec == "auto":
+        path = heads_path.parent / DRAFT_FILE if heads_path is not None else None
+        shared = head_config is not None and head_config.share_lm_head and not head_config.vocab
+        return DraftVocab.load(path) if device == "cpu" and shared and path.is_file() else None
+    if head_config is None:
+        raise UsageError(f"--draft_vocab {spec}: only heads draft; give --medusa_weights or drop --draft_vocab")
+    if not head_config.share_lm_head or head_config.vocab:
+        raise UsageError(f"--draft_vocab {spec}: needs heads that share the base lm_head; "
+                         f"{heads_path} has its own vocab projections")
+    return DraftVocab.load(spec)
+
+
 def plan(margs, settings=None, heads="optional") -> Plan:
     """Resolve and check the model flags before anything heavy loads: the heads' config, the
     tree against their depth, the base config against the heads' sizes, the tokenizer. The
@@ -169,9 +192,12 @@ def plan(margs, settings=None, heads="optional") -> Plan:
     config = weights.read_config(source)
     if head_config is not None:
         head_io.check_fits(head_config, config, heads_path)
+    draft = resolve_draft(margs, heads_path, head_config, device)
+    if draft is not None:
+        draft.check(config.vocab_size)
     tokenizer = ChatTokenizer.from_folder(tok_dir)   # no transformers on the inference path
     return Plan(source, config, tokenizer, eos_ids_of(config, tokenizer), device, dtype,
-                model_name(margs, source), heads_path, head_config, choices, tree_spec)
+                model_name(margs, source), heads_path, head_config, choices, tree_spec, draft)
 
 
 def load(plan: Plan) -> Setup:
@@ -180,6 +206,8 @@ def load(plan: Plan) -> Setup:
 
     model = weights.load_model(plan.source, plan.dtype)
     heads = head_io.load_heads(plan.heads_path) if plan.heads_path is not None else None
+    if heads is not None:
+        heads.propose_from(plan.draft_vocab)
     return Setup(model, plan.tokenizer, plan.eos_ids, heads, plan.choices, plan)
 
 

@@ -230,14 +230,25 @@ def prefill(model, cache, prompt_ids, sampling, rng):
     return hidden, token
 
 
+def head_projection(model, heads):
+    """(the [H, V'] matrix the heads project onto, logit index -> token id): the base lm_head, or
+    only its draft-vocabulary columns when the heads have one (heads.propose_from)."""
+    draft = getattr(heads, "draft_vocab", None)
+    if draft is None:
+        return model.lm_head_t(), model.vocab.tokens
+    weight, rows = draft.projection(model)
+    return weight, lambda index: model.vocab.tokens(rows[np.asarray(index)])
+
+
 def propose(model, heads, tree, hidden_last, root):
     """generate_candidates: the tree's tokens [N] (numpy int64), node 0 = root."""
     if getattr(heads, "sequential", False):
         return _propose_sequential(model, heads, tree, hidden_last, root)
     buf = tree.buffers
-    logits, _ = heads(hidden_last, None, model.lm_head_t(), model.embed_weight(),
+    weight, tokens_of = head_projection(model, heads)
+    logits, _ = heads(hidden_last, None, weight, model.embed_weight(),
                       project=range(buf.depth), prefixed=True)                    # [depth, 1, 1, V]
-    top = model.vocab.tokens(topk_indices(logits[:, 0, 0], max(buf.topk)).numpy())  # [depth, k] token ids
+    top = tokens_of(topk_indices(logits[:, 0, 0], max(buf.topk)).numpy())          # [depth, k] token ids
     flat = np.concatenate([[root]] + [top[d, :k] for d, k in enumerate(buf.topk)])
     return flat[buf.tree_indices].astype(np.int64)
 
@@ -246,6 +257,7 @@ def _propose_sequential(model, heads, tree, hidden_last, root):
     """Heads that read the drafted tokens (rnn): depth by depth, head d runs once per node at
     depth d, fed that node's root-to-node tokens, and its top-k become the node's children."""
     buf, K = tree.buffers, heads.config.num_heads
+    weight, tokens_of = head_projection(model, heads)
     tokens = np.zeros(tree.num_nodes, dtype=np.int64)
     tokens[0] = root
     for d in range(buf.depth):
@@ -254,9 +266,8 @@ def _propose_sequential(model, heads, tree, hidden_last, root):
         for i, p in enumerate(parents):
             drafted[0, i, :d + 1] = model.vocab.embedding_rows(tokens[list(tree.ancestry[p])])
         hidden = hidden_last.broadcast((1, len(parents), hidden_last.shape[-1]))
-        logits, _ = heads(hidden, jt.array(drafted), model.lm_head_t(), model.embed_weight(), project=[d],
-                          prefixed=True)
-        top = model.vocab.tokens(topk_indices(logits[0, 0], buf.topk[d]).numpy())   # [parents, topk[d]]
+        logits, _ = heads(hidden, jt.array(drafted), weight, model.embed_weight(), project=[d], prefixed=True)
+        top = tokens_of(topk_indices(logits[0, 0], buf.topk[d]).numpy())            # [parents, topk[d]]
         for i, p in enumerate(parents):
             for c in tree.children[p]:
                 tokens[c] = top[i, tree.rank[c]]
@@ -529,7 +540,8 @@ _DEVICE_LOOP = {"mode": os.environ.get("MEDUSA_DEVICE_LOOP", "auto")}
 
 def device_loop_ok(model, heads, sampling, check) -> bool:
     """The greedy loop that keeps a step on the device (_device_stream) serves this call: greedy,
-    heads that draft from the hidden state alone (not rnn's depth-by-depth, no prefix layer), the full vocabulary,
+    heads that draft from the hidden state alone (not rnn's depth-by-depth, no prefix layer) over the
+    whole vocabulary (no draft vocabulary), the base's full vocabulary,
     no vocabulary check, and $MEDUSA_DEVICE_LOOP asks for it. On the CPU the host loop is faster:
     it skips the leaves' logits, which the device loop computes for every node."""
     mode = _DEVICE_LOOP["mode"]
@@ -537,7 +549,8 @@ def device_loop_ok(model, heads, sampling, check) -> bool:
         raise UsageError(f"$MEDUSA_DEVICE_LOOP must be 0, 1 or auto, got {mode!r}")
     wanted = mode == "1" or (mode == "auto" and bool(jt.flags.use_cuda))
     return (wanted and sampling.kind == "greedy" and not getattr(heads, "sequential", False)
-            and getattr(heads, "prefix", None) is None and not model.vocab.reduced and check is None)
+            and getattr(heads, "prefix", None) is None and getattr(heads, "draft_vocab", None) is None
+            and not model.vocab.reduced and check is None)
 
 
 def _device_propose(model, heads, tree, tables, hidden_last, root):

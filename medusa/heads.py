@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from medusa.errors import UsageError
 from medusa.model import Linear, RMSNorm, attention, matmul
 from medusa.runtime import jt
 
@@ -171,6 +172,21 @@ class DraftHeads(jt.nn.Module):
             [linear(H, V, bias=False) for _ in range(cfg.num_heads)])
         self.prefix = (PrefixLayer(H, cfg.attention_heads(), cfg.prefix_intermediate or H)
                        if cfg.prefix_layer else None)
+        self._draft_vocab = None   # vocab.DraftVocab (propose_from); "_": not a parameter
+
+    @property
+    def draft_vocab(self):
+        """The tokens decoding drafts from (`propose_from`), None = the whole vocabulary."""
+        return self._draft_vocab
+
+    def propose_from(self, draft):
+        """Draft only the tokens of `draft` (a vocab.DraftVocab, None = all): decoding projects
+        onto those columns of the base lm_head. Needs heads that share it (their own [H, V]
+        projections were trained over every token)."""
+        if draft is not None and not self.config.share_lm_head:
+            raise UsageError(f"{draft.source}: a draft vocabulary needs heads that share the base lm_head "
+                             "(these have their own vocab projections); run without --draft_vocab")
+        self._draft_vocab = draft
 
     def execute(self, hidden, tokens=None, lm_head_t=None, embed_weight=None, project=None, prefixed=False):
         """-> (logits [len(project), B, T, V] fp32, aux). `project`: the heads whose vocab logits

@@ -23,6 +23,8 @@ STAGES = ("init", "medusa", "tree", "posterior", "update")
 SIDES = ("base", "medusa")
 # settings that may change between an interrupted run and its --resume
 RESUMABLE_KEYS = ("num_samples", "resume", "overwrite", "output", "plot")
+# settings added after results were written: a file without one ran as this value
+BEFORE_THE_SETTING = {"draft_vocab": "none"}
 
 
 def max_new_tokens(config) -> int:
@@ -162,7 +164,8 @@ def start_results(path, config, resume):
     if not (resume and Path(path).is_file()):
         return {"config": config, "environment": environment(), "samples": [], "summary": {}}
     results = json.loads(Path(path).read_text())
-    old = {k: v for k, v in results["config"].items() if k not in RESUMABLE_KEYS}
+    old = {**BEFORE_THE_SETTING, **results["config"]}
+    old = {k: v for k, v in old.items() if k not in RESUMABLE_KEYS}
     new = {k: v for k, v in config.items() if k not in RESUMABLE_KEYS}
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:

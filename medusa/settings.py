@@ -19,6 +19,7 @@ from medusa.errors import MissingFileError, UsageError
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("", "float16", "float32")
 SAMPLING_MODES = ("sample", "typical")
+DRAFT_WORDS = ("auto", "none", "")   # --draft_vocab values that name no file
 
 
 def _help(text, **extra):
@@ -34,13 +35,19 @@ class ModelArgs:
     medusa_weights: str = field(default="", metadata=_help(
         "draft heads (.jtr with <name>_config.json beside it); empty = the shipped heads of the "
         "default model where a command needs heads"))
+    draft_vocab: str = field(default="auto", metadata=_help(
+        "the token ids the heads may draft: a JSON file (python -m medusa.vocab draft), whose lm_head "
+        "columns alone the heads then project onto (lossless: the base model verifies every token); "
+        "auto = the draft_vocab.json beside the heads on a CPU, if there is one (a GPU projects the "
+        "whole vocabulary at little cost); none = the whole vocabulary"))
     device: str = field(default="auto", metadata=_help("auto (cuda when Jittor has it), cpu or cuda",
                                                        choices=DEVICES))
     dtype: str = field(default="", metadata=_help(
         "compute dtype; empty = float16 on a GPU, float32 on the CPU", choices=DTYPES))
 
     def __post_init__(self):
-        for flag in ("base_model_path", "jittor_base_weights", "medusa_weights"):
+        for flag in ("base_model_path", "jittor_base_weights", "medusa_weights") + (
+                () if self.draft_vocab in DRAFT_WORDS else ("draft_vocab",)):
             value = getattr(self, flag)
             if value and not Path(value).exists():
                 raise MissingFileError(f"--{flag} {value}: no such file or folder")

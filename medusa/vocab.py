@@ -2,6 +2,10 @@
 
     python -m medusa.vocab build --data train.jsonl [more.jsonl ...] --output vocab_dir [--coverage 0.9995 | --size N]
     python -m medusa.vocab slice --jittor_base_weights model.pkl --vocab vocab_dir --output small/model.pkl [--slice_embedding]
+    python -m medusa.vocab draft --data samples.npz --size 8192 --output heads_dir/draft_vocab.json
+
+`draft` is the other kind: it leaves the base model whole and only narrows what the heads may
+propose (DraftVocab, --draft_vocab), which stays lossless on any text.
 
 A decode step streams the whole lm_head ([V, H]: 21% of SmolLM2-135M's weights) although a
 structured-output domain uses a few hundred tokens. `build` counts the tokens of chat data
@@ -25,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from medusa.errors import UsageError
+from medusa.files import atomic_write
 
 VOCAB_FILE = "vocab.json"
 
@@ -161,6 +166,101 @@ def weight_bytes(cfg, dtype_bytes=4) -> dict:
             "per_step": (layers + head + h) * dtype_bytes}
 
 
+# ---------------------------------------------------------------- draft vocabulary (heads only)
+DRAFT_KEY = "token_ids"
+DRAFT_FILE = "draft_vocab.json"   # beside heads: what --draft_vocab auto takes on a CPU
+
+
+class DraftVocab:
+    """The token ids the heads may propose. Their shared projection then reads only these
+    columns of the base lm_head ([H, n] instead of [H, V]: on the CPU the heads' projection
+    streams 113 MB a pass for SmolLM2, and rnn heads make one pass per tree depth). FR-Spec's
+    frequency-ranked draft subset; EAGLE-3's d2t map. Lossless: the base model still verifies
+    every drafted token, and a token outside the set is only never drafted. The base model's
+    own vocabulary (reduced or not) is untouched."""
+
+    def __init__(self, token_ids, source="draft vocabulary"):
+        ids = np.asarray(token_ids)
+        if ids.ndim != 1 or not len(ids) or ids.dtype.kind not in "iu" or ids.min() < 0:
+            raise UsageError(f"{source}: {DRAFT_KEY} must be a non-empty list of token ids >= 0")
+        self.token_ids = np.unique(ids.astype(np.int64))        # ascending
+        self.source = str(source)
+        self.path = None                                         # the file it came from (load)
+        self._model = self._weight = self._rows = None
+
+    def __len__(self):
+        return len(self.token_ids)
+
+    @classmethod
+    def load(cls, path):
+        """A JSON file {"token_ids": [...], ...} (`python -m medusa.vocab draft`)."""
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"--draft_vocab {path}: no such file")
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UsageError(f"--draft_vocab {path}: not JSON ({e})") from None
+        if not isinstance(data, dict) or not isinstance(data.get(DRAFT_KEY), list):
+            raise UsageError(f"--draft_vocab {path}: needs an object with a {DRAFT_KEY!r} list "
+                             "(python -m medusa.vocab draft writes one)")
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in data[DRAFT_KEY]):
+            raise UsageError(f"--draft_vocab {path}: {DRAFT_KEY} must hold integers only")
+        draft = cls(data[DRAFT_KEY], source=f"--draft_vocab {path}")
+        draft.path = path
+        return draft
+
+    def check(self, vocab_size):
+        """Every id inside a vocabulary of `vocab_size` (before the model loads)."""
+        if self.token_ids[-1] >= vocab_size:
+            raise UsageError(f"{self.source}: token id {int(self.token_ids[-1])} is outside the model's "
+                             f"vocabulary of {vocab_size}: was it made for another tokenizer?")
+
+    def projection(self, model):
+        """(the lm_head columns [H, n] of these tokens, their logit rows [n]) for `model`, made once."""
+        from medusa.runtime import jt
+
+        if self._model is not model:
+            self.check(model.config.vocab_size)
+            rows = model.vocab.rows(self.token_ids)
+            if (rows < 0).any():
+                raise UsageError(f"{self.source}: token {int(self.token_ids[rows < 0][0])} is outside the "
+                                 "model's reduced vocabulary")
+            self._weight = jt.array(model.lm_head_t().numpy()[:, rows])
+            self._model, self._rows = model, rows
+        return self._weight, self._rows
+
+
+def draft_counts(path):
+    """Counter of the reply tokens (loss-masked) of a token-samples .npz (scripts/distill_ids.py)."""
+    from medusa.data import load_token_samples
+
+    samples = load_token_samples(path).samples
+    replies = np.concatenate([s.input_ids[s.loss_mask == 1] for s in samples])
+    return Counter({int(t): int(n) for t, n in enumerate(np.bincount(replies)) if n})
+
+
+def run_draft(args):
+    if args.size < 1:
+        raise UsageError(f"--size must be >= 1, got {args.size}")
+    out = Path(args.output)
+    if out.exists():
+        raise UsageError(f"--output {out} exists: choose another name (nothing is overwritten)")
+    counts = Counter()
+    for f in args.data:
+        if not Path(f).is_file():
+            raise UsageError(f"--data {f}: no such file")
+        if not f.endswith(".npz"):
+            raise UsageError(f"--data {f}: give token samples (.npz, scripts/distill_ids.py samples)")
+        counts.update(draft_counts(f))
+    kept = sorted(t for t, _ in counts.most_common(args.size))
+    total = sum(counts.values())
+    covered = sum(counts[t] for t in kept)
+    atomic_write(out, json.dumps({DRAFT_KEY: kept, "size": len(kept), "reply_tokens": total,
+                                  "coverage": covered / total, "data": [str(f) for f in args.data]}) + "\n")
+    print(f"{out}: {len(kept)} token ids, {covered / total:.4f} of {total:,} reply tokens")
+
+
 # ---------------------------------------------------------------- command line
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -179,11 +279,12 @@ def main(argv=None):
     s.add_argument("--output", required=True, help="the reduced model's weights file, in a folder of its own")
     s.add_argument("--slice_embedding", action="store_true", help="cut the embedding rows too (inputs outside "
                    "the vocabulary then become an error)")
+    d = sub.add_parser("draft", help="the most frequent reply tokens of token samples, for --draft_vocab")
+    d.add_argument("--data", nargs="+", required=True, help="token samples (.npz, scripts/distill_ids.py samples)")
+    d.add_argument("--size", type=int, default=8192, help="how many token ids to keep")
+    d.add_argument("--output", required=True, help="the JSON file to write")
     args = p.parse_args(argv)
-    if args.cmd == "build":
-        run_build(args)
-    else:
-        run_slice(args)
+    {"build": run_build, "slice": run_slice, "draft": run_draft}[args.cmd](args)
 
 
 def run_build(args):

@@ -272,3 +272,15 @@ def test_default_output_never_replaces_an_earlier_run(tiny_run, tmp_path, monkey
     first.write_text("{}")
     second = bench.default_output(make_config("x"), setup)
     assert second != first and second.name.endswith("-2.json")
+
+
+def test_results_written_before_a_setting_resume_as_its_old_behaviour(tmp_path):
+    """A results file from before --draft_vocab existed ran over the whole vocabulary: it resumes
+    with --draft_vocab none and refuses another value."""
+    from medusa.errors import UsageError
+
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"config": {"greedy": True}, "environment": {}, "samples": [], "summary": {}}))
+    assert results.start_results(path, {"greedy": True, "draft_vocab": "none"}, resume=True)["config"]["draft_vocab"] == "none"
+    with pytest.raises(UsageError, match="draft_vocab 'none' -> 'auto'"):
+        results.start_results(path, {"greedy": True, "draft_vocab": "auto"}, resume=True)

@@ -37,6 +37,7 @@ def test_wheel_holds_the_shipped_files_and_loads_them_when_installed(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for shipped in ("medusa/trained/smollm2_medusa.jtr", "medusa/trained/smollm2_medusa_config.json",
                     "medusa/trained/smollm2_rnn.jtr", "medusa/trained/smollm2_selfdistill.jsonl",
+                    "medusa/trained/draft_vocab.json",
                     "medusa/prompts/bench_prompts.jsonl", "medusa/trees/mc_sim_7b_63.json"):
         assert shipped in names, shipped
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"),

@@ -14,6 +14,7 @@ from medusa import core, head_io, vocab, weights
 from medusa.core import GenerationError
 from medusa.errors import UsageError
 from medusa.heads import HeadConfig, build_heads
+from medusa.runtime import jt
 from test_training import chat_file
 
 ROOT = Path(__file__).parent.parent
@@ -245,3 +246,103 @@ def test_prefix_layer_heads_refuse_the_vocab_check(narrow):
                                    vocab=small.config.vocab_id, share_lm_head=True, prefix_layer=True))
     with pytest.raises(UsageError, match="prefix layer cannot run with the vocabulary check"):
         medusa_generate(small, heads, PROMPT, 8, "chain", sampling=Sampling(vocab_check=4))
+
+
+# ---------------------------------------------------------------- draft vocabulary (heads only)
+def draft_file(tmp_path, ids, name="draft.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps({vocab.DRAFT_KEY: [int(i) for i in ids]}))
+    return path
+
+
+@pytest.mark.parametrize("family,prefix", [("medusa", False), ("rnn", False), ("rnn", True), ("moe", False)])
+def test_a_draft_vocabulary_is_lossless_and_drafts_only_its_tokens(full, tmp_path, monkeypatch, family, prefix):
+    """Greedy Medusa with a draft vocabulary hands out plain greedy's tokens (the base model
+    verifies), and every drafted token (tree nodes past the root) is in the set, whether the
+    set holds the reply's tokens or not."""
+    from medusa import decoding
+    from medusa.decoding import medusa_generate
+
+    jt.set_global_seed(0)
+    heads = build_heads(HeadConfig(family=family, num_heads=4, hidden_size=64, vocab_size=320,
+                                   share_lm_head=True, prefix_layer=prefix))
+    reply = core.generate(full, PROMPT, 24).output_ids
+    drafted, real = [], decoding.propose
+    monkeypatch.setattr(decoding, "propose", lambda *a: drafted.append(real(*a)) or drafted[-1])
+    for ids in (sorted(set(reply) | set(range(100, 140))), range(200, 232)):   # the reply's tokens, or none
+        draft = vocab.DraftVocab(list(ids))
+        heads.propose_from(draft)
+        drafted.clear()
+        out = medusa_generate(full, heads, PROMPT, 24, "8_node")
+        assert out.output_ids == reply
+        assert drafted and all(set(t[1:].tolist()) <= set(draft.token_ids.tolist()) for t in drafted)
+    heads.propose_from(None)
+    assert medusa_generate(full, heads, PROMPT, 24, "8_node").output_ids == reply
+
+
+def test_the_projection_reads_only_the_draft_columns(full):
+    draft = vocab.DraftVocab([7, 3, 3, 250])
+    weight, rows = draft.projection(full)
+    assert draft.token_ids.tolist() == rows.tolist() == [3, 7, 250]
+    np.testing.assert_array_equal(weight.numpy(), full.lm_head_t().numpy()[:, [3, 7, 250]])
+    assert draft.projection(full)[0] is weight                     # made once per model
+
+
+def test_a_reduced_base_maps_draft_tokens_to_its_rows(reduced):
+    kept, reply, units = reduced
+    small = weights.load_model(units[False], "float32")
+    weight, rows = vocab.DraftVocab(kept[5:15]).projection(small)
+    assert small.vocab.tokens(rows).tolist() == kept[5:15]
+    with pytest.raises(UsageError, match="outside the model's reduced vocabulary"):
+        vocab.DraftVocab([kept[0], next(t for t in range(320) if t not in kept)]).projection(small)
+
+
+def test_bad_draft_vocabularies_are_refused_before_the_model_loads(tiny_pkl, tmp_path, monkeypatch):
+    from medusa import cli
+    from medusa.settings import GenerationSettings, ModelArgs
+
+    pkl = tiny_pkl("qwen2")
+    shared = head_io.save_heads(build_heads(HeadConfig(num_heads=4, hidden_size=64, vocab_size=320,
+                                                       share_lm_head=True)), tmp_path / "shared.jtr")
+    own = head_io.save_heads(build_heads(HeadConfig(num_heads=4, hidden_size=64, vocab_size=320)), tmp_path / "own.jtr")
+    monkeypatch.setattr(weights, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+
+    def plan(heads, draft):
+        margs = ModelArgs(jittor_base_weights=str(pkl), medusa_weights=str(heads) if heads else "",
+                          draft_vocab=str(draft), device="cpu")
+        return cli.plan(margs, GenerationSettings(medusa_choices="chain"))
+
+    assert len(plan(shared, draft_file(tmp_path, range(50))).draft_vocab) == 50
+    assert plan(shared, "auto").draft_vocab is None                    # no draft_vocab.json beside the heads
+    draft_file(tmp_path, range(60), vocab.DRAFT_FILE)
+    assert len(plan(shared, "auto").draft_vocab) == 60 and plan(shared, "none").draft_vocab is None
+    assert plan(own, "auto").draft_vocab is None and plan(None, "auto").draft_vocab is None
+    assert plan(shared, "auto").resolved()["draft_vocab_size"] == 60
+    cases = [(shared, draft_file(tmp_path, [1, 320], "big.json"), "token id 320 is outside the model's vocabulary of 320"),
+             (own, draft_file(tmp_path, range(50)), "needs heads that share the base lm_head"),
+             (None, draft_file(tmp_path, range(50)), "only heads draft"),
+             (shared, draft_file(tmp_path, [], "empty.json"), "non-empty list of token ids"),
+             (shared, tmp_path / "missing.json", "no such file")]
+    (tmp_path / "bad.json").write_text('{"token_ids": [1, "a"]}')
+    cases.append((shared, tmp_path / "bad.json", "integers only"))
+    (tmp_path / "list.json").write_text("[1, 2]")
+    cases.append((shared, tmp_path / "list.json", "needs an object"))
+    for heads, draft, message in cases:
+        with pytest.raises(UsageError, match=message):
+            plan(heads, draft)
+
+
+def test_draft_command_keeps_the_most_frequent_reply_tokens(tmp_path):
+    from medusa.data import Sample, save_token_samples
+
+    ids = np.array([1, 2, 9, 9, 9, 8, 8, 7], np.int32)
+    mask = np.array([0, 0, 1, 1, 1, 1, 1, 1], np.int32)                  # the prompt's 1, 2 do not count
+    data = tmp_path / "s.npz"
+    save_token_samples(data, [Sample(ids, mask)], [0], [0.0], {})
+    out = tmp_path / "draft.json"
+    vocab.main(["draft", "--data", str(data), "--size", "2", "--output", str(out)])
+    written = json.loads(out.read_text())
+    assert written["token_ids"] == [8, 9] and written["coverage"] == pytest.approx(5 / 6)
+    assert vocab.DraftVocab.load(out).token_ids.tolist() == [8, 9]
+    with pytest.raises(UsageError, match="exists"):
+        vocab.main(["draft", "--data", str(data), "--output", str(out)])
