@@ -157,13 +157,13 @@ def resolve_draft(margs, heads_path, head_config, device):
     spec = margs.draft_vocab
     if spec in ("none", ""):
         return None
+    shared = head_config is not None and head_config.share_lm_head and not head_config.vocab
     if spec == "auto":
-        path = heads_path.parent / DRAFT_FILE if heads_path is not None else None
-        shared = head_config is not None and head_config.share_lm_head and not head_config.vocab
-        return DraftVocab.load(path) if device == "cpu" and shared and path.is_file() else None
+        path = heads_path.parent / DRAFT_FILE if shared else None
+        return DraftVocab.load(path) if device == "cpu" and path is not None and path.is_file() else None
     if head_config is None:
         raise UsageError(f"--draft_vocab {spec}: only heads draft; give --medusa_weights or drop --draft_vocab")
-    if not head_config.share_lm_head or head_config.vocab:
+    if not shared:
         raise UsageError(f"--draft_vocab {spec}: needs heads that share the base lm_head; "
                          f"{heads_path} has its own vocab projections")
     return DraftVocab.load(spec)
