@@ -165,14 +165,14 @@ def close(got, want, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("shape", [(1, 1, 64), (2, 7, 576), (3, 4096), (1, 9, 2, 32)])
+@pytest.mark.parametrize("shape", [(1, 1, 64), (2, 7, 576), (3, 4096), (1, 9, 2, 32), (2, 40000), (3, 22)])
 def test_rms_norm_kernel(cuda, dtype, shape):
     x, w = rand(shape, dtype, 0), rand(shape[-1:], dtype, 1, 0.1) + 1
     close(ck.rms_norm(x, w, 1e-6), ck.reference_rms_norm(x, w, 1e-6), dtype)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("shape", [(1, 1, 64), (2, 7, 576), (1, 3, 4096)])
+@pytest.mark.parametrize("shape", [(1, 1, 64), (2, 7, 576), (1, 3, 4096), (2, 40000), (3, 22)])
 def test_add_rms_norm_kernel(cuda, dtype, shape):
     x, d, w = rand(shape, dtype, 0), rand(shape, dtype, 9), rand(shape[-1:], dtype, 1, 0.1) + 1
     for got, want in zip(ck.add_rms_norm(x, d, w, 1e-6), ck.reference_add_rms_norm(x, d, w, 1e-6)):

@@ -10,6 +10,7 @@ template <> __device__ __forceinline__ float from_f32<float>(float x) { return x
 template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half(x); }
 // 16-byte loads: 8 halves or 4 floats, widened to fp32
 template <class T> struct Vec;
+// (and 16-byte stores of N floats rounded to T, round-to-nearest like from_f32)
 template <> struct Vec<__half> {
     static constexpr int N = 8;
     __device__ static __forceinline__ void load(const __half* p, float* o) {
@@ -17,12 +18,21 @@ template <> struct Vec<__half> {
         const __half2* h = reinterpret_cast<const __half2*>(&u);
         for (int j = 0; j < 4; j++) { const float2 f = __half22float2(h[j]); o[2 * j] = f.x; o[2 * j + 1] = f.y; }
     }
+    __device__ static __forceinline__ void store(__half* p, const float* v) {
+        uint4 u;
+        __half2* h = reinterpret_cast<__half2*>(&u);
+        for (int j = 0; j < 4; j++) h[j] = __floats2half2_rn(v[2 * j], v[2 * j + 1]);
+        *reinterpret_cast<uint4*>(p) = u;
+    }
 };
 template <> struct Vec<float> {
     static constexpr int N = 4;
     __device__ static __forceinline__ void load(const float* p, float* o) {
         const float4 u = *reinterpret_cast<const float4*>(p);
         o[0] = u.x; o[1] = u.y; o[2] = u.z; o[3] = u.w;
+    }
+    __device__ static __forceinline__ void store(float* p, const float* v) {
+        *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
     }
 };
 __device__ __forceinline__ float warp_sum(float v) {

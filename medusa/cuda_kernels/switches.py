@@ -9,8 +9,8 @@ _SWITCHES = {
     "layer_op": ("MEDUSA_LAYER_OP", True),       # decode_layer (off: a decode step's layer is six ops)
     "rows_layer": ("MEDUSA_ROWS_LAYER", True),   # rows_layer (off: a small model's tree layer is ~10 ops)
     "mma": ("MEDUSA_MMA", True),                 # mma_rows (off: a tree's projections go to cuBLAS)
-    # tree_attention (8 query rows a block) is written and compiled but has not run on a GPU (the
-    # session's device time ran out first): opt-in until tests/test_gpu.py's attention tests pass there
+    # tree_attention (8 query rows a block): ran on the H200 (December 2) and did not help (a 7B
+    # 64-node tree's attention 1.91 ms against 2.01 per row; docs/gpu.md): opt-in
     "tree_attention": ("MEDUSA_TREE_ATTENTION", False),
 }
 def _from_env(var, default) -> bool:

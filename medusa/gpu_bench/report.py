@@ -103,19 +103,24 @@ def plot(summary: dict, trees, path: Path):
         lows = [entry["decode_p10_ms"]] + [entry[f"medusa_{t}"]["step_p10_ms"] for t in trees]
         names = {"jittor": "jittor", "torch": "torch transformers (eager)",
                  "graphs": "torch CUDA graphs (tree forward only)"}
-        for k, side in enumerate(("jittor", "torch", "graphs")):
+        # a side this run did not measure gets no bars (not bars of height 0)
+        present = [side for side in ("jittor", "torch", "graphs") if any(r.get(side) for r in rows)]
+        for k, side in enumerate(present):
             values = [r.get(side) or 0 for r in rows]
             x = [i + 0.27 * k for i in range(len(rows))]
             bars = ax.bar(x, values, 0.27, label=names[side])
             ax.bar_label(bars, fmt="%.1f", fontsize=7)
             if side != "graphs":
                 ax.scatter(x, [r.get(side) or 0 for r in lows], marker="_", color="k", s=80,
-                           label="10th percentile" if k else None)
+                           label="10th percentile" if k == 0 else None)
         if "bandwidth_bound" in entry and shape == "vicuna-7b":
             ax.axhline(entry["bandwidth_bound"]["bound_ms"], color="k", ls="--", lw=1, label="bandwidth bound")
-        ax.set_xticks([i + 0.27 for i in range(len(rows))], labels)
+        ax.set_xticks([i + 0.27 * (len(present) - 1) / 2 for i in range(len(rows))], labels)
         ax.set_ylabel("ms per step (bar: median)")
-        ax.set_title(f"{shape}, batch 1, fp16")
+        missing = {"torch": "eager", "graphs": "CUDA graphs"}
+        missing = [missing[side] for side in missing if side not in present]
+        ax.set_title(f"{shape}, batch 1, fp16" + (f"\n(torch {' / '.join(missing)}: not in this run)"
+                                                 if missing else ""), fontsize=10)
         ax.set_ylim(0, 1.35 * max(v or 0 for r in rows for v in r.values()) or 1)
         ax.legend(fontsize=8, ncol=2, loc="upper center")
     fig.tight_layout()

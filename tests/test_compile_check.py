@@ -1,0 +1,40 @@
+"""The fused kernels' CUDA sources compile with nvcc on a machine without a GPU
+(medusa.cuda_kernels.compile_check): a kernel that does not compile is found before a device
+call is spent on it."""
+import shutil
+from pathlib import Path
+
+import pytest
+
+from medusa.cuda_kernels import compile_check
+from medusa.runtime import jt
+
+NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").is_file() else None)
+
+
+def test_rendering_records_every_op_and_restores_jt_code():
+    real = jt.code
+    rendered = compile_check.render_ops()
+    assert jt.code is real
+    assert {"rows_layer_float16", "decode_layer_float32", "mma_rows_float16", "cache_attention_float16"} <= set(rendered)
+    for name, ops in rendered.items():
+        assert len(ops) == 1 and "medusa_k::" in ops[0]["src"], name
+
+
+@pytest.mark.skipif(NVCC is None, reason="needs nvcc")
+def test_every_kernel_source_compiles():
+    results = compile_check.compile_all(nvcc=NVCC)
+    failed = {name: errors for name, (ok, errors) in results.items() if not ok}
+    assert not failed, failed
+    assert len(results) >= 20
+
+
+@pytest.mark.skipif(NVCC is None, reason="needs nvcc")
+def test_a_broken_source_is_reported(tmp_path, monkeypatch):
+    rendered = compile_check.render_ops()
+    op = dict(rendered["silu_mul_float16"][0])
+    op["src"] = op["src"].replace("medusa_k::launch_silu_mul", "medusa_k::launch_silu_mull")
+    monkeypatch.setattr(compile_check, "render_ops", lambda: {"broken": [op]})
+    results = compile_check.compile_all(nvcc=NVCC, keep=tmp_path)
+    ok, errors = results["broken_0"]
+    assert not ok and "launch_silu_mull" in errors
