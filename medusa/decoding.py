@@ -485,7 +485,7 @@ def medusa_stream(model, heads, prompt_ids, max_new_tokens, choices="8_node", eo
         if check:                                  # the first token straight from the full head
             root = int(model.full_argmax(prompt_hidden[0, -1:])[0])
     if device_loop_ok(model, heads, sampling, check):
-        yield from _device_stream(model, heads, tree, cache, hidden_last, root, max_new_tokens, eos_ids, start)
+        yield from _device_stream(model, heads, tree, cache, hidden_last, root, max_new_tokens, eos_ids, start, state)
         return
     with jt.no_grad():
         done = root in eos_ids or max_new_tokens == 1
@@ -540,21 +540,60 @@ _DEVICE_LOOP = {"mode": os.environ.get("MEDUSA_DEVICE_LOOP", "auto")}
 
 def device_loop_ok(model, heads, sampling, check) -> bool:
     """The greedy loop that keeps a step on the device (_device_stream) serves this call: greedy,
-    heads that draft from the hidden state alone (not rnn's depth-by-depth, no prefix layer) over the
-    whole vocabulary (no draft vocabulary), the base's full vocabulary,
-    no vocabulary check, and $MEDUSA_DEVICE_LOOP asks for it. On the CPU the host loop is faster:
-    it skips the leaves' logits, which the device loop computes for every node."""
+    heads over the whole vocabulary (no draft vocabulary), the base's full vocabulary, no
+    vocabulary check, and $MEDUSA_DEVICE_LOOP asks for it. Every head family is served: rnn's
+    depth-by-depth drafting and a prefix layer run on the device too, but `auto` takes those
+    only with MEDUSA_DEVICE_LOOP=1 for now: held to the host loop by the CPU tests, not yet run
+    on a GPU (tests/test_gpu.py::test_device_loop_on_cuda has the case). On the CPU the host loop
+    is faster: it skips the leaves' logits, which the device loop computes for every node."""
     mode = _DEVICE_LOOP["mode"]
     if mode not in ("0", "1", "auto"):
         raise UsageError(f"$MEDUSA_DEVICE_LOOP must be 0, 1 or auto, got {mode!r}")
-    wanted = mode == "1" or (mode == "auto" and bool(jt.flags.use_cuda))
-    return (wanted and sampling.kind == "greedy" and not getattr(heads, "sequential", False)
-            and getattr(heads, "prefix", None) is None and getattr(heads, "draft_vocab", None) is None
+    gpu_verified = not getattr(heads, "sequential", False) and getattr(heads, "prefix", None) is None
+    wanted = mode == "1" or (mode == "auto" and bool(jt.flags.use_cuda) and gpu_verified)
+    return (wanted and sampling.kind == "greedy" and getattr(heads, "draft_vocab", None) is None
             and not model.vocab.reduced and check is None)
+
+
+@dataclass
+class SequentialTables:
+    """_propose_sequential's bookkeeping as index tables, for drafting on the device. The tokens
+    drafted so far live in one vector, `seq` = [0 (padding), root, depth-1 children, depth-2
+    children, ...]; per depth d with children: ancestry [P_d, num_heads] positions in seq of each
+    parent's root-to-parent tokens (0: padding), children [C_d] where each child's token sits in
+    that depth's top-k [P_d * topk[d]]; node_pos [N]: each node's position in seq."""
+    ancestry: list
+    children: list
+    node_pos: object
+
+
+@functools.lru_cache(maxsize=32)
+def _sequential_tables_for(tree, num_heads):
+    arr = lambda a: jt.array(np.ascontiguousarray(a, dtype=np.int32)).stop_grad()
+    buf = tree.buffers
+    pos = {0: 1}
+    ancestry, children = [], []
+    for d in range(buf.depth):
+        parents = [n for n in buf.nodes_at_depth[d] if tree.children[n]]
+        if not parents:                    # no deeper nodes
+            break
+        table = np.zeros((len(parents), num_heads), np.int32)
+        for i, p in enumerate(parents):
+            table[i, :d + 1] = [pos[a] for a in tree.ancestry[p]]
+        kids = [(i, c) for i, p in enumerate(parents) for c in tree.children[p]]
+        base = 1 + len(pos)                # seq's length before this depth's children
+        for j, (_, c) in enumerate(kids):
+            pos[c] = base + j
+        ancestry.append(arr(table))
+        children.append(arr([i * buf.topk[d] + tree.rank[c] for i, c in kids]))
+    return SequentialTables(ancestry=ancestry, children=children,
+                            node_pos=arr([pos[n] for n in range(tree.num_nodes)]))
 
 
 def _device_propose(model, heads, tree, tables, hidden_last, root):
     """propose() without leaving the device: root jt [1] int32 -> the next tree's tokens jt [1, N]."""
+    if getattr(heads, "sequential", False):
+        return _device_propose_sequential(model, heads, tree, hidden_last, root)
     buf = tree.buffers
     logits, _ = heads(hidden_last, None, model.lm_head_t(), model.embed_weight(), project=range(buf.depth),
                       prefixed=True)
@@ -563,10 +602,26 @@ def _device_propose(model, heads, tree, tables, hidden_last, root):
     return flat[tables.tree_indices].reshape(1, -1)
 
 
-def _device_step(model, heads, cache, tree, tables, tokens):
+def _device_propose_sequential(model, heads, tree, hidden_last, root):
+    """_propose_sequential on the device (rnn heads): depth by depth, each parent's drafted tokens
+    gathered from the vector of tokens drafted so far (SequentialTables), its children appended."""
+    buf, K = tree.buffers, heads.config.num_heads
+    tables = _sequential_tables_for(tree, K)
+    seq = jt.concat([jt.zeros((1,), "int32"), root.reshape(1).int32()])
+    for d in range(len(tables.ancestry)):
+        drafted = seq[tables.ancestry[d]].unsqueeze(0)                                # [1, P_d, K]
+        hidden = hidden_last.broadcast((1, drafted.shape[1], hidden_last.shape[-1]))
+        logits, _ = heads(hidden, drafted, model.lm_head_t(), model.embed_weight(), project=[d], prefixed=True)
+        top = topk_indices(logits[0, 0], buf.topk[d]).int32()                          # [P_d, topk[d]]
+        seq = jt.concat([seq, top.reshape(-1)[tables.children[d]]])
+    return seq[tables.node_pos].reshape(1, -1)
+
+
+def _device_step(model, heads, cache, tree, tables, tokens, state=None):
     """One greedy Medusa step built on the device: the tree forward, every node's argmax, the
     longest accepted path (evaluate_posterior's greedy rule, first path on ties), the cache
-    moves of that path and the next tree's tokens from the heads. Nothing is fetched: returns
+    moves of that path and the next tree's tokens from the heads (after a prefix layer read the
+    path's states: state from heads.prefix_state()). Nothing is fetched: returns
     (fetch jt [depth + 2] int32 = [accepted length n, the path's tokens after the root..., bonus],
     the next tokens, the cache move to sync with them)."""
     depth = tree.buffers.depth
@@ -581,26 +636,28 @@ def _device_step(model, heads, cache, tree, tables, tokens):
     path = tables.rows[best].reshape(-1)                                                  # [depth + 1]
     steps = jt.arange(depth + 1).int32()
     last = path[n - 1]
-    keep = jt.where(steps < n, path, last.broadcast(path.shape)) + past                  # past the path: harmless repeats
-    moved = cache.move(past, keep)
+    nodes = jt.where(steps < n, path, last.broadcast(path.shape))                        # past the path: repeats
+    moved = cache.move(past, nodes + past)
     bonus = argmax[last]
     fetch = jt.concat([n.int32(), tokens[0][path[1:]], bonus.reshape(1)])
-    hidden_last = hidden[:, last].reshape(1, 1, -1)
+    hidden_last = heads.read_prefix_row(state, hidden[:, nodes], n - 1)
     return fetch, _device_propose(model, heads, tree, tables, hidden_last, bonus.reshape(1)), moved
 
 
-def _device_advance(model, heads, cache, tree, tables, tokens):
-    """Run one _device_step, fetch its few ints and keep the accepted path in the cache ->
-    (fetched int64 [depth + 2]: accepted length n, the path's tokens, the bonus; the next tokens)."""
+def _device_advance(model, heads, cache, tree, tables, tokens, state=None):
+    """Run one _device_step, fetch its few ints and keep the accepted path in the cache (and in
+    the prefix layer's: state) -> (fetched int64 [depth + 2]: accepted length n, the path's
+    tokens, the bonus; the next tokens)."""
     past = cache.length
-    fetch, next_tokens, moved = _device_step(model, heads, cache, tree, tables, tokens)
+    fetch, next_tokens, moved = _device_step(model, heads, cache, tree, tables, tokens, state)
     jt.sync([fetch, next_tokens] + ([moved] if moved is not None else []))
     got = fetch.numpy().astype(np.int64)
     cache.truncate(past + int(got[0]))                     # the root and the accepted nodes
+    heads.keep_prefix(state, int(got[0]))
     return got, next_tokens
 
 
-def _device_stream(model, heads, tree, cache, hidden_last, root, max_new_tokens, eos_ids, start):
+def _device_stream(model, heads, tree, cache, hidden_last, root, max_new_tokens, eos_ids, start, state=None):
     """medusa_stream's greedy loop with one fetch per step (a few ints: the accepted length, its
     tokens, the bonus): the step's parts run as one graph on the device, so its whole time is
     booked as "tree"."""
@@ -616,7 +673,7 @@ def _device_stream(model, heads, tree, cache, hidden_last, root, max_new_tokens,
     while not done:
         clock = time.perf_counter()
         with jt.no_grad():
-            got, next_tokens = _device_advance(model, heads, cache, tree, tables, tokens)
+            got, next_tokens = _device_advance(model, heads, cache, tree, tables, tokens, state)
         n = int(got[0])
         new = _clip([int(t) for t in got[1:n]] + [int(got[depth + 1])], eos_ids, max_new_tokens - emitted)
         emitted += len(new)

@@ -34,7 +34,7 @@ bench() {  # bench SIDE LIMIT_S PYTHONPATH [args]
     local side=$1 limit=$2 path=$3 s=$SECONDS
     shift 3
     echo "=== $side side, limit ${limit} s" | tee -a "$LOG"
-    PYTHONPATH=$path timeout "$limit" python3 -m medusa.gpu_bench --side "$side" --out "$O" --ref_dir "$REF" "$@" \
+    PYTHONPATH=$path timeout -k 15 "$limit" python3 -m medusa.gpu_bench --side "$side" --out "$O" --ref_dir "$REF" "$@" \
         >> "$LOG" 2>&1
     echo "=== $side side rc=$? ($((SECONDS - s)) s)" | tee -a "$LOG"
 }
@@ -44,7 +44,7 @@ bench torch "${TORCH_S:-200}" "$PWD" "$@"
 bench jittor "$(( $(left) > 30 ? $(left) - 20 : 10 ))" "${PYTHONPATH:-$PWD}" "$@"
 if [ "${GPU_CHECK:-0}" = 1 ] && [ "$(left)" -gt 120 ]; then
     C=$(mktemp -d)/gpu_check
-    TEST_TIMEOUT=$(( $(left) - 60 )) SELF_CHECK=0 timeout "$(( $(left) - 10 ))" \
+    TEST_TIMEOUT=$(( $(left) - 60 )) SELF_CHECK=0 timeout -k 15 "$(( $(left) - 10 ))" \
         scripts/gpu_check.sh "$W" "$C" >> "$LOG" 2>&1
     echo "=== gpu_check rc=$?" | tee -a "$LOG"
     tar czf "$O/gpu_check.tgz" -C "$(dirname "$C")" gpu_check

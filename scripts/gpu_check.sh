@@ -56,7 +56,7 @@ summary "import jittor on cuda rc=$imported"
 # the Jittor wheels' numpy 1.26 shadows here. No plugin autoload: the image's plugins are not ours.
 GPU_TESTS=$(grep -l "pytest.mark.gpu" tests/*.py)
 if [ -n "$GPU_TESTS" ] && [ $imported -eq 0 ]; then
-    PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout "${PYTEST_TIMEOUT:-$((TEST_TIMEOUT + 60))}" \
+    PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout -k 15 "${PYTEST_TIMEOUT:-$((TEST_TIMEOUT + 60))}" \
         python3 -m pytest -v -m gpu -p no:cacheprovider $GPU_TESTS > "$R/pytest_gpu.log" 2>&1 &
     pytest_pid=$!
 fi
@@ -71,7 +71,7 @@ run_test() {
     local t=$1 s=$SECONDS
     [ -f "$JT_DIR/test/$t.py" ] || { echo "$t absent" > /tmp/jt_logs/$t.rc; return; }
     # Some tests import cudnn_ops, which conv_opt=1 (no cudnn offline) leaves undefined: None is enough.
-    timeout "$TEST_TIMEOUT" python3 -c "
+    timeout -k 15 "$TEST_TIMEOUT" python3 -c "
 import runpy, sys, jittor.compile_extern as ce
 for name in ('cudnn_ops', 'cublas_ops', 'cub_ops', 'cufft_ops'):
     setattr(ce, name, getattr(ce, name, None))

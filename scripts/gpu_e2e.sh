@@ -57,7 +57,7 @@ setup)
     if [ "${TESTS:-0}" = 1 ]; then
         # to a file, not a pipe: pytest killed by timeout leaves Jittor's forked compile workers
         # holding a pipe open, and a pipeline then outlives the limit (seen on a cold machine)
-        PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout "${TEST_S:-300}" python3 -m pytest -q -m gpu -p no:cacheprovider \
+        PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout -k 15 "${TEST_S:-300}" python3 -m pytest -q -m gpu -p no:cacheprovider \
             tests/test_gpu.py -k "${TEST_K:-(fp16_close or fp32_matches or lossless or fp16_with) and not False or \
 layer or runs_the_kernels or compact or gemv_kernel or mma_rows}" > "$OUT"/pytest.log 2>&1
         grep -E "passed|failed|^E " "$OUT"/pytest.log | head -30

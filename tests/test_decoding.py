@@ -209,17 +209,23 @@ def device_loop(monkeypatch):
     monkeypatch.setitem(decoding._DEVICE_LOOP, "mode", "1")
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("head_family", ["medusa", "moe"])
-def test_device_loop_equals_the_host_loop(models, monkeypatch, head_family, preset):
-    model = models("qwen2")
-    heads = random_heads(model, head_family, share=(preset == "16_node"))
+def device_equals_host(model, heads, preset, monkeypatch):
+    """The device loop (asked for here on the CPU) gives the host loop's tokens (plain greedy's)
+    and accept lengths. Returns its result."""
     host = medusa_generate(model, heads, prompt(1), N_NEW, preset)
     monkeypatch.setitem(decoding._DEVICE_LOOP, "mode", "1")
     assert decoding.device_loop_ok(model, heads, Sampling(), None)
     device = medusa_generate(model, heads, prompt(1), N_NEW, preset)
     assert device.output_ids == host.output_ids == plain_greedy(model, "qwen2", prompt(1))
     assert device.accept_lengths == host.accept_lengths
+    return device
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("head_family", ["medusa", "moe", "rnn"])
+def test_device_loop_equals_the_host_loop(models, monkeypatch, head_family, preset):
+    model = models("qwen2")
+    device_equals_host(model, random_heads(model, head_family, share=(preset == "16_node")), preset, monkeypatch)
 
 
 def test_device_loop_takes_full_paths_branches_and_stops(models, device_loop):
@@ -242,9 +248,24 @@ def test_device_loop_takes_full_paths_branches_and_stops(models, device_loop):
     assert medusa_generate(model, heads, ids, 40, "8_node", eos_ids=(ref[j],)).output_ids == ref[:j + 1]
 
 
+def test_device_loop_takes_sequential_oracle_heads(models, device_loop):
+    """rnn-style heads on the device: each depth is fed its parents' drafted tokens (a sequential
+    oracle proposes garbage for a wrong path), so full depth is accepted only if they are right."""
+    model = models("llama")
+    ids = prompt(3)
+    ref = plain_greedy(model, "llama", ids, 40)
+    heads = OracleHeads(model, ids + ref, sequential=True)
+    assert decoding.device_loop_ok(model, heads, Sampling(), None)
+    out = medusa_generate(model, heads, ids, 31, "8_node")
+    assert out.output_ids == ref[:31] and out.accept_lengths == [5] * 6
+    branch = [[1], [1, 1], [1, 1, 1], [0], [0, 0]]
+    out = medusa_generate(model, OracleHeads(model, ids + ref, rank=1, sequential=True), ids, 29, branch)
+    assert out.output_ids == ref[:29] and out.accept_lengths == [4] * 7
+
+
 def test_device_loop_only_where_it_applies(models, device_loop):
     model = models("qwen2")
-    assert not decoding.device_loop_ok(model, random_heads(model, "rnn"), Sampling(), None)   # depth by depth
+    assert decoding.device_loop_ok(model, random_heads(model, "rnn"), Sampling(), None)   # depth by depth too
     assert not decoding.device_loop_ok(model, random_heads(model, "medusa"), Sampling("sample", temperature=0.7), None)
     decoding._DEVICE_LOOP["mode"] = "0"
     assert not decoding.device_loop_ok(model, random_heads(model, "medusa"), Sampling(), None)
@@ -276,12 +297,26 @@ def test_prefix_layer_heads_are_lossless_and_read_every_accepted_state(models, m
     seen = []
     real = heads.read_prefix
     monkeypatch.setattr(heads, "read_prefix", lambda state, h: seen.append(h.shape[1]) or real(state, h))
-    monkeypatch.setitem(decoding._DEVICE_LOOP, "mode", "1")        # asked for, and not taken: a prefix layer
     out = medusa_generate(model, heads, prompt(1), N_NEW, preset)
     assert out.output_ids == plain_greedy(model, "qwen2", prompt(1))
     # the prompt, then each step's accepted path (root first): every cached position exactly once
     assert seen[0] == len(prompt(1)) and seen[1:] == out.accept_lengths[:len(seen) - 1]
-    assert not decoding.device_loop_ok(model, heads, Sampling(), None)
+
+
+@pytest.mark.parametrize("head_family,preset", [("rnn", "8_node"), ("medusa", "mc_sim_7b_63")])
+def test_prefix_layer_heads_on_the_device_loop(models, monkeypatch, head_family, preset):
+    """The device loop feeds the prefix layer the whole padded path and keeps only the accepted
+    states' keys and values: the same tokens, accept lengths and prefix cache as the host loop."""
+    model = models("qwen2")
+    heads = prefix_heads(model, head_family)
+    lengths = []
+    real = heads.keep_prefix
+    monkeypatch.setattr(heads, "keep_prefix", lambda state, n: real(state, n) or lengths.append(state["past"][0].shape[2]))
+    device = device_equals_host(model, heads, preset, monkeypatch)
+    # after each step the prefix layer holds the prompt and every accepted position, no padding
+    # (the last step's tokens may be cut at N_NEW; its path is kept whole)
+    want = len(prompt(1)) + np.cumsum(device.accept_lengths)
+    assert len(lengths) == len(device.accept_lengths) and lengths[:-1] == list(want[:-1])
 
 
 def test_prefix_layer_heads_sample(models):

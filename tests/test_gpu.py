@@ -398,3 +398,13 @@ def test_device_loop_on_cuda(cpu_reference, cuda, monkeypatch, tree):
     assert device.output_ids == host.output_ids == tokens and device.accept_lengths == host.accept_lengths
     oracle = medusa_generate(model, OracleHeads(model, PROMPT + tokens), PROMPT, 21, "8_node")
     assert oracle.output_ids == tokens[:21] and oracle.accept_lengths == [5] * 4
+    # rnn heads with a prefix layer (depth-by-depth drafting and the prefix layer on the device):
+    # asked for with MEDUSA_DEVICE_LOOP=1 until this passes on a GPU (decoding.device_loop_ok)
+    jt.set_global_seed(0)
+    rnn = build_heads(HeadConfig(family="rnn", num_heads=4, hidden_size=model.config.hidden_size,
+                                 vocab_size=model.config.vocab_size, share_lm_head=True, prefix_layer=True))
+    monkeypatch.setitem(decoding._DEVICE_LOOP, "mode", "0")
+    host = medusa_generate(model, rnn, PROMPT, STEPS, tree)
+    monkeypatch.setitem(decoding._DEVICE_LOOP, "mode", "1")
+    device = medusa_generate(model, rnn, PROMPT, STEPS, tree)
+    assert device.output_ids == host.output_ids == tokens and device.accept_lengths == host.accept_lengths
