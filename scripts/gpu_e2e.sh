@@ -59,7 +59,7 @@ setup)
         # holding a pipe open, and a pipeline then outlives the limit (seen on a cold machine)
         PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout -k 15 "${TEST_S:-300}" python3 -m pytest -q -m gpu -p no:cacheprovider \
             tests/test_gpu.py -k "${TEST_K:-(fp16_close or fp32_matches or lossless or fp16_with) and not False or \
-layer or runs_the_kernels or compact or gemv_kernel or mma_rows or device_loop or rms_norm or qkv_rope or silu_mul or \
+layer or runs_the_kernels or compact or gemv_kernel or mma_rows or device_loop or rms_norm or qkv_rope or silu_mul or flash or \
 cache_attention_kernel}" > "$OUT"/pytest.log 2>&1
         grep -E "passed|failed|^E " "$OUT"/pytest.log | head -30
     fi

@@ -201,12 +201,15 @@ def test_silu_mul_kernel(cuda, dtype, shape):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("H,G,T,S,D", [(2, 2, 1, 1, 32), (2, 2, 1, 37, 32), (32, 1, 1, 300, 128), (2, 2, 9, 50, 64),
-                                       (4, 3, 64, 700, 128), (1, 1, 1, 5000, 64), (2, 2, 13, 40, 128)])
+                                       (4, 3, 64, 700, 128), (1, 1, 1, 5000, 64), (2, 2, 13, 40, 128),
+                                       (2, 1, 9, 2100, 64)])
 @pytest.mark.parametrize("tree", [False, True])
 def test_cache_attention_kernel(cuda, monkeypatch, dtype, H, G, T, S, D, tree):
     """Against model.attention on the sliced cache: decode (no mask) and tree steps (a random
     mask block over the newest T positions), GQA, both output layouts, a cache longer than S;
-    with `tree`, several masked rows go to tree_attention (13 rows: a partial tile of 8)."""
+    with `tree`, several masked fp16 rows go to flash_tree: 192 rows = 3 tiles of 64 over 11
+    chunks of 64 keys (the last partial), 26 rows (a partial tile) over 40 keys, D = 64 and 128;
+    2100 keys are over FLASH_MAX_KEYS (the per-row kernel)."""
     from medusa.model import attention
 
     monkeypatch.setitem(ck._state, "tree_attention", tree)
@@ -368,7 +371,7 @@ def test_rows_layer_equals_its_kernels(cpu_reference, cuda, monkeypatch):
     real = ck.rows_layer
     monkeypatch.setattr(ck, "rows_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setitem(ck._state, "rows_layer", True)
-    monkeypatch.setitem(ck._state, "tree_attention", True)
+    monkeypatch.setitem(ck._state, "tree_attention", False)   # rows_layer keeps the per-row attention
     for layer_op in (True, False):
         monkeypatch.setitem(ck._state, "layer_op", layer_op)
         got[layer_op] = forced_logits(build("llama", state, "float16", fused=True), PROMPT, tokens[:4])
@@ -381,6 +384,20 @@ def test_rows_layer_equals_its_kernels(cpu_reference, cuda, monkeypatch):
     out = medusa_generate(model, random_heads(model, "medusa", share=True), PROMPT, STEPS, "mc_sim_7b_63")
     assert_same_up_to_near_ties(out.output_ids, plain, plain_margins)
     assert len(calls) > 3 * CONFIGS["llama"]["num_hidden_layers"]
+
+
+@pytest.mark.parametrize("tree", ["8_node", "mc_sim_7b_63"])
+def test_flash_tree_attention_in_medusa_is_lossless(cpu_reference, cuda, monkeypatch, tree):
+    """The fused fp16 model's tree steps with their attention as flash_tree (rows_layer off, so
+    each layer's attention is its own op): plain greedy's tokens up to fp16 near-ties."""
+    state, tokens, _ = cpu_reference["llama"]
+    monkeypatch.setitem(ck._state, "rows_layer", False)
+    model = build("llama", state, "float16", fused=True)
+    plain = generate(model, PROMPT, STEPS).output_ids
+    plain_margins = margins(forced_logits(model, PROMPT, plain[:-1]))
+    monkeypatch.setitem(ck._state, "tree_attention", True)
+    out = medusa_generate(model, random_heads(model, "medusa", share=True), PROMPT, STEPS, tree)
+    assert_same_up_to_near_ties(out.output_ids, plain, plain_margins)
 
 
 @pytest.mark.parametrize("tree", ["8_node", "mc_sim_7b_63"])

@@ -9,6 +9,7 @@ MAX_HEAD_DIM = 256
 
 # ---------------------------------------------------------------- attention over the cache
 _ATTENTION_BODY = r"""
+#include <mma.h>
 namespace medusa_k {
 // One block per query row. q [B, Hkv, R, D] (the G query heads of a kv head folded into rows,
 // head-major: row = g * T + t), keys/values: the whole cache [B, Hkv, L, D], of which the first
@@ -79,107 +80,156 @@ __global__ void cache_attention(const T* q, const T* keys, const T* values, cons
         orow[i] = from_f32<T>(acc * inv);
     }
 }
-// Several query rows at once (tree verification, prefill): a block takes TREE_ROWS consecutive
-// rows t of one query head and reads each key and value row of the cache once for all of them
-// (one block per row read them once per row: a Vicuna-7B 64-node tree step spent 2.0 ms of its
-// 10.2 ms of kernel time here). Scores [TREE_ROWS, S] live in shared memory; a warp per row does
-// its softmax; the value sum gives each (row, 16-byte chunk of D) to blockDim / (TREE_ROWS * D / N)
-// threads over alternating keys. Same layouts and mask as cache_attention.
-constexpr int TREE_ROWS = 8;
-template <class T>
-__global__ void __launch_bounds__(256) tree_attention(const T* q, const T* keys, const T* values, const float* mask,
-                                                      T* out, int Hkv, int R, int L, int D, int S, int Tn, float scale,
-                                                      int tokens_major) {
-    constexpr int N = Vec<T>::N, RT = TREE_ROWS;
-    extern __shared__ float smem[];                 // [RT][D] queries | [RT][S] scores | [parts][RT][D] partials
-    __shared__ float zinv[RT];
-    const int tiles = (Tn + RT - 1) / RT, G = R / Tn;
-    const int tile = blockIdx.x % tiles, g = (blockIdx.x / tiles) % G, bh = blockIdx.x / tiles / G;
-    const int b = bh / Hkv, t0 = tile * RT, rows = min(RT, Tn - t0);
-    float* qs = smem;
-    float* sc = qs + RT * D;
-    float* part = sc + RT * S;
-    const T* kbase = keys + (size_t)bh * L * D;
-    const T* vbase = values + (size_t)bh * L * D;
-    const size_t qrow0 = (size_t)bh * R + (size_t)g * Tn + t0;     // row index of (this head, t0) in q
-    for (int i = threadIdx.x; i < RT * D; i += blockDim.x) {
-        const int r = i / D;
-        qs[i] = r < rows ? f32(q[(qrow0 + r) * D + i % D]) * scale : 0.0f;
+// Several query rows at once (tree verification), flash-decoding style on the tensor cores:
+// a block takes one kv head, FT_ROWS (64) query rows of it and FT_KEYS (64) keys of the cache;
+// it stages the keys and values once in shared memory for all its rows (the per-row kernel
+// reads the whole cache once per row: 2.0 ms of a Vicuna-7B 64-node tree step, H200), computes
+// the scores Q K^T with wmma, their softmax over its keys (fp32: the chunk's max m and sum l
+// per row, P rounded to fp16 as flash attention does) and P V with wmma into fp32 partials;
+// flash_tree_combine then merges the chunks per row: sum_c e^(m_c - M) o_c / sum_c e^(m_c - M) l_c.
+// fp16 only, D = 64 or 128; the launcher falls back to cache_attention elsewhere. Workspace:
+// o [Z, chunks, RT * 64, D] and ml [Z, chunks, RT * 64, 2] floats (Z = B * Hkv, RT row tiles).
+constexpr int FT_ROWS = 64, FT_KEYS = 64, FT_MAX_KEYS = 2048;
+template <int D>
+__global__ void __launch_bounds__(128) flash_tree(const __half* q, const __half* keys, const __half* values,
+                                                  const float* mask, float* ws_o, float* ws_ml, int Hkv, int R, int L,
+                                                  int S, int Tn, float scale) {
+    using namespace nvcuda;
+    constexpr int LD = D + 8, LS = FT_KEYS + 4, LP = FT_KEYS + 8;
+    extern __shared__ __align__(128) unsigned char ft_smem[];
+    __half* qs = reinterpret_cast<__half*>(ft_smem);          // [64][LD]
+    __half* ks = qs + FT_ROWS * LD;                            // [64][LD]
+    __half* vs = ks + FT_KEYS * LD;                            // [64][LD]
+    float* sc = reinterpret_cast<float*>(vs + FT_KEYS * LD);   // [64][LS]
+    __half* ps = reinterpret_cast<__half*>(sc + FT_ROWS * LS); // [64][LP]
+    const int chunk = blockIdx.x, tile = blockIdx.y, z = blockIdx.z, chunks = gridDim.x, tiles = gridDim.y;
+    const int r0 = tile * FT_ROWS, s0 = chunk * FT_KEYS, b = z / Hkv;
+    const __half* qz = q + (size_t)z * R * D;
+    const __half* kz = keys + (size_t)z * L * D;
+    const __half* vz = values + (size_t)z * L * D;
+    for (int i = threadIdx.x; i < FT_ROWS * D / 8; i += blockDim.x) {
+        const int r = i / (D / 8), c = (i % (D / 8)) * 8;
+        const uint4 zero = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(qs + r * LD + c) =
+            r0 + r < R ? *reinterpret_cast<const uint4*>(qz + (size_t)(r0 + r) * D + c) : zero;
+        const bool key = s0 + r < S;
+        *reinterpret_cast<uint4*>(ks + r * LD + c) = key ? *reinterpret_cast<const uint4*>(kz + (size_t)(s0 + r) * D + c) : zero;
+        *reinterpret_cast<uint4*>(vs + r * LD + c) = key ? *reinterpret_cast<const uint4*>(vz + (size_t)(s0 + r) * D + c) : zero;
     }
     __syncthreads();
-    for (int s = threadIdx.x; s < S; s += blockDim.x) {
-        const T* krow = kbase + (size_t)s * D;
-        float acc[RT];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, m0 = warp * 16;   // a warp: 16 rows
+    #pragma unroll
+    for (int j = 0; j < FT_KEYS / 16; j++) {
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+        wmma::fill_fragment(acc, 0.0f);
         #pragma unroll
-        for (int r = 0; r < RT; r++) acc[r] = 0.0f;
-        for (int i = 0; i < D; i += N) {
-            float k8[N];
-            Vec<T>::load(krow + i, k8);
-            #pragma unroll
-            for (int r = 0; r < RT; r++)
-                #pragma unroll
-                for (int j = 0; j < N; j++) acc[r] += qs[r * D + i + j] * k8[j];
+        for (int kk = 0; kk < D / 16; kk++) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> kt;   // K^T
+            wmma::load_matrix_sync(a, qs + m0 * LD + kk * 16, LD);
+            wmma::load_matrix_sync(kt, ks + (j * 16) * LD + kk * 16, LD);
+            wmma::mma_sync(acc, a, kt, acc);
         }
-        #pragma unroll
-        for (int r = 0; r < RT; r++)
-            sc[r * S + s] = acc[r] + (r < rows ? mask[((size_t)b * Tn + t0 + r) * S + s] : 0.0f);
+        wmma::store_matrix_sync(sc + m0 * LS + j * 16, acc, LS, wmma::mem_row_major);
     }
-    __syncthreads();
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    for (int r = warp; r < RT; r += warps) {
-        float m = -INFINITY, z = 0.0f;
-        for (int s = lane; s < S; s += 32) m = fmaxf(m, sc[r * S + s]);
-        m = warp_max(m);
-        for (int s = lane; s < S; s += 32) { const float e = __expf(sc[r * S + s] - m); sc[r * S + s] = e; z += e; }
-        z = warp_sum(z);
-        if (lane == 0) zinv[r] = 1.0f / z;
-    }
-    __syncthreads();
-    const int chunks = D / N, parts = blockDim.x / (chunks * RT);
-    const int h = threadIdx.x / (chunks * RT), r = (threadIdx.x / chunks) % RT, c = threadIdx.x % chunks;
-    if (h < parts) {
-        float acc[N];
+    __syncwarp();
+    for (int r = m0; r < m0 + 16; r++) {
+        const int row = r0 + r, t = row % Tn;
+        const float* mrow = mask + ((size_t)b * Tn + t) * S;
+        float v[2];
         #pragma unroll
-        for (int j = 0; j < N; j++) acc[j] = 0.0f;
-        for (int s = h; s < S; s += parts) {
-            float v8[N];
-            Vec<T>::load(vbase + (size_t)s * D + c * N, v8);
-            const float p = sc[r * S + s];
-            #pragma unroll
-            for (int j = 0; j < N; j++) acc[j] += p * v8[j];
+        for (int h = 0; h < 2; h++) {
+            const int k = lane + 32 * h, s = s0 + k;
+            v[h] = s < S ? sc[r * LS + k] * scale + mrow[s] : -INFINITY;
         }
+        const float m = warp_max(fmaxf(v[0], v[1]));
+        float e[2], l = 0.0f;
         #pragma unroll
-        for (int j = 0; j < N; j++) part[(h * RT + r) * D + c * N + j] = acc[j];
+        for (int h = 0; h < 2; h++) { e[h] = v[h] == -INFINITY ? 0.0f : __expf(v[h] - m); l += e[h]; }
+        l = warp_sum(l);
+        #pragma unroll
+        for (int h = 0; h < 2; h++) ps[r * LP + lane + 32 * h] = __float2half(e[h]);
+        if (lane == 0) {
+            float* ml = ws_ml + (((size_t)z * chunks + chunk) * tiles * FT_ROWS + row) * 2;
+            ml[0] = m;
+            ml[1] = l;
+        }
     }
-    __syncthreads();
-    const int head = (bh % Hkv) * G + g;
-    for (int i = threadIdx.x; i < RT * D; i += blockDim.x) {
-        const int r2 = i / D, d = i % D, t = t0 + r2;
-        if (r2 >= rows) continue;
-        float acc = 0.0f;
-        for (int k = 0; k < parts; k++) acc += part[(k * RT + r2) * D + d];
-        T* orow = out + (tokens_major ? (((size_t)b * Tn + t) * Hkv * G + head) * D : (qrow0 + r2) * D);
-        orow[d] = from_f32<T>(acc * zinv[r2]);
+    __syncwarp();
+    float* o = ws_o + (((size_t)z * chunks + chunk) * tiles * FT_ROWS + r0 + m0) * D;
+    #pragma unroll
+    for (int j = 0; j < D / 16; j++) {
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+        wmma::fill_fragment(acc, 0.0f);
+        #pragma unroll
+        for (int kk = 0; kk < FT_KEYS / 16; kk++) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> vb;
+            wmma::load_matrix_sync(a, ps + m0 * LP + kk * 16, LP);
+            wmma::load_matrix_sync(vb, vs + (kk * 16) * LD + j * 16, LD);
+            wmma::mma_sync(acc, a, vb, acc);
+        }
+        wmma::store_matrix_sync(o + j * 16, acc, D, wmma::mem_row_major);
     }
 }
-// host-side launch, shared by the attention op and the layer ops: with `tree`, several masked
-// rows go to tree_attention where its scores fit in shared memory (and D / N * TREE_ROWS <= 256),
-// the rest to cache_attention. blocks: B * Hkv * R, one per query row.
+// one block per (z, row): the chunks' partials merged, written in cache_attention's layouts
+__global__ void flash_tree_combine(const float* ws_o, const float* ws_ml, __half* out, int Hkv, int R, int D, int Tn,
+                                   int chunks, int tiles, int tokens_major) {
+    const int row = blockIdx.x % R, z = blockIdx.x / R, b = z / Hkv, G = R / Tn;
+    const int t = row % Tn, head = (z % Hkv) * G + row / Tn;
+    const size_t stride = (size_t)tiles * FT_ROWS;            // rows per chunk in the workspace
+    const float* ml = ws_ml + ((size_t)z * chunks * stride + row) * 2;
+    float M = -INFINITY;
+    for (int c = 0; c < chunks; c++) M = fmaxf(M, ml[c * stride * 2]);
+    float denom = 0.0f;
+    for (int c = 0; c < chunks; c++) denom += __expf(ml[c * stride * 2] - M) * ml[c * stride * 2 + 1];
+    __half* orow = out + (tokens_major ? (((size_t)b * Tn + t) * Hkv * G + head) * D : ((size_t)z * R + row) * D);
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int c = 0; c < chunks; c++)
+            acc += __expf(ml[c * stride * 2] - M) * ws_o[((size_t)z * chunks * stride + c * stride + row) * D + d];
+        orow[d] = __float2half(acc / denom);
+    }
+}
+// floats of flash_tree's workspace (o, then ml) for Z = B * Hkv, R rows, S keys
+inline size_t flash_tree_floats(int Z, int R, int S, int D) {
+    const size_t chunks = (S + FT_KEYS - 1) / FT_KEYS, rows = (size_t)(R + FT_ROWS - 1) / FT_ROWS * FT_ROWS;
+    return (size_t)Z * chunks * rows * (D + 2);
+}
+template <int D>
+inline void launch_flash_tree(const __half* q, const __half* keys, const __half* values, const float* mask, __half* out,
+                              int Z, int Hkv, int R, int L, int S, int Tn, float scale, int tokens_major, float* ws) {
+    const int chunks = (S + FT_KEYS - 1) / FT_KEYS, tiles = (R + FT_ROWS - 1) / FT_ROWS;
+    constexpr int shared = 2 * (3 * 64 * (D + 8)) + 4 * 64 * (FT_KEYS + 4) + 2 * 64 * (FT_KEYS + 8);
+    // set on every launch: a static "done" flag in an inline function is one flag for every
+    // jt.code module of the process (docs/gpu.md), and each module has its own kernel
+    cudaFuncSetAttribute(flash_tree<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, shared);
+    float* ws_o = ws;
+    float* ws_ml = ws + (size_t)Z * chunks * tiles * FT_ROWS * D;
+    flash_tree<D><<<dim3(chunks, tiles, Z), 128, shared>>>(q, keys, values, mask, ws_o, ws_ml, Hkv, R, L, S, Tn, scale);
+    flash_tree_combine<<<Z * R, D>>>(ws_o, ws_ml, out, Hkv, R, D, Tn, chunks, tiles, tokens_major);
+}
+// flash_tree where it applies (fp16: the overload for fp32 never does); true if it ran
+inline bool try_flash_tree(const float*, const float*, const float*, const float*, float*, int, int, int, int, int,
+                           int, int, float, int, float*) { return false; }
+inline bool try_flash_tree(const __half* q, const __half* keys, const __half* values, const float* mask, __half* out,
+                           int Z, int Hkv, int R, int L, int D, int S, int Tn, float scale, int tokens_major, float* ws) {
+    if (ws == nullptr || Tn < 2 || mask == nullptr || S > FT_MAX_KEYS || (D != 64 && D != 128)) return false;
+    if (D == 64) launch_flash_tree<64>(q, keys, values, mask, out, Z, Hkv, R, L, S, Tn, scale, tokens_major, ws);
+    else launch_flash_tree<128>(q, keys, values, mask, out, Z, Hkv, R, L, S, Tn, scale, tokens_major, ws);
+    return true;
+}
+// host-side launch, shared by the attention op and the layer ops: several masked fp16 rows
+// with D = 64 or 128 and S <= FT_MAX_KEYS go to flash_tree when the op passes its workspace
+// (flash_ws; cache_attention's Python side sizes it, flash_tree_ok), the rest to
+// cache_attention. blocks: B * Hkv * R, one per query row.
 template <class T>
 inline void launch_cache_attention(const T* q, const T* keys, const T* values, const float* mask, T* out, int blocks,
                                    int Hkv, int R, int L, int D, int S, int Tn, float scale, int tokens_major,
-                                   int tree) {
-    const int threads = 256;
-    const int chunks = D / Vec<T>::N, parts = chunks * TREE_ROWS <= threads ? threads / (chunks * TREE_ROWS) : 0;
-    const int tree_shared = 4 * (TREE_ROWS * D + TREE_ROWS * S + parts * TREE_ROWS * D);
-    if (tree && Tn > 1 && mask != nullptr && parts > 0 && tree_shared <= 200 * 1024) {
-        if (tree_shared > 48 * 1024)
-            cudaFuncSetAttribute(tree_attention<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, tree_shared);
-        const int tiles = (Tn + TREE_ROWS - 1) / TREE_ROWS;
-        tree_attention<<<blocks / Tn * tiles, threads, tree_shared>>>(q, keys, values, mask, out, Hkv, R, L, D, S, Tn,
-                                                                      scale, tokens_major);
+                                   float* flash_ws) {
+    if (try_flash_tree(q, keys, values, mask, out, blocks / R, Hkv, R, L, D, S, Tn, scale, tokens_major, flash_ws))
         return;
-    }
+    const int threads = 256;
     const int shared = 4 * (D + S + 32 + threads * 8);
     if (shared > 48 * 1024)
         cudaFuncSetAttribute(cache_attention<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, shared);
@@ -198,19 +248,35 @@ def cache_attention_ok(dtype, head_dim, length) -> bool:
         and head_dim % 8 == 0 and str(dtype) in ("float16", "float32")
 
 
+FLASH_MAX_KEYS = 2048          # flash_tree's workspace holds a partial result per 64 keys
+
+
+def flash_tree_ok(dtype, head_dim, rows, length, masked) -> bool:
+    """cache_attention runs as flash_tree (use_tree_attention, $MEDUSA_TREE_ATTENTION): several
+    masked fp16 rows, head_dim 64 or 128, up to FLASH_MAX_KEYS keys."""
+    return (use_tree_attention() and masked and rows > 1 and str(dtype) == "float16" and head_dim in (64, 128)
+            and length <= FLASH_MAX_KEYS)
+
+
 def cache_attention(q, keys, values, length, mask, scale, tokens_major=False):
     """softmax(q k^T * scale + mask) v over the first `length` positions of the cache.
     q [B, Hkv, G*T, D]; keys, values: the cache's whole buffers [B, Hkv, L, D] (no slice is
     materialised); mask: additive fp32 [B, 1, T, length] or None -> [B, Hkv, G*T, D], or with
-    tokens_major [B, T, Hkv*G*D] (heads side by side per token, as o_proj reads them)."""
+    tokens_major [B, T, Hkv*G*D] (heads side by side per token, as o_proj reads them). Where
+    flash_tree_ok, the op also returns flash_tree's fp32 workspace (dropped here)."""
     B, H, R, D = q.shape
     T = 1 if mask is None else mask.shape[-2]
     inputs = [q, keys, values] + ([mask.reshape(B, T, length)] if mask is not None else [])
     mask_p = "in3_p" if mask is not None else "(const float*)nullptr"
     shape = (B, T, H * (R // T) * D) if tokens_major else q.shape
-    return jt.code(shape, q.dtype, inputs, cuda_header=_ATTENTION_HEADER,
-                   data={"S": length, "T": T, "scale": float(scale)}, cuda_src=f"""
+    shapes, dtypes, ws = [shape], [q.dtype], "nullptr"
+    if flash_tree_ok(q.dtype, D, T, length, mask is not None):
+        chunks, rows = -(-length // 64), -(-R // 64) * 64          # FT_KEYS, FT_ROWS
+        shapes, dtypes, ws = [shape, (B * H * chunks * rows * (D + 2),)], [q.dtype, "float32"], "out1_p"
+    out = jt.code(shapes, dtypes, inputs, cuda_header=_ATTENTION_HEADER,
+                  data={"S": length, "T": T, "scale": float(scale)}, cuda_src=f"""
         medusa_k::launch_cache_attention(in0_p, in1_p, in2_p, {mask_p}, out0_p, in0_shape0 * in0_shape1 * in0_shape2,
             in0_shape1, in0_shape2, in1_shape2, in0_shape3, (int)data["S"], (int)data["T"], (float)data["scale"],
-            {int(tokens_major)}, {int(use_tree_attention())});
+            {int(tokens_major)}, {ws});
     """)
+    return out[0]

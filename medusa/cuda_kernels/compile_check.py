@@ -46,6 +46,18 @@ def recorded_ops():
         jt.code = real
 
 
+def _with_tree_attention(call):
+    """call() with the opt-in tree attention (flash_tree) switched on."""
+    from medusa.cuda_kernels.switches import use_tree_attention
+
+    before = use_tree_attention()
+    use_tree_attention(True)
+    try:
+        return call()
+    finally:
+        use_tree_attention(before)
+
+
 def render_ops() -> dict:
     """name -> list of recorded ops: every fused op at small Llama-like sizes, fp16 (and fp32
     where the op takes it)."""
@@ -75,6 +87,8 @@ def render_ops() -> dict:
                 gu_w, down_w, 1e-6, d ** -0.5),
         }
         if dtype == "float16":        # the tensor-core kernels take fp16 only
+            calls["cache_attention_flash"] = lambda: _with_tree_attention(lambda: ck["attention"].cache_attention(
+                h(1, nkv, (nq // nkv) * T, d), keys, values, start + T, f(1, 1, T, start + T), d ** -0.5, True))
             calls["mma_rows"] = lambda: ck["mma"].mma_rows(h(1, T, H), qkv_w, bias=h((nq + 2 * nkv) * d))
             calls["rows_layer"] = lambda: ck["layers"].rows_layer(
                 h(1, T, H), h(1, T, H), h(H), qkv_w, None, cos, sin, i32(1, T), keys, values, start,

@@ -6,7 +6,7 @@ from medusa.cuda_kernels.common import _COMMON
 from medusa.cuda_kernels.elementwise import _QKV_ROPE_BODY, _RMS_NORM_BODY, _SILU_MUL_BODY
 from medusa.cuda_kernels.gemv import _GEMV_BODY, MAX_NORM_GEMV_K
 from medusa.cuda_kernels.mma import _MMA_BODY, mma_rows_ok
-from medusa.cuda_kernels.switches import use_gemv, use_kernels, use_layer_op, use_rows_layer, use_tree_attention
+from medusa.cuda_kernels.switches import use_gemv, use_kernels, use_layer_op, use_rows_layer
 from medusa.runtime import jt
 
 
@@ -74,7 +74,7 @@ def decode_layer(x, pending, in_norm, qkv_weight, qkv_bias, cos, sin, positions,
         medusa_k::launch_qkv_rope<T>(qkv, {p["cos"]}, {p["sin"]}, {p["pos"]}, q, {p["keys"]}, {p["values"]},
                                      1, 1, nq, nkv, D, L, start);
         medusa_k::launch_cache_attention<T>(q, {p["keys"]}, {p["values"]}, nullptr, attn, nq, nkv, nq / nkv, L, D,
-                                            S, 1, scale, 1, 0);
+                                            S, 1, scale, 1, nullptr);
         medusa_k::launch_gemv<T, medusa_k::PLAIN>(attn, {null}, {null}, {p["o_w"]}, {null}, o, {null}, NQD, H, 0.0f);
         medusa_k::launch_gemv<T, medusa_k::NORM>(residual, o, {p["post_norm"]}, {p["gate_up_w"]}, {null}, gu, out0_p,
                                                  H, 2 * I, eps);
@@ -131,8 +131,7 @@ def rows_layer(x, pending, in_norm, qkv_weight, qkv_bias, cos, sin, positions, k
         medusa_k::launch_qkv_rope<__half>(qkv, {p["cos"]}, {p["sin"]}, {p["pos"]}, q, (__half*){p["keys"]},
                                           (__half*){p["values"]}, 1, T, nq, nkv, D, L, start);
         medusa_k::launch_cache_attention<__half>(q, (__half*){p["keys"]}, (__half*){p["values"]}, {p["mask"]}, attn,
-                                                 nq * T, nkv, (nq / nkv) * T, L, D, S, T, scale, 1,
-                                                 {int(use_tree_attention())});
+                                                 nq * T, nkv, (nq / nkv) * T, L, D, S, T, scale, 1, nullptr);
         medusa_k::launch_mma(attn, {half("o_w")}, nullptr, o, ws, T, NQD, H);
         medusa_k::launch_add_rms_norm<__half, __half>(residual, o, {half("post_norm")}, (__half*)out0_p, h, T, H, eps);
         medusa_k::launch_mma(h, {half("gate_up_w")}, nullptr, gu, ws, T, H, 2 * I);

@@ -9,8 +9,9 @@ _SWITCHES = {
     "layer_op": ("MEDUSA_LAYER_OP", True),       # decode_layer (off: a decode step's layer is six ops)
     "rows_layer": ("MEDUSA_ROWS_LAYER", True),   # rows_layer (off: a small model's tree layer is ~10 ops)
     "mma": ("MEDUSA_MMA", True),                 # mma_rows (off: a tree's projections go to cuBLAS)
-    # tree_attention (8 query rows a block): ran on the H200 (December 2) and did not help (a 7B
-    # 64-node tree's attention 1.91 ms against 2.01 per row; docs/gpu.md): opt-in
+    # tree_attention: a tree's attention as flash_tree (64 rows x 64 keys a block on the tensor
+    # cores, chunks merged after). Written and compile-checked, not yet run on a GPU: opt-in. (Its
+    # first version, 8 rows a block, ran on the H200 and did not help: docs/gpu.md.)
     "tree_attention": ("MEDUSA_TREE_ATTENTION", False),
 }
 def _from_env(var, default) -> bool:

@@ -302,7 +302,7 @@ def run(cfg) -> Recorder:
             rec.put(shape, "medusa_mc_sim_7b_63_no_rows_layer", medusa_timing(cfg, model, "mc_sim_7b_63"))
         finally:
             cuda_kernels.use_rows_layer(True)
-        cuda_kernels.use_tree_attention(True)        # 8 tree rows a block in the attention (opt-in)
+        cuda_kernels.use_tree_attention(True)        # a tree's attention as flash_tree (opt-in)
         try:
             rec.put(shape, "medusa_mc_sim_7b_63_tree_attention", medusa_timing(cfg, model, "mc_sim_7b_63"))
             rec.put(shape, "profile_tree_mc_sim_7b_63_tree_attention", profile_tree(cfg, model, "mc_sim_7b_63"))
