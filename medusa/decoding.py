@@ -150,10 +150,15 @@ class DeviceTables:
     tree_indices: object        # jt [N] int32 node -> flat candidate (buffers.tree_indices)
 
 
+def _device_ints(a):
+    """An index table on the device: int32, no gradient."""
+    return jt.array(np.ascontiguousarray(a, dtype=np.int32)).stop_grad()
+
+
 @functools.lru_cache(maxsize=32)
 def _tables_for(tree):
     buf = tree.buffers
-    arr = lambda a: jt.array(np.ascontiguousarray(a, dtype=np.int32)).stop_grad()
+    arr = _device_ints
     kmax = max(buf.topk)
     select = [d * kmax + j for d, k in enumerate(buf.topk) for j in range(k)]
     P = buf.retrieve_indices.shape[0]
@@ -569,7 +574,7 @@ class SequentialTables:
 
 @functools.lru_cache(maxsize=32)
 def _sequential_tables_for(tree, num_heads):
-    arr = lambda a: jt.array(np.ascontiguousarray(a, dtype=np.int32)).stop_grad()
+    arr = _device_ints
     buf = tree.buffers
     pos = {0: 1}
     ancestry, children = [], []
@@ -640,7 +645,8 @@ def _device_step(model, heads, cache, tree, tables, tokens, state=None):
     moved = cache.move(past, nodes + past)
     bonus = argmax[last]
     fetch = jt.concat([n.int32(), tokens[0][path[1:]], bonus.reshape(1)])
-    hidden_last = heads.read_prefix_row(state, hidden[:, nodes], n - 1)
+    hidden_last = (hidden[:, last].reshape(1, 1, -1) if state is None
+                   else heads.read_prefix_row(state, hidden[:, nodes], n - 1))
     return fetch, _device_propose(model, heads, tree, tables, hidden_last, bonus.reshape(1)), moved
 
 
