@@ -574,7 +574,6 @@ class SequentialTables:
 
 @functools.lru_cache(maxsize=32)
 def _sequential_tables_for(tree, num_heads):
-    arr = _device_ints
     buf = tree.buffers
     pos = {0: 1}
     ancestry, children = [], []
@@ -589,10 +588,10 @@ def _sequential_tables_for(tree, num_heads):
         base = 1 + len(pos)                # seq's length before this depth's children
         for j, (_, c) in enumerate(kids):
             pos[c] = base + j
-        ancestry.append(arr(table))
-        children.append(arr([i * buf.topk[d] + tree.rank[c] for i, c in kids]))
+        ancestry.append(_device_ints(table))
+        children.append(_device_ints([i * buf.topk[d] + tree.rank[c] for i, c in kids]))
     return SequentialTables(ancestry=ancestry, children=children,
-                            node_pos=arr([pos[n] for n in range(tree.num_nodes)]))
+                            node_pos=_device_ints([pos[n] for n in range(tree.num_nodes)]))
 
 
 def _device_propose(model, heads, tree, tables, hidden_last, root):
@@ -659,7 +658,8 @@ def _device_advance(model, heads, cache, tree, tables, tokens, state=None):
     jt.sync([fetch, next_tokens] + ([moved] if moved is not None else []))
     got = fetch.numpy().astype(np.int64)
     cache.truncate(past + int(got[0]))                     # the root and the accepted nodes
-    heads.keep_prefix(state, int(got[0]))
+    if state is not None:
+        heads.keep_prefix(state, int(got[0]))
     return got, next_tokens
 
 

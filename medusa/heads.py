@@ -239,17 +239,13 @@ class DraftHeads(jt.nn.Module):
         loop): the prefix layer reads all of states [1, m, H] (an accepted path, padded past its
         end with repeats: causal, so padding never reaches a real row) and the output at row
         `last` (jt int [1]) is returned [1, 1, H]. keep_prefix(state, n) then drops the padding's
-        keys and values once the path's length n is known. Without a prefix layer: states[:, last]."""
-        if state is None:
-            return states[:, last].reshape(1, 1, -1)
+        keys and values once the path's length n is known. Heads with a prefix layer only."""
         out, past = self.prefix(states.float32(), state["past"])
         state["pending"] = past, past[0].shape[2] - states.shape[1]
         return out[:, last].reshape(1, 1, -1)
 
     def keep_prefix(self, state, n: int):
         """After read_prefix_row: keep the keys and values of the first n states it read."""
-        if state is None:
-            return
         (keys, values), before = state.pop("pending")
         state["past"] = keys[:, :, :before + n], values[:, :, :before + n]
 

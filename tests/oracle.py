@@ -35,8 +35,6 @@ class OracleHeads:
     prefix = None                          # no prefix layer: the DraftHeads methods that say so
     prefix_state = DraftHeads.prefix_state
     read_prefix = DraftHeads.read_prefix
-    read_prefix_row = DraftHeads.read_prefix_row
-    keep_prefix = DraftHeads.keep_prefix
 
     def __call__(self, hidden, tokens, lm_head_t, embed_weight, project=None, prefixed=False):
         self.calls += 1

@@ -191,11 +191,6 @@ __global__ void flash_tree_combine(const float* ws_o, const float* ws_ml, __half
         orow[d] = __float2half(acc / denom);
     }
 }
-// floats of flash_tree's workspace (o, then ml) for Z = B * Hkv, R rows, S keys
-inline size_t flash_tree_floats(int Z, int R, int S, int D) {
-    const size_t chunks = (S + FT_KEYS - 1) / FT_KEYS, rows = (size_t)(R + FT_ROWS - 1) / FT_ROWS * FT_ROWS;
-    return (size_t)Z * chunks * rows * (D + 2);
-}
 template <int D>
 inline void launch_flash_tree(const __half* q, const __half* keys, const __half* values, const float* mask, __half* out,
                               int Z, int Hkv, int R, int L, int S, int Tn, float scale, int tokens_major, float* ws) {
