@@ -38,3 +38,18 @@ def test_a_broken_source_is_reported(tmp_path, monkeypatch):
     results = compile_check.compile_all(nvcc=NVCC, keep=tmp_path)
     ok, errors = results["broken_0"]
     assert not ok and "launch_silu_mull" in errors
+
+
+def test_bad_arguments_are_one_line_errors(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        compile_check.main(["--jobs", "0"])
+    assert exit_.value.code == 2 and "--jobs 0: give at least 1" in capsys.readouterr().err
+    assert compile_check.main(["--nvcc", "/no/such/nvcc"]) == 2
+    assert "no nvcc at /no/such/nvcc" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(NVCC is None, reason="needs nvcc")
+def test_an_architecture_nvcc_refuses_is_one_line(capsys):
+    assert compile_check.main(["--arch", "sm_1", "--nvcc", NVCC]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sm_1" in err[0]

@@ -128,7 +128,7 @@ def compile_all(arch="sm_90", nvcc="nvcc", keep=None, jobs=2) -> dict:
         name, path = item
         r = subprocess.run([nvcc, f"-arch={arch}", "-std=c++17", "-c", str(path), "-o", str(path.with_suffix(".o"))],
                            capture_output=True, text=True)
-        errors = [line for line in (r.stdout + r.stderr).splitlines() if "error" in line]
+        errors = [line for line in (r.stdout + r.stderr).splitlines() if "error" in line or "fatal" in line]
         return name, (r.returncode == 0, "\n".join(errors[:20]))
 
     try:
@@ -144,12 +144,18 @@ def main(argv=None) -> int:
     p.add_argument("--arch", default="sm_90")
     p.add_argument("--nvcc", default=shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc")
     p.add_argument("--keep", default=None, help="write the rendered .cu files here (default: a temporary folder)")
-    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--jobs", type=int, default=2, help="nvcc processes at once (>= 1)")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs {args.jobs}: give at least 1")
     if not Path(args.nvcc).is_file():
         print(f"compile_check: no nvcc at {args.nvcc}; pass --nvcc PATH", file=sys.stderr)
         return 2
     results = compile_all(args.arch, args.nvcc, args.keep, args.jobs)
+    fatal = {errors for ok, errors in results.values() if not ok and "fatal" in errors}
+    if len(fatal) == 1 and all(not ok for ok, _ in results.values()):   # nvcc refused the run itself (e.g. --arch)
+        print(f"compile_check: {fatal.pop().strip()} (--arch {args.arch}, --nvcc {args.nvcc})", file=sys.stderr)
+        return 2
     for name, (ok, errors) in sorted(results.items()):
         print(f"{'ok  ' if ok else 'FAIL'} {name}" + (f"\n{errors}" if errors else ""))
     failed = [n for n, (ok, _) in results.items() if not ok]
