@@ -546,16 +546,15 @@ _DEVICE_LOOP = {"mode": os.environ.get("MEDUSA_DEVICE_LOOP", "auto")}
 def device_loop_ok(model, heads, sampling, check) -> bool:
     """The greedy loop that keeps a step on the device (_device_stream) serves this call: greedy,
     heads over the whole vocabulary (no draft vocabulary), the base's full vocabulary, no
-    vocabulary check, and $MEDUSA_DEVICE_LOOP asks for it. Every head family is served: rnn's
-    depth-by-depth drafting and a prefix layer run on the device too, but `auto` takes those
-    only with MEDUSA_DEVICE_LOOP=1 for now: held to the host loop by the CPU tests, not yet run
-    on a GPU (tests/test_gpu.py::test_device_loop_on_cuda has the case). On the CPU the host loop
-    is faster: it skips the leaves' logits, which the device loop computes for every node."""
+    vocabulary check, and $MEDUSA_DEVICE_LOOP asks for it (`auto`: on a GPU). Every head family
+    is served: rnn's depth-by-depth drafting and a prefix layer run on the device too (held to
+    the host loop by the CPU tests and, on an H200, tests/test_gpu.py::test_device_loop_on_cuda).
+    On the CPU the host loop is faster: it skips the leaves' logits, which the device loop
+    computes for every node."""
     mode = _DEVICE_LOOP["mode"]
     if mode not in ("0", "1", "auto"):
         raise UsageError(f"$MEDUSA_DEVICE_LOOP must be 0, 1 or auto, got {mode!r}")
-    gpu_verified = not getattr(heads, "sequential", False) and getattr(heads, "prefix", None) is None
-    wanted = mode == "1" or (mode == "auto" and bool(jt.flags.use_cuda) and gpu_verified)
+    wanted = mode == "1" or (mode == "auto" and bool(jt.flags.use_cuda))
     return (wanted and sampling.kind == "greedy" and getattr(heads, "draft_vocab", None) is None
             and not model.vocab.reduced and check is None)
 

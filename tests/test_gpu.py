@@ -212,7 +212,10 @@ def test_cache_attention_kernel(cuda, monkeypatch, dtype, H, G, T, S, D, tree):
     2100 keys are over FLASH_MAX_KEYS (the per-row kernel)."""
     from medusa.model import attention
 
+    from medusa.cuda_kernels import attention as attention_kernels
+
     monkeypatch.setitem(ck._state, "tree_attention", tree)
+    monkeypatch.setattr(attention_kernels, "FLASH_MIN_ROWS", 2)    # every tree case, not only >= 32 rows
     L = S + 11
     q, keys, values = rand((1, H, G * T, D), dtype, 5), rand((1, H, L, D), dtype, 6), rand((1, H, L, D), dtype, 7)
     mask = None
@@ -390,12 +393,15 @@ def test_rows_layer_equals_its_kernels(cpu_reference, cuda, monkeypatch):
 def test_flash_tree_attention_in_medusa_is_lossless(cpu_reference, cuda, monkeypatch, tree):
     """The fused fp16 model's tree steps with their attention as flash_tree (rows_layer off, so
     each layer's attention is its own op): plain greedy's tokens up to fp16 near-ties."""
+    from medusa.cuda_kernels import attention as attention_kernels
+
     state, tokens, _ = cpu_reference["llama"]
     monkeypatch.setitem(ck._state, "rows_layer", False)
     model = build("llama", state, "float16", fused=True)
     plain = generate(model, PROMPT, STEPS).output_ids
     plain_margins = margins(forced_logits(model, PROMPT, plain[:-1]))
     monkeypatch.setitem(ck._state, "tree_attention", True)
+    monkeypatch.setattr(attention_kernels, "FLASH_MIN_ROWS", 2)    # 8_node: 18 rows a kv head here
     out = medusa_generate(model, random_heads(model, "medusa", share=True), PROMPT, STEPS, tree)
     assert_same_up_to_near_ties(out.output_ids, plain, plain_margins)
 
@@ -415,8 +421,7 @@ def test_device_loop_on_cuda(cpu_reference, cuda, monkeypatch, tree):
     assert device.output_ids == host.output_ids == tokens and device.accept_lengths == host.accept_lengths
     oracle = medusa_generate(model, OracleHeads(model, PROMPT + tokens), PROMPT, 21, "8_node")
     assert oracle.output_ids == tokens[:21] and oracle.accept_lengths == [5] * 4
-    # rnn heads with a prefix layer (depth-by-depth drafting and the prefix layer on the device):
-    # asked for with MEDUSA_DEVICE_LOOP=1 until this passes on a GPU (decoding.device_loop_ok)
+    # rnn heads with a prefix layer (depth-by-depth drafting and the prefix layer on the device)
     jt.set_global_seed(0)
     rnn = build_heads(HeadConfig(family="rnn", num_heads=4, hidden_size=model.config.hidden_size,
                                  vocab_size=model.config.vocab_size, share_lm_head=True, prefix_layer=True))

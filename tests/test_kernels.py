@@ -181,3 +181,25 @@ def test_model_attention_dispatch(tiny_pkl, monkeypatch):
         kernels.use_blas(previous)
     assert len(calls) == net.config.num_hidden_layers                 # off with the kernels
     np.testing.assert_allclose(fused, ref, rtol=RTOL, atol=ATOL)
+
+
+def test_flash_tree_routing(monkeypatch):
+    """Which tree attention flash_tree takes (the rest go to the per-row kernel): masked fp16 with
+    at least FLASH_MIN_ROWS rows a kv head, head_dim 64 or 128, up to FLASH_MAX_KEYS keys, and
+    only while its switch is on ($MEDUSA_TREE_ATTENTION, on unless 0)."""
+    from medusa.cuda_kernels import attention, switches
+
+    monkeypatch.setitem(switches._state, "tree_attention", True)
+    rows, keys = attention.FLASH_MIN_ROWS, attention.FLASH_MAX_KEYS
+    assert attention.flash_tree_ok("float16", 128, rows, keys, True)
+    assert attention.flash_tree_ok("float16", 64, 192, 300, True)
+    assert not attention.flash_tree_ok("float16", 128, rows - 1, 300, True)    # few rows: per-row kernel
+    assert not attention.flash_tree_ok("float16", 128, rows, keys + 1, True)
+    assert not attention.flash_tree_ok("float16", 128, rows, 300, False)       # no mask: decode
+    assert not attention.flash_tree_ok("float32", 128, rows, 300, True)
+    assert not attention.flash_tree_ok("float16", 96, rows, 300, True)
+    monkeypatch.setitem(switches._state, "tree_attention", False)
+    assert not attention.flash_tree_ok("float16", 128, rows, 300, True)
+    assert switches._from_env("MEDUSA_TREE_ATTENTION_UNSET_FOR_TEST", True)
+    monkeypatch.setenv("MEDUSA_TREE_ATTENTION", "0")
+    assert not switches._from_env("MEDUSA_TREE_ATTENTION", True)

@@ -107,7 +107,8 @@ __global__ void __launch_bounds__(128) flash_tree(const __half* q, const __half*
     const __half* qz = q + (size_t)z * R * D;
     const __half* kz = keys + (size_t)z * L * D;
     const __half* vz = values + (size_t)z * L * D;
-    for (int i = threadIdx.x; i < FT_ROWS * D / 8; i += blockDim.x) {
+    #pragma unroll
+    for (int i = threadIdx.x; i < FT_ROWS * D / 8; i += 128) {              // 128 threads a block
         const int r = i / (D / 8), c = (i % (D / 8)) * 8;
         const uint4 zero = make_uint4(0, 0, 0, 0);
         *reinterpret_cast<uint4*>(qs + r * LD + c) =
@@ -133,24 +134,30 @@ __global__ void __launch_bounds__(128) flash_tree(const __half* q, const __half*
         wmma::store_matrix_sync(sc + m0 * LS + j * 16, acc, LS, wmma::mem_row_major);
     }
     __syncwarp();
-    for (int r = m0; r < m0 + 16; r++) {
-        const int row = r0 + r, t = row % Tn;
-        const float* mrow = mask + ((size_t)b * Tn + t) * S;
-        float v[2];
+    // the scaled, masked scores of the warp's 16 rows (lane: keys lane and lane + 32) first: the
+    // mask loads are independent, so they cost one latency rather than one a row
+    float v[16][2];
+    #pragma unroll
+    for (int i = 0; i < 16; i++) {
+        const float* mrow = mask + ((size_t)b * Tn + (r0 + m0 + i) % Tn) * S;
         #pragma unroll
         for (int h = 0; h < 2; h++) {
             const int k = lane + 32 * h, s = s0 + k;
-            v[h] = s < S ? sc[r * LS + k] * scale + mrow[s] : -INFINITY;
+            v[i][h] = s < S ? sc[(m0 + i) * LS + k] * scale + mrow[s] : -INFINITY;
         }
-        const float m = warp_max(fmaxf(v[0], v[1]));
+    }
+    #pragma unroll
+    for (int i = 0; i < 16; i++) {
+        const int r = m0 + i;
+        const float m = warp_max(fmaxf(v[i][0], v[i][1]));
         float e[2], l = 0.0f;
         #pragma unroll
-        for (int h = 0; h < 2; h++) { e[h] = v[h] == -INFINITY ? 0.0f : __expf(v[h] - m); l += e[h]; }
+        for (int h = 0; h < 2; h++) { e[h] = v[i][h] == -INFINITY ? 0.0f : __expf(v[i][h] - m); l += e[h]; }
         l = warp_sum(l);
         #pragma unroll
         for (int h = 0; h < 2; h++) ps[r * LP + lane + 32 * h] = __float2half(e[h]);
         if (lane == 0) {
-            float* ml = ws_ml + (((size_t)z * chunks + chunk) * tiles * FT_ROWS + row) * 2;
+            float* ml = ws_ml + (((size_t)z * chunks + chunk) * tiles * FT_ROWS + r0 + r) * 2;
             ml[0] = m;
             ml[1] = l;
         }
@@ -172,24 +179,35 @@ __global__ void __launch_bounds__(128) flash_tree(const __half* q, const __half*
         wmma::store_matrix_sync(o + j * 16, acc, D, wmma::mem_row_major);
     }
 }
-// one block per (z, row): the chunks' partials merged, written in cache_attention's layouts
-__global__ void flash_tree_combine(const float* ws_o, const float* ws_ml, __half* out, int Hkv, int R, int D, int Tn,
-                                   int chunks, int tiles, int tokens_major) {
-    const int row = blockIdx.x % R, z = blockIdx.x / R, b = z / Hkv, G = R / Tn;
+// one warp per (z, row) merges the row's chunks (<= 32: FT_MAX_KEYS / FT_KEYS): lane c holds
+// chunk c's weight e^(m_c - M), so the partials' loads are independent of each other; the result
+// is written in cache_attention's layouts
+__global__ void flash_tree_combine(const float* ws_o, const float* ws_ml, __half* out, int rows, int Hkv, int R, int D,
+                                   int Tn, int chunks, int tiles, int tokens_major) {
+    const int lane = threadIdx.x % 32, id = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (id >= rows) return;                                    // a whole warp
+    const int row = id % R, z = id / R, b = z / Hkv, G = R / Tn;
     const int t = row % Tn, head = (z % Hkv) * G + row / Tn;
-    const size_t stride = (size_t)tiles * FT_ROWS;            // rows per chunk in the workspace
-    const float* ml = ws_ml + ((size_t)z * chunks * stride + row) * 2;
-    float M = -INFINITY;
-    for (int c = 0; c < chunks; c++) M = fmaxf(M, ml[c * stride * 2]);
-    float denom = 0.0f;
-    for (int c = 0; c < chunks; c++) denom += __expf(ml[c * stride * 2] - M) * ml[c * stride * 2 + 1];
-    __half* orow = out + (tokens_major ? (((size_t)b * Tn + t) * Hkv * G + head) * D : ((size_t)z * R + row) * D);
-    for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int c = 0; c < chunks; c++)
-            acc += __expf(ml[c * stride * 2] - M) * ws_o[((size_t)z * chunks * stride + c * stride + row) * D + d];
-        orow[d] = __float2half(acc / denom);
+    const size_t stride = (size_t)tiles * FT_ROWS;             // rows per chunk in the workspace
+    const size_t base = (size_t)z * chunks * stride + row;     // chunk c's entry: base + c * stride
+    const float m = lane < chunks ? ws_ml[(base + lane * stride) * 2] : -INFINITY;
+    const float l = lane < chunks ? ws_ml[(base + lane * stride) * 2 + 1] : 0.0f;
+    const float M = warp_max(m);
+    const float w = m == -INFINITY ? 0.0f : __expf(m - M);
+    const float inv = 1.0f / warp_sum(w * l);
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};                  // d = lane + 32 k, D <= 128
+    #pragma unroll 4
+    for (int c = 0; c < chunks; c++) {
+        const float wc = __shfl_sync(0xffffffffu, w, c);
+        const float* o = ws_o + (base + c * stride) * D;
+        #pragma unroll
+        for (int k = 0; k < 4; k++)
+            if (lane + 32 * k < D) acc[k] += wc * o[lane + 32 * k];
     }
+    __half* orow = out + (tokens_major ? (((size_t)b * Tn + t) * Hkv * G + head) * D : ((size_t)z * R + row) * D);
+    #pragma unroll
+    for (int k = 0; k < 4; k++)
+        if (lane + 32 * k < D) orow[lane + 32 * k] = __float2half(acc[k] * inv);
 }
 template <int D>
 inline void launch_flash_tree(const __half* q, const __half* keys, const __half* values, const float* mask, __half* out,
@@ -202,7 +220,7 @@ inline void launch_flash_tree(const __half* q, const __half* keys, const __half*
     float* ws_o = ws;
     float* ws_ml = ws + (size_t)Z * chunks * tiles * FT_ROWS * D;
     flash_tree<D><<<dim3(chunks, tiles, Z), 128, shared>>>(q, keys, values, mask, ws_o, ws_ml, Hkv, R, L, S, Tn, scale);
-    flash_tree_combine<<<Z * R, D>>>(ws_o, ws_ml, out, Hkv, R, D, Tn, chunks, tiles, tokens_major);
+    flash_tree_combine<<<(Z * R + 3) / 4, 128>>>(ws_o, ws_ml, out, Z * R, Hkv, R, D, Tn, chunks, tiles, tokens_major);
 }
 // flash_tree where it applies (fp16: the overload for fp32 never does); true if it ran
 inline bool try_flash_tree(const float*, const float*, const float*, const float*, float*, int, int, int, int, int,
@@ -244,13 +262,19 @@ def cache_attention_ok(dtype, head_dim, length) -> bool:
 
 
 FLASH_MAX_KEYS = 2048          # flash_tree's workspace holds a partial result per 64 keys
+# flash_tree costs about the same for 1 to 64 query rows of a kv head (one tile), the per-row
+# kernel grows with the rows: on a Vicuna-7B step (H200) the per-row kernel took 2.0 ms a step at
+# 64 rows and flash_tree 0.76 ms, so the per-row kernel is the faster below ~24 rows (estimated
+# from those two; docs/gpu.md)
+FLASH_MIN_ROWS = 32
 
 
 def flash_tree_ok(dtype, head_dim, rows, length, masked) -> bool:
-    """cache_attention runs as flash_tree (use_tree_attention, $MEDUSA_TREE_ATTENTION): several
-    masked fp16 rows, head_dim 64 or 128, up to FLASH_MAX_KEYS keys."""
-    return (use_tree_attention() and masked and rows > 1 and str(dtype) == "float16" and head_dim in (64, 128)
-            and length <= FLASH_MAX_KEYS)
+    """cache_attention runs as flash_tree (use_tree_attention, $MEDUSA_TREE_ATTENTION): masked
+    fp16 attention with at least FLASH_MIN_ROWS query rows a kv head (rows = G * T), head_dim 64
+    or 128, up to FLASH_MAX_KEYS keys."""
+    return (use_tree_attention() and masked and rows >= FLASH_MIN_ROWS and str(dtype) == "float16"
+            and head_dim in (64, 128) and length <= FLASH_MAX_KEYS)
 
 
 def cache_attention(q, keys, values, length, mask, scale, tokens_major=False):
@@ -265,7 +289,7 @@ def cache_attention(q, keys, values, length, mask, scale, tokens_major=False):
     mask_p = "in3_p" if mask is not None else "(const float*)nullptr"
     shape = (B, T, H * (R // T) * D) if tokens_major else q.shape
     shapes, dtypes, ws = [shape], [q.dtype], "nullptr"
-    if flash_tree_ok(q.dtype, D, T, length, mask is not None):
+    if T > 1 and flash_tree_ok(q.dtype, D, R, length, mask is not None):
         chunks, rows = -(-length // 64), -(-R // 64) * 64          # FT_KEYS, FT_ROWS
         shapes, dtypes, ws = [shape, (B * H * chunks * rows * (D + 2),)], [q.dtype, "float32"], "out1_p"
     out = jt.code(shapes, dtypes, inputs, cuda_header=_ATTENTION_HEADER,

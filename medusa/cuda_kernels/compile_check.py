@@ -46,16 +46,19 @@ def recorded_ops():
         jt.code = real
 
 
-def _with_tree_attention(call):
-    """call() with the opt-in tree attention (flash_tree) switched on."""
+def _with_flash_tree(call):
+    """call() with flash_tree taking any number of rows (its switch on, FLASH_MIN_ROWS 1)."""
+    from medusa.cuda_kernels import attention
     from medusa.cuda_kernels.switches import use_tree_attention
 
-    before = use_tree_attention()
+    before, min_rows = use_tree_attention(), attention.FLASH_MIN_ROWS
     use_tree_attention(True)
+    attention.FLASH_MIN_ROWS = 1
     try:
         return call()
     finally:
         use_tree_attention(before)
+        attention.FLASH_MIN_ROWS = min_rows
 
 
 def render_ops() -> dict:
@@ -87,7 +90,7 @@ def render_ops() -> dict:
                 gu_w, down_w, 1e-6, d ** -0.5),
         }
         if dtype == "float16":        # the tensor-core kernels take fp16 only
-            calls["cache_attention_flash"] = lambda: _with_tree_attention(lambda: ck["attention"].cache_attention(
+            calls["cache_attention_flash"] = lambda: _with_flash_tree(lambda: ck["attention"].cache_attention(
                 h(1, nkv, (nq // nkv) * T, d), keys, values, start + T, f(1, 1, T, start + T), d ** -0.5, True))
             calls["mma_rows"] = lambda: ck["mma"].mma_rows(h(1, T, H), qkv_w, bias=h((nq + 2 * nkv) * d))
             calls["rows_layer"] = lambda: ck["layers"].rows_layer(

@@ -10,9 +10,8 @@ _SWITCHES = {
     "rows_layer": ("MEDUSA_ROWS_LAYER", True),   # rows_layer (off: a small model's tree layer is ~10 ops)
     "mma": ("MEDUSA_MMA", True),                 # mma_rows (off: a tree's projections go to cuBLAS)
     # tree_attention: a tree's attention as flash_tree (64 rows x 64 keys a block on the tensor
-    # cores, chunks merged after). Written and compile-checked, not yet run on a GPU: opt-in. (Its
-    # first version, 8 rows a block, ran on the H200 and did not help: docs/gpu.md.)
-    "tree_attention": ("MEDUSA_TREE_ATTENTION", False),
+    # cores, chunks merged after); off: one block per query row (cache_attention)
+    "tree_attention": ("MEDUSA_TREE_ATTENTION", True),
 }
 def _from_env(var, default) -> bool:
     """On by default: anything but 0 keeps it on. Off by default: only 1 turns it on."""

@@ -302,12 +302,13 @@ def run(cfg) -> Recorder:
             rec.put(shape, "medusa_mc_sim_7b_63_no_rows_layer", medusa_timing(cfg, model, "mc_sim_7b_63"))
         finally:
             cuda_kernels.use_rows_layer(True)
-        cuda_kernels.use_tree_attention(True)        # a tree's attention as flash_tree (opt-in)
+        cuda_kernels.use_tree_attention(False)       # a tree's attention one block per row, not flash_tree
         try:
-            rec.put(shape, "medusa_mc_sim_7b_63_tree_attention", medusa_timing(cfg, model, "mc_sim_7b_63"))
-            rec.put(shape, "profile_tree_mc_sim_7b_63_tree_attention", profile_tree(cfg, model, "mc_sim_7b_63"))
+            for tree in cfg.trees:
+                rec.put(shape, f"medusa_{tree}_per_row_attention", medusa_timing(cfg, model, tree))
+            rec.put(shape, "profile_tree_mc_sim_7b_63_per_row_attention", profile_tree(cfg, model, "mc_sim_7b_63"))
         finally:
-            cuda_kernels.use_tree_attention(False)
+            cuda_kernels.use_tree_attention(True)
         cuda_kernels.use_mma(False)                  # a tree's projections on cuBLAS instead of mma_rows
         try:
             rec.put(shape, "medusa_mc_sim_7b_63_cublas", medusa_timing(cfg, model, "mc_sim_7b_63"))
