@@ -105,6 +105,8 @@ HELP = {
     'base_dtype': 'compute dtype of the frozen base; empty = fp16 on GPU, fp32 on CPU',
     'preset': 'a published recipe for the flags not given: ' + ', '.join(PRESETS) + ' (empty = none)',
     'loss': "hard: CE to the data's tokens; soft: CE to the base model's distribution (Hydra++ teacher loss)",
+    'tf32': "on a GPU, the heads' fp32 matmuls run on TF32 tensor cores (jt.flags.use_tensorcore = 1) once "
+            "the base hidden states are cached (they are computed in full fp32 first); --no-tf32: fp32 throughout",
     'early_stop': 'stop after this many evaluations (epoch ends) without a lower validation loss; 0 = never',
 }
 
@@ -146,6 +148,7 @@ class TrainArgs:
     preset: str = ""
     loss: str = "hard"
     early_stop: int = 2
+    tf32: bool = True
     family: str = "medusa"                  # set by the calling script, not a flag
 
     def out_dir(self) -> Path:
@@ -537,6 +540,7 @@ class Trainer:
                      samples=self.report.kept, skipped=dict(self.report.skipped), sampled_replies=self.sampled,
                      train_samples=len(self.train_set), val_samples=len(self.val_set),
                      targets_outside_vocab=self.targets_outside_vocab()), indent=2))
+        self.use_tf32()
         bar = tqdm(total=self.stop_at, initial=self.step, desc=f"train {a.family}", disable=self.rank != 0)
         totals, t0 = Totals(self.K), time.time()
         with interrupts_deferred() as stop:
@@ -560,6 +564,15 @@ class Trainer:
                                       f"is saved in {out / STATE_NAME}; run the same command with --resume to continue")
         bar.close()
         return self.best
+
+    def use_tf32(self) -> bool:
+        """TF32 for the heads' matmuls (--tf32, a GPU, cached base states): the shared lm_head
+        projection of K heads x the batch's rows dominates a step, and in fp32 it runs on the
+        CUDA cores. Jittor reads the flag when a matmul runs, so the states cached before stay
+        full fp32; without a cache they are computed each step and the flag stays off."""
+        on = bool(self.args.tf32 and jt.flags.use_cuda and self.hidden is not None)
+        jt.flags.use_tensorcore = int(on)
+        return on
 
     def early_stopped(self) -> bool:
         return bool(self.args.early_stop) and self.since_best >= self.args.early_stop

@@ -5,6 +5,9 @@
 #   scripts/gpu_heads.sh setup               # carry .whl: install Jittor into /tmp/site, patch it for CUDA 13
 #   scripts/gpu_heads.sh keep DIR            # carry DIR (one part of the split GGUF): copy it to /tmp/keep
 #   scripts/gpu_heads.sh model DIR           # carry the last part: join the parts into /tmp/keep/model.gguf
+#   scripts/gpu_heads.sh tok DIR             # carry DIR (the tokenizer files, scripts/gpu_e2e.sh pack): to /tmp/keep/tok
+#   scripts/gpu_heads.sh instruct            # self-instruct prompts (medusa.self_instruct), their greedy
+#                                            # replies, then the token samples of the 12k set and these in one .npz
 #   scripts/gpu_heads.sh sample              # sampled replies (T=0.7) for a seeded share of the prompts,
 #                                            # then all token samples (greedy + sampled) in one .npz
 #   scripts/gpu_heads.sh train NAME FAMILY [train flags...]   # one head training (resumed if cut off)
@@ -43,6 +46,26 @@ setup)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     python3 -m medusa.setup_gpu --patch-only
     python3 -c "from medusa.runtime import jt, use_device; print(use_device('cuda'), jt.flags.use_cuda)"
+    ;;
+tok)
+    mkdir -p "$K"/tok && cp "$1"/* "$K"/tok/ && ls -l "$K"/tok
+    ;;
+instruct)
+    # the base model writes NUM new prompts from the seed requests (needs the tokenizer: `tok`), then
+    # answers each greedily in fp32; the samples hold the 12k set's greedy and sampled replies and these
+    python3 -m medusa.self_instruct --output "$K"/si_prompts.jsonl --prompt_ids_output "$K"/si_prompt_ids.jsonl \
+        --num "${NUM:-12000}" --seed "${SEED:-0}" --batch_size "${SI_BATCH:-1024}" --device cuda \
+        --jittor_base_weights "$K"/model.gguf --base_model_path "$K"/tok || exit 1
+    python3 scripts/distill_ids.py decode --model "$K"/model.gguf --ids "$K"/si_prompt_ids.jsonl \
+        --output "$K"/si_greedy_ids.jsonl --eos_ids 2 --pad_id 2 --max_new_tokens 192 \
+        --batch_size "${REPLY_BATCH:-960}" --dtype float32 --device cuda || exit 1
+    { zcat data/selfdistill/prompt_ids_12k.jsonl.gz; cat "$K"/si_prompt_ids.jsonl; } > "$K"/all_prompt_ids.jsonl
+    zcat data/selfdistill/smollm2_12k_greedy_ids.jsonl.gz > "$K"/greedy_ids.jsonl
+    zcat data/selfdistill/smollm2_2400_sampled_t07_ids.jsonl.gz > "$K"/sampled_ids.jsonl
+    python3 scripts/distill_ids.py samples --prompt_ids "$K"/all_prompt_ids.jsonl \
+        --replies "$K"/greedy_ids.jsonl "$K"/sampled_ids.jsonl "$K"/si_greedy_ids.jsonl --end_id 2 --pad_id 2 \
+        --output "$K"/samples.npz || exit 1
+    cp "$K"/si_prompts.jsonl "$K"/si_prompt_ids.jsonl "$K"/si_greedy_ids.jsonl "$K"/samples.npz "$OUT"/
     ;;
 keep)
     cp "$1"/part.* "$K"/ && ls -l "$K"

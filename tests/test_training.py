@@ -342,3 +342,13 @@ def test_cpu_training_hands_cached_memory_back_when_the_process_doubled(tiny_pkl
     assert len(calls) == 3
     tr.evaluate_on(tr.val_set)
     assert len(calls) == 3
+
+
+def test_tf32_only_on_a_gpu_with_cached_states(tiny_pkl, tmp_path, monkeypatch):
+    """--tf32 (the default) switches Jittor's tensor-core flag on for the heads' matmuls only on a
+    GPU and only once the base states are cached; on the CPU it stays off."""
+    tr = training.Trainer(tiny_args(tiny_pkl, tmp_path, epochs=1, max_steps=1))
+    assert tr.args.tf32 and not tr.use_tf32() and jt.flags.use_tensorcore == 0
+    monkeypatch.setattr(tr, "hidden", None)
+    assert not tr.use_tf32()
+    assert training.parse_args(["--no-tf32", "--data_path", tr.args.data_path]).tf32 is False
