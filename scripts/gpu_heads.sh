@@ -55,7 +55,7 @@ instruct)
     # answers each greedily in fp32; the samples hold the 12k set's greedy and sampled replies and these
     python3 -m medusa.self_instruct --output "$K"/si_prompts.jsonl --prompt_ids_output "$K"/si_prompt_ids.jsonl \
         --num "${NUM:-12000}" --seed "${SEED:-0}" --batch_size "${SI_BATCH:-1024}" --device cuda \
-        --jittor_base_weights "$K"/model.gguf --base_model_path "$K"/tok || exit 1
+        --model "$K"/model.gguf --tokenizer "$K"/tok || exit 1
     python3 scripts/distill_ids.py decode --model "$K"/model.gguf --ids "$K"/si_prompt_ids.jsonl \
         --output "$K"/si_greedy_ids.jsonl --eos_ids 2 --pad_id 2 --max_new_tokens 192 \
         --batch_size "${REPLY_BATCH:-960}" --dtype float32 --device cuda || exit 1
