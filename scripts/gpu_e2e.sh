@@ -41,7 +41,7 @@ pack)
     unit=$(python -c "from medusa import weights; print(weights.ensure_default_model('float16', verbose=False).parent)") || exit 1
     rm -rf .e2e/parts .e2e/tok && mkdir -p .e2e/parts .e2e/tok
     grep -qx '/.e2e/' .git/info/exclude 2>/dev/null || echo '/.e2e/' >> .git/info/exclude
-    split -b 24M "$gguf" .e2e/parts/part.
+    split -b 18M "$gguf" .e2e/parts/part.     # the working tree (~44 MiB) travels with every call
     for p in .e2e/parts/part.*; do mkdir -p ".e2e/parts/${p##*.}" && mv "$p" ".e2e/parts/${p##*.}/"; done
     md5sum < "$gguf" | cut -d' ' -f1 > .e2e/parts/md5
     cp "$unit"/tokenizer.json "$unit"/tokenizer_config.json .e2e/tok/
