@@ -6,8 +6,10 @@
 #   scripts/gpu_heads.sh keep DIR            # carry DIR (one part of the split GGUF): copy it to /tmp/keep
 #   scripts/gpu_heads.sh model DIR           # carry the last part: join the parts into /tmp/keep/model.gguf
 #   scripts/gpu_heads.sh tok DIR             # carry DIR (the tokenizer files, scripts/gpu_e2e.sh pack): to /tmp/keep/tok
-#   scripts/gpu_heads.sh instruct            # self-instruct prompts (medusa.self_instruct), their greedy
-#                                            # replies, then the token samples of the 12k set and these in one .npz
+#   scripts/gpu_heads.sh instruct            # a new round of self-instruct prompts (medusa.self_instruct:
+#                                            # NUM, SEED, FIRST_ID), copying none of the committed rounds
+#                                            # (data/selfdistill/prompts_si_*), their greedy replies, then the
+#                                            # token samples of the 12k set, every committed round and this one
 #   scripts/gpu_heads.sh sample              # sampled replies (T=0.7) for a seeded share of the prompts,
 #                                            # then all token samples (greedy + sampled) in one .npz
 #   scripts/gpu_heads.sh train NAME FAMILY [train flags...]   # one head training (resumed if cut off)
@@ -51,19 +53,28 @@ tok)
     mkdir -p "$K"/tok && cp "$1"/* "$K"/tok/ && ls -l "$K"/tok
     ;;
 instruct)
-    # the base model writes NUM new prompts from the seed requests (needs the tokenizer: `tok`), then
-    # answers each greedily in fp32; the samples hold the 12k set's greedy and sampled replies and these
+    # the base model writes NUM new prompts from the seed requests (needs the tokenizer: `tok`), none
+    # a near-copy of a committed round's, then answers each greedily in fp32; the samples hold the 12k
+    # set's greedy and sampled replies, the committed rounds' replies and this round's
+    rounds=(data/selfdistill/prompts_si_*.jsonl.gz)
+    [ -e "${rounds[0]}" ] || rounds=()
     python3 -m medusa.self_instruct --output "$K"/si_prompts.jsonl --prompt_ids_output "$K"/si_prompt_ids.jsonl \
-        --num "${NUM:-12000}" --seed "${SEED:-0}" --batch_size "${SI_BATCH:-1024}" --device cuda \
-        --model "$K"/model.gguf --tokenizer "$K"/tok || exit 1
+        --num "${NUM:-12000}" --seed "${SEED:-0}" --first_id "${FIRST_ID:-100000}" --batch_size "${SI_BATCH:-1024}" \
+        --exclude medusa/prompts/bench_prompts.jsonl medusa/prompts/smollm2_prompts.jsonl "${rounds[@]}" \
+        --device cuda --model "$K"/model.gguf --tokenizer "$K"/tok || exit 1
     python3 scripts/distill_ids.py decode --model "$K"/model.gguf --ids "$K"/si_prompt_ids.jsonl \
         --output "$K"/si_greedy_ids.jsonl --eos_ids 2 --pad_id 2 --max_new_tokens 192 \
         --batch_size "${REPLY_BATCH:-960}" --dtype float32 --device cuda || exit 1
-    { zcat data/selfdistill/prompt_ids_12k.jsonl.gz; cat "$K"/si_prompt_ids.jsonl; } > "$K"/all_prompt_ids.jsonl
+    { zcat data/selfdistill/prompt_ids_12k.jsonl.gz data/selfdistill/prompt_ids_si_*.jsonl.gz
+      cat "$K"/si_prompt_ids.jsonl; } > "$K"/all_prompt_ids.jsonl
     zcat data/selfdistill/smollm2_12k_greedy_ids.jsonl.gz > "$K"/greedy_ids.jsonl
     zcat data/selfdistill/smollm2_2400_sampled_t07_ids.jsonl.gz > "$K"/sampled_ids.jsonl
+    replies=("$K"/greedy_ids.jsonl "$K"/sampled_ids.jsonl)
+    for f in data/selfdistill/smollm2_si_*_greedy_ids.jsonl.gz; do
+        [ -e "$f" ] && zcat "$f" > "$K/$(basename "$f" .gz)" && replies+=("$K/$(basename "$f" .gz)")
+    done
     python3 scripts/distill_ids.py samples --prompt_ids "$K"/all_prompt_ids.jsonl \
-        --replies "$K"/greedy_ids.jsonl "$K"/sampled_ids.jsonl "$K"/si_greedy_ids.jsonl --end_id 2 --pad_id 2 \
+        --replies "${replies[@]}" "$K"/si_greedy_ids.jsonl --end_id 2 --pad_id 2 \
         --output "$K"/samples.npz || exit 1
     cp "$K"/si_prompts.jsonl "$K"/si_prompt_ids.jsonl "$K"/si_greedy_ids.jsonl "$K"/samples.npz "$OUT"/
     ;;
