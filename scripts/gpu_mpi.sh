@@ -8,6 +8,10 @@
 #   scripts/gpu_mpi.sh run [NP]          # there, carry .whl and .mpi: 1 process, mpirun -np 1, and with
 #                                        # NP >= 2 GPUs mpirun -np NP on the same global batch
 #
+# The working tree (~51 MiB) leaves no room for .whl (21 MB) beside .mpi in one call: bring the
+# wheels first in parts (scripts/gpu_e2e.sh pack here; keep .e2e/whl/aa, ab, then setup .e2e/whl/ac
+# there) and run with WHEELS= (empty: use the Jittor that setup put in /tmp/site), carrying .mpi.
+#
 # `run` trains the same heads three ways for STEPS optimizer steps (default 4) on the same
 # global batch (GLOBAL, default 8) and writes $OUT/mpi_report.json: the losses and the largest
 # weight difference of each run against the single process (scripts/mpi_compare.py). DEVICE=cpu
@@ -51,9 +55,12 @@ run)
     mkdir -p "$OUT"
     LOG=$OUT/mpi.log
     : > "$LOG"
+    W=${WHEELS-.whl}
     if [ "$DEVICE" = cuda ]; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-            .whl/*.whl >> "$LOG" 2>&1 || { echo "wheel install failed"; exit 1; }
+        if [ -n "$W" ]; then
+            python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+                "$W"/*.whl >> "$LOG" 2>&1 || { echo "wheel install failed"; exit 1; }
+        fi
         export PYTHONPATH="/tmp/site:$PWD" nvcc_path=/usr/local/cuda/bin/nvcc
         python3 -m medusa.setup_gpu --patch-only >> "$LOG" 2>&1 || { echo "setup_gpu failed"; exit 1; }
     fi
