@@ -1,12 +1,17 @@
 """Self-instruct prompts: what counts as a request, copies and near-copies, the shipped seeds kept
-apart from the evaluation sets, and a run that resumes and refuses other settings."""
+apart from the evaluation sets, a run that resumes and refuses other settings, and the committed
+rounds whole and apart from each other."""
+import gzip
 import json
+from pathlib import Path
 
 import pytest
 
 from medusa import self_instruct as si
 from medusa.data import load_prompts
 from medusa.errors import UsageError
+
+ROOT = Path(__file__).parent.parent
 
 
 def test_clean_keeps_complete_one_line_requests():
@@ -76,3 +81,34 @@ def test_run_writes_resumes_and_refuses_other_settings(tiny_pkl, tmp_path, monke
 def test_bad_flags_are_usage_errors(tmp_path, argv, match):
     with pytest.raises(UsageError, match=match):
         si.parse_args(["--output", str(tmp_path / "p.jsonl"), *argv])
+
+
+def _ids(path):
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line)["id"] for line in f]
+
+
+def test_committed_rounds_are_whole_distinct_and_apart_from_evaluation_and_earlier_rounds():
+    """Every committed self-instruct round (data/selfdistill/prompts_si_*): its prompts, their ids
+    file (same order) and the greedy replies (one each) name the same prompts; no id is reused
+    across the prompt sets; no prompt is a near-copy of a bench or tuning prompt, or of a prompt
+    in an earlier round (each round was made with --exclude of the rounds before it)."""
+    folder = ROOT / "data" / "selfdistill"
+    rounds = sorted(folder.glob("prompts_si_*.jsonl.gz"), key=lambda p: min(_ids(p)))
+    assert len(rounds) >= 2
+    held_out = si.NearDuplicates(0.6)
+    for path in si.DEFAULT_EXCLUDE:
+        for p in load_prompts(path):
+            held_out.add(p["prompt"])
+    seen_ids = set(_ids(folder / "prompts_12k.jsonl.gz"))
+    for path in rounds:
+        name = path.name[len("prompts_"):-len(".jsonl.gz")]           # si_12k, si_18k_s1, ...
+        prompts = [p["prompt"] for p in load_prompts(path)]
+        ids = _ids(path)
+        assert ids == _ids(folder / f"prompt_ids_{name}.jsonl.gz")
+        assert sorted(ids) == sorted(_ids(folder / f"smollm2_{name}_greedy_ids.jsonl.gz"))   # decoded by length
+        assert len(set(prompts)) == len(prompts) and not seen_ids & set(ids)
+        assert not [p for p in prompts if held_out.close(p)], path.name
+        seen_ids |= set(ids)
+        for p in prompts:
+            held_out.add(p)
