@@ -50,16 +50,17 @@ pack)
     [ "$mib" -ge 4 ] || { echo "the working tree takes $((tree / 1048576)) MiB of a call's 64: no room for parts" >&2; exit 1; }
     rm -rf .e2e/parts .e2e/tok .e2e/whl && mkdir -p .e2e/parts .e2e/tok
     grep -qx '/.e2e/' .git/info/exclude 2>/dev/null || echo '/.e2e/' >> .git/info/exclude
-    split -b "${mib}M" "$gguf" .e2e/parts/part.
-    for p in .e2e/parts/part.*; do mkdir -p ".e2e/parts/${p##*.}" && mv "$p" ".e2e/parts/${p##*.}/"; done
+    split_into_folders() {   # stdin in parts of $mib MiB, part NAME.xy in DIR/xy/ (one folder a call carries)
+        split -b "${mib}M" - "$1/$2." && for p in "$1/$2".*; do mkdir -p "$1/${p##*.}" && mv "$p" "$1/${p##*.}/"; done
+    }
+    split_into_folders .e2e/parts part < "$gguf"
     md5sum < "$gguf" | cut -d' ' -f1 > .e2e/parts/md5
     cp "$unit"/tokenizer.json "$unit"/tokenizer_config.json .e2e/tok/
     [ -f "$unit"/chat_template.jinja ] && cp "$unit"/chat_template.jinja .e2e/tok/
     cp .e2e/parts/md5 .e2e/tok/gguf.md5
     # the wheels (scripts/make_gpu_wheels.sh) as one tar in parts of the same size
     if [ -d .whl ]; then
-        mkdir -p .e2e/whl && tar -C .whl -cf - . | split -b "${mib}M" - .e2e/whl/whl.
-        for p in .e2e/whl/whl.*; do mkdir -p ".e2e/whl/${p##*.}" && mv "$p" ".e2e/whl/${p##*.}/"; done
+        mkdir -p .e2e/whl && tar -C .whl -cf - . | split_into_folders .e2e/whl whl
         ls -l .e2e/whl/*
     fi
     echo "parts of $mib MiB"

@@ -32,13 +32,19 @@ def test_near_duplicates_catch_copies_not_new_requests():
     assert not d.close("What is 12 times 7?")
 
 
-def test_shipped_seeds_are_balanced_and_apart_from_evaluation_prompts():
-    seeds = si.load_seeds(si.DEFAULT_SEEDS)
-    assert len(seeds) == 11 and all(len(v) == 12 for v in seeds.values())
+def evaluation_prompts():
+    """The bench and tuning prompts (self_instruct's default --exclude) in a NearDuplicates(0.6)."""
     held_out = si.NearDuplicates(0.6)
     for path in si.DEFAULT_EXCLUDE:
         for p in load_prompts(path):
             held_out.add(p["prompt"])
+    return held_out
+
+
+def test_shipped_seeds_are_balanced_and_apart_from_evaluation_prompts():
+    seeds = si.load_seeds(si.DEFAULT_SEEDS)
+    assert len(seeds) == 11 and all(len(v) == 12 for v in seeds.values())
+    held_out = evaluation_prompts()
     assert not [s for v in seeds.values() for s in v if held_out.close(s)]
     text = si.frame(["A?", "B."])
     assert text.endswith("Request: A?\nRequest: B.\nRequest:")
@@ -94,17 +100,14 @@ def test_committed_rounds_are_whole_distinct_and_apart_from_evaluation_and_earli
     across the prompt sets; no prompt is a near-copy of a bench or tuning prompt, or of a prompt
     in an earlier round (each round was made with --exclude of the rounds before it)."""
     folder = ROOT / "data" / "selfdistill"
-    rounds = sorted(folder.glob("prompts_si_*.jsonl.gz"), key=lambda p: min(_ids(p)))
+    rounds = sorted(((load_prompts(path), path) for path in folder.glob("prompts_si_*.jsonl.gz")),
+                    key=lambda r: r[0][0]["id"])                      # in the order they were made
     assert len(rounds) >= 2
-    held_out = si.NearDuplicates(0.6)
-    for path in si.DEFAULT_EXCLUDE:
-        for p in load_prompts(path):
-            held_out.add(p["prompt"])
+    held_out = evaluation_prompts()
     seen_ids = set(_ids(folder / "prompts_12k.jsonl.gz"))
-    for path in rounds:
+    for records, path in rounds:
         name = path.name[len("prompts_"):-len(".jsonl.gz")]           # si_12k, si_18k_s1, ...
-        prompts = [p["prompt"] for p in load_prompts(path)]
-        ids = _ids(path)
+        prompts, ids = [p["prompt"] for p in records], [p["id"] for p in records]
         assert ids == _ids(folder / f"prompt_ids_{name}.jsonl.gz")
         assert sorted(ids) == sorted(_ids(folder / f"smollm2_{name}_greedy_ids.jsonl.gz"))   # decoded by length
         assert len(set(prompts)) == len(prompts) and not seen_ids & set(ids)
