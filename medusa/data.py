@@ -23,6 +23,7 @@ else with plain `json`. Arrow's schema inference rejects some heterogeneous Shar
 its errors do not name the line: such files fall back to the plain reader, whose errors name the
 file and line.
 """
+import gzip
 import json
 import logging
 from collections import Counter
@@ -33,6 +34,7 @@ import numpy as np
 from jinja2 import TemplateError   # transformers renders chat templates with jinja2
 
 from medusa.errors import UsageError
+from medusa.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -372,22 +374,55 @@ def drafted_tokens(input_ids, rows, positions, num_heads, pad_id=0):
     return np.stack([padded[rows, positions + k + 1] for k in range(num_heads)], axis=-1).astype(np.int32)
 
 
-def train_val_split(items, val_ratio, seed, groups=None):
+def train_val_split(items, val_ratio, seed, groups=None, kept=None):
     """(train, val): a seeded random val_ratio share goes to val; both keep the input order.
     With `groups` (one key per item, e.g. the prompt a reply answers) whole groups are split,
-    so no prompt has a reply on both sides."""
+    so no prompt has a reply on both sides. With `kept` (a previous split, read_split) its
+    groups stay on their side and only the groups it does not list are split: heads trained on
+    it can be fine-tuned on grown data without training on its validation prompts."""
     if not 0.0 <= val_ratio < 1.0:
         raise ValueError(f"val_ratio must be in [0, 1), got {val_ratio}")
-    keys = list(range(len(items))) if groups is None else list(groups)
+    keys = list(range(len(items))) if groups is None else [int(g) for g in groups]
     if len(keys) != len(items):
         raise ValueError(f"{len(keys)} groups for {len(items)} items")
-    unique = sorted(set(keys))
+    old_train, old_val = (set(), set()) if kept is None else (kept.train, kept.val)
+    unique = sorted(set(keys) - old_train - old_val)
     n = len(unique)
     n_val = int(round(n * val_ratio))
     if val_ratio > 0 and n > 1:
         n_val = min(max(n_val, 1), n - 1)   # a nonzero ratio always gives both sides something
-    in_val = {unique[i] for i in np.random.default_rng(seed).permutation(n)[:n_val]}
+    in_val = {unique[i] for i in np.random.default_rng(seed).permutation(n)[:n_val]} | old_val
     return ([x for x, g in zip(items, keys) if g not in in_val], [x for x, g in zip(items, keys) if g in in_val])
+
+
+@dataclass
+class Split:
+    """Which groups (prompt ids) a run trained and validated on: split.json in its output_dir."""
+    train: set
+    val: set
+
+
+def save_split(path, groups, train, val):
+    """Write the groups of the samples `train` and `val` (indices into `groups`) as JSON."""
+    record = {"train": sorted({int(groups[i]) for i in train}), "val": sorted({int(groups[i]) for i in val})}
+    atomic_write(path, json.dumps(record) + "\n")
+
+
+def read_split(path) -> Split:
+    """A split.json (save_split; .json.gz too), or a DataError saying what is wrong with it."""
+    path = Path(path)
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            record = json.load(f)
+        train, val = ({int(g) for g in record[side]} for side in ("train", "val"))
+    except (OSError, EOFError, ValueError, TypeError, KeyError) as e:
+        raise DataError(f"{path}: not a split file ({type(e).__name__}: {e}); pass a run's split.json, "
+                        "which lists the prompt ids it trained on ('train') and held out ('val')") from e
+    if train & val:
+        raise DataError(f"{path}: {len(train & val)} prompt ids are in both 'train' and 'val', e.g. "
+                        f"{min(train & val)}")
+    return Split(train, val)
 
 
 # ---------------------------------------------------------------- token samples (.npz)
@@ -409,8 +444,6 @@ class TokenSamples:
 def save_token_samples(path, samples, groups, temperature, meta):
     """Write token samples atomically (compressed npz)."""
     import io
-
-    from medusa.files import atomic_write
 
     if not (len(samples) == len(groups) == len(temperature)) or not samples:
         raise ValueError(f"{len(samples)} samples, {len(groups)} groups, {len(temperature)} temperatures")

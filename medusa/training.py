@@ -55,6 +55,7 @@ MOE_ONLY = ("moe_num_experts", "moe_top_k", "aux_loss_weight")
 # flags that may differ between a run and its --resume (they do not change what is computed)
 RESUME_FREE = ("resume", "save_every", "max_steps", "device", "cache_dir", "cache_hidden", "output_dir", "early_stop")
 STATE_NAME = "last_state.npz"
+SPLIT_NAME = "split.json"            # the prompt ids a run trained and validated on
 SHIPPED_DATA = Path(__file__).parent / "trained" / "smollm2_selfdistill.jsonl"   # package data
 LOSSES = ("hard", "soft")
 # Published recipes; a preset sets each of these unless the flag is on the command line.
@@ -95,6 +96,9 @@ HELP = {
     'weight_decay': 'AdamW decoupled weight decay',
     'max_grad_norm': 'clip the global gradient norm to this; 0 = no clipping',
     'val_ratio': 'fraction of the samples held out for validation',
+    'split_from': "a previous run's split.json (its output_dir has one): its train and val prompts stay on "
+                  "their side and only new prompts are split by --val_ratio, so heads fine-tuned (--init_heads) on "
+                  "grown token samples never train on the val prompts of the run they start from",
     'template': "chat template: tokenizer (the model's own) or vicuna",
     'cache_hidden': 'compute the base hidden states once and cache them on disk (fp16 .npz)',
     'cache_dir': 'where the cached hidden states (and the tokenized data, as Arrow) go',
@@ -137,6 +141,7 @@ class TrainArgs:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     val_ratio: float = 0.1
+    split_from: str = ""
     template: str = "tokenizer"
     cache_hidden: bool = True
     cache_dir: str = "cache/hidden"
@@ -324,8 +329,9 @@ class Trainer:
             src, tok_dir = weights.resolve_model(args.base_model_path or None, args.jittor_base_weights or None, dtype)
         self.model = weights.load_model(src, dtype)
         self.samples = samples = self._load_data(args, tok_dir)
+        kept = data.read_split(split_file(args.split_from)) if args.split_from else None
         self.train_set, self.val_set = data.train_val_split(list(range(len(samples))), args.val_ratio, args.seed,
-                                                            self.groups)
+                                                            self.groups, kept)
         cfg = self.model.config
         self.heads = build_heads(HeadConfig(
             family=args.family, num_heads=args.medusa_num_heads, num_layers=args.medusa_num_layers,
@@ -540,6 +546,8 @@ class Trainer:
                      samples=self.report.kept, skipped=dict(self.report.skipped), sampled_replies=self.sampled,
                      train_samples=len(self.train_set), val_samples=len(self.val_set),
                      targets_outside_vocab=self.targets_outside_vocab()), indent=2))
+            if self.groups is not None:
+                data.save_split(out / SPLIT_NAME, self.groups, self.train_set, self.val_set)
         self.use_tf32()
         bar = tqdm(total=self.stop_at, initial=self.step, desc=f"train {a.family}", disable=self.rank != 0)
         totals, t0 = Totals(self.K), time.time()
@@ -628,6 +636,12 @@ def _explicit_flags(parser, argv):
     return set(vars(quiet.parse_args(sys.argv[1:] if argv is None else argv)))
 
 
+def split_file(value) -> Path:
+    """--split_from: a split file, or a run's output_dir holding one."""
+    path = Path(value)
+    return path / SPLIT_NAME if path.is_dir() else path
+
+
 def token_data(args: TrainArgs) -> bool:
     """--data_path holds token samples (.npz, data.save_token_samples), not chat records."""
     return str(args.data_path).endswith(".npz")
@@ -650,6 +664,14 @@ def check_args(args: TrainArgs):
         from medusa.head_io import read_config
 
         read_config(args.init_heads)            # the file and its config beside it, or a one-line error
+    if args.split_from:
+        if not token_data(args):
+            raise UsageError(f"--split_from {args.split_from}: needs token samples (.npz, whose prompt ids name the "
+                             f"split), not the chat records in {args.data_path}")
+        if not split_file(args.split_from).is_file():
+            raise UsageError(f"--split_from {args.split_from}: no such file (a run writes {SPLIT_NAME} in its "
+                             "--output_dir when it starts)")
+        data.read_split(split_file(args.split_from))    # readable, or a one-line error before the model loads
     if token_data(args) and args.template != "tokenizer":
         raise UsageError(f"--template {args.template}: token samples ({args.data_path}) are rendered already")
     if args.lr <= 0 or not 0 <= args.warmup_ratio < 1:

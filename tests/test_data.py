@@ -268,6 +268,36 @@ def test_train_val_split_is_deterministic():
         data.train_val_split(items, 1.0, seed=0)
 
 
+def test_split_kept_from_a_previous_run_holds_its_sides_and_splits_only_new_groups(tmp_path):
+    groups = [g for g in range(60) for _ in range(2)]             # two replies per prompt
+    items = list(range(len(groups)))
+    train, val = data.train_val_split(items[:80], 0.25, seed=1, groups=groups[:80])   # prompts 0-39
+    data.save_split(tmp_path / "split.json", groups, train, val)
+    kept = data.read_split(tmp_path / "split.json")
+    assert kept.val == {groups[i] for i in val} and len(kept.val) == 10 and len(kept.train) == 30
+    grown_train, grown_val = data.train_val_split(items, 0.25, seed=7, groups=groups, kept=kept)
+    assert {groups[i] for i in grown_val if groups[i] < 40} == kept.val
+    assert {groups[i] for i in grown_train if groups[i] < 40} == kept.train
+    assert len({groups[i] for i in grown_val if groups[i] >= 40}) == 5     # 25 % of the 20 new prompts
+    # without the kept split, the grown data would move some old train prompts into val
+    moved = [data.train_val_split(items, 0.25, seed=s, groups=groups)[1] for s in range(5)]
+    assert any({groups[i] for i in v} & kept.train for v in moved)
+
+
+def test_read_split_names_what_is_wrong(tmp_path):
+    import gzip
+
+    good = tmp_path / "s.json.gz"
+    with gzip.open(good, "wt") as f:
+        json.dump({"train": [1, 2], "val": [3]}, f)
+    assert data.read_split(good) == data.Split({1, 2}, {3})
+    for name, text, why in [("a.json", "{", "not a split file"), ("b.json", '{"train": [1]}', "not a split file"),
+                            ("c.json", '{"train": [1, 2], "val": [2]}', "in both")]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(data.DataError, match=why):
+            data.read_split(tmp_path / name)
+
+
 def test_project_prompt_sets():
     train = data.load_prompts(PROMPTS_DIR / "smollm2_prompts.jsonl")
     bench = data.load_prompts(PROMPTS_DIR / "bench_prompts.jsonl")

@@ -273,6 +273,32 @@ def test_token_samples_round_trip_and_train_split_by_prompt(tiny_pkl, tmp_path):
         data.load_token_samples(tmp_path / "junk.npz")
 
 
+def test_split_from_a_previous_run_keeps_its_val_prompts_out_of_training(tiny_pkl, tmp_path):
+    from medusa.errors import UsageError
+
+    path, samples = token_file(tiny_pkl, tmp_path)
+    first = training.Trainer(tiny_args(tiny_pkl, tmp_path, data_path=str(path), output_dir=str(tmp_path / "a"),
+                                       epochs=1, max_steps=1))
+    first.fit()
+    kept = data.read_split(tmp_path / "a" / training.SPLIT_NAME)
+    assert kept.val == {int(first.groups[i]) for i in first.val_set} and kept.val
+    # the data grows by new prompts (ids above every old one), the split seed changes
+    got = data.load_token_samples(path)
+    new = [int(g) + 1000 for g in got.groups]
+    data.save_token_samples(tmp_path / "grown.npz", got.samples * 2, list(got.groups) + new,
+                            np.concatenate([got.temperature] * 2), got.meta)
+    tr = training.Trainer(tiny_args(tiny_pkl, tmp_path, data_path=str(tmp_path / "grown.npz"), seed=5,
+                                    output_dir=str(tmp_path / "b"), split_from=str(tmp_path / "a")))
+    val_prompts = {int(tr.groups[i]) for i in tr.val_set}
+    assert val_prompts & set(new) and {g for g in val_prompts if g < 1000} == kept.val
+    assert {int(tr.groups[i]) for i in tr.train_set if tr.groups[i] < 1000} == kept.train
+    for bad, why in [(tmp_path / "nowhere", "no such file"), (tmp_path / "grown.npz", "not a split file")]:
+        with pytest.raises(UsageError, match=why):
+            training.check_args(tiny_args(tiny_pkl, tmp_path, data_path=str(path), split_from=str(bad)))
+    with pytest.raises(UsageError, match="needs token samples"):
+        training.check_args(tiny_args(tiny_pkl, tmp_path, split_from=str(tmp_path / "a")))
+
+
 def test_reply_sample_gets_an_end_token_unless_cut():
     s = data.reply_sample([1, 5, 6], [9, 9], end_id=2, max_new_tokens=4)
     assert s.input_ids.tolist() == [1, 5, 6, 9, 9, 2] and s.loss_mask.tolist() == [0, 0, 0, 1, 1, 1]
