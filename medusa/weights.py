@@ -281,14 +281,27 @@ def _refuse_other_model(out_dir, config):
 
 
 def _stage_dir(out_dir) -> Path:
-    """A fresh hidden folder beside out_dir (same filesystem, so renames are atomic); stale ones
-    of killed conversions are removed."""
+    """A fresh hidden folder beside out_dir (same filesystem, so renames are atomic). Stale ones
+    of killed conversions are removed; a live process's is left alone (two benchmarks started
+    together on a fresh machine both convert the default model, and each keeps its own stage)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.parent.glob(f".{out_dir.name}.converting-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        if not _process_alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
     stage = out_dir.parent / f".{out_dir.name}.converting-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
     return stage
+
+
+def _process_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)                # signal 0 only asks whether the process exists
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True                         # it exists, under another user
+    return True
 
 
 def _install(stage, out_dir, weights_name):
@@ -297,8 +310,11 @@ def _install(stage, out_dir, weights_name):
     if out_dir.is_dir() and not any(out_dir.iterdir()):
         out_dir.rmdir()
     if not out_dir.exists():
-        os.rename(stage, out_dir)
-        return
+        try:
+            os.rename(stage, out_dir)
+            return
+        except OSError:                     # a concurrent conversion installed it first
+            pass
     for f in sorted(stage.iterdir()):
         if f.name != weights_name and not (out_dir / f.name).exists():
             os.replace(f, out_dir / f.name)

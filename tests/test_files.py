@@ -143,6 +143,27 @@ def test_a_killed_conversion_subprocess_leaves_a_whole_unit_or_none(tiny_hf, tmp
             weights.load_model(out, "float32")
 
 
+def test_two_conversions_at_once_do_not_remove_each_others_stage(tiny_hf, tmp_path):
+    """Two benchmarks started together on a fresh machine both convert the default model: the
+    second must not delete the first's staging folder (it did: FileNotFoundError in the first),
+    and whichever installs second finds the unit there and fills it in."""
+    out = tmp_path / "unit" / "model.pkl"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    other = tmp_path / f".unit.converting-{os.getppid()}"           # a live process's conversion
+    stale = tmp_path / f".unit.converting-{int(dead.stdout)}"       # a finished one's
+    for d in (other, stale):
+        d.mkdir()
+        (d / "model.pkl").write_bytes(b"partial")
+    weights.convert(tiny_hf("qwen2"), out, "float32")
+    assert other.is_dir() and not stale.exists()
+    # the live one finishes after us: its stage installs into the existing unit
+    shutil.rmtree(other)
+    shutil.copytree(out.parent, other)
+    weights._install(other, out.parent, "model.pkl")
+    assert {"model.pkl", "config.json", "tokenizer.json"} <= {f.name for f in out.parent.iterdir()}
+    weights.load_model(out, "float32")
+
+
 def test_default_model_counts_only_when_complete(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDUSA_JITTOR_HOME", str(tmp_path))
     calls = []
