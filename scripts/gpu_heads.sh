@@ -30,7 +30,8 @@
 # The machine is given back ~30 s after a call ends, and with it /tmp (wheels, model, hidden cache):
 # measured twice, after calls that returned files. Chain what depends on /tmp in one call, e.g. the
 # last part and the trainings, started in parallel once the first has written the hidden cache:
-#   scripts/gpu_heads.sh model DIR && cp data/selfdistill/smollm2_selfdistill_ids.npz /tmp/keep/samples.npz &&
+# (a samples file made by scripts/selfdistill_files.sh, carried as an ignored path):
+#   scripts/gpu_heads.sh model DIR && cp cache/selfdistill/smollm2_selfdistill_ids.npz /tmp/keep/samples.npz &&
 #   (LIMIT=470 scripts/gpu_heads.sh train rnn_soft rnn ... > /tmp/rnn.out 2>&1) & P=$!;
 #   until ls /tmp/keep/hidden/*/index.npz; do sleep 2; done; scripts/gpu_heads.sh train moe_soft moe ...; wait $P
 # Trainings in parallel on the one GPU share its time: 5 runs at once made ~14 optimizer steps/s

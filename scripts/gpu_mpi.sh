@@ -8,8 +8,8 @@
 #   scripts/gpu_mpi.sh run [NP]          # there, carry .whl and .mpi: 1 process, mpirun -np 1, and with
 #                                        # NP >= 2 GPUs mpirun -np NP on the same global batch
 #
-# The working tree (~51 MiB) leaves no room for .whl (21 MB) beside .mpi in one call: bring the
-# wheels first in parts (scripts/gpu_e2e.sh pack here; keep .e2e/whl/aa, ab, then setup .e2e/whl/ac
+# The working tree (~48 MiB) leaves no room for .whl (21 MB) beside .mpi in one call: bring the
+# wheels first in parts (scripts/gpu_e2e.sh pack here; keep .e2e/whl/aa, then setup .e2e/whl/ab
 # there) and run with WHEELS= (empty: use the Jittor that setup put in /tmp/site), carrying .mpi.
 #
 # `run` trains the same heads three ways for STEPS optimizer steps (default 4) on the same
