@@ -123,3 +123,12 @@ def use_device(device: str = "auto") -> str:
 def default_compute_dtype() -> str:
     """fp16 on a GPU; fp32 on the CPU, where Jittor's fp16 matmul is ~160x slower."""
     return "float16" if jt.flags.use_cuda else "float32"
+
+
+def collectives() -> dict:
+    """What this process's gradient all-reduce runs on: Jittor's MPI mode (under mpirun) and, on
+    a GPU, whether its NCCL ops were built and loaded (use_nccl=1 with NCCL found; else MPI
+    copies through the host). Written into a training run's train_args.json."""
+    from jittor import compile_extern
+
+    return {"mpi": bool(jt.in_mpi), "nccl": getattr(compile_extern, "nccl_ops", None) is not None}

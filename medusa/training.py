@@ -531,7 +531,7 @@ class Trainer:
     def fit(self):
         from tqdm import tqdm
 
-        from medusa.runtime import interrupts_deferred
+        from medusa.runtime import collectives, interrupts_deferred
 
         a, out = self.args, self.args.out_dir()
         if a.resume:
@@ -542,7 +542,7 @@ class Trainer:
                                  "or choose another --output_dir")
             out.mkdir(parents=True, exist_ok=True)
             atomic_write(out / "train_args.json", json.dumps(
-                dict(dataclasses.asdict(a), world_size=self.world, global_batch=self.global_batch,
+                dict(dataclasses.asdict(a), world_size=self.world, **collectives(), global_batch=self.global_batch,
                      samples=self.report.kept, skipped=dict(self.report.skipped), sampled_replies=self.sampled,
                      train_samples=len(self.train_set), val_samples=len(self.val_set),
                      targets_outside_vocab=self.targets_outside_vocab()), indent=2))

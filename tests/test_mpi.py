@@ -43,7 +43,9 @@ def test_two_ranks_match_one_process_on_the_same_global_batch(tiny_pkl, tmp_path
     single, heads1 = train(tiny_pkl, tmp_path, "single", batch_size=4)
     multi, heads2 = train(tiny_pkl, tmp_path, "mpi", batch_size=2, mpi_ranks=2)
     assert len(multi) == len(single)          # rank 1 wrote nothing to the shared file
-    assert json.loads((tmp_path / "mpi" / "train_args.json").read_text())["global_batch"] == 4
+    args = {name: json.loads((tmp_path / name / "train_args.json").read_text()) for name in ("single", "mpi")}
+    assert args["mpi"]["global_batch"] == 4 and args["mpi"]["world_size"] == 2
+    assert (args["mpi"]["mpi"], args["single"]["mpi"], args["mpi"]["nccl"]) == (True, False, False)   # CPU: no NCCL
     for a, b in zip(single, multi):
         assert a["tokens"] == b["tokens"]
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4)

@@ -314,7 +314,8 @@ def test_soft_loss_trains_on_token_samples(tiny_pkl, tmp_path, family):
     tr.fit()
     after = tr.evaluate_on(tr.train_set)
     assert after["loss"] < before["loss"], (before, after)
-    assert json.loads((tr.args.out_dir() / "train_args.json").read_text())["sampled_replies"] == 8
+    recorded = json.loads((tr.args.out_dir() / "train_args.json").read_text())
+    assert recorded["sampled_replies"] == 8 and (recorded["mpi"], recorded["nccl"]) == (False, False)
 
 
 def test_early_stop_ends_the_run_after_evaluations_without_a_new_best(tiny_pkl, tmp_path, monkeypatch):
