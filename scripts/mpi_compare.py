@@ -5,7 +5,8 @@
 Each folder is a train_ddp.py --output_dir. For every run: its train records against the
 reference's (tokens must match, the largest relative loss difference), the largest absolute and
 relative difference of its final weights (last.jtr), and the optimizer steps per second from the
-records' `seconds`. Exit status 1 when a run is missing or its tokens differ.
+records' `seconds`: over the whole run, and past the first record (`steady_steps_per_s`, and
+`samples_per_s` = that x the run's global batch; the first steps compile kernels). Exit status 1 when a run is missing or its tokens differ.
 """
 import argparse
 import json
@@ -32,6 +33,12 @@ def compare(reference: Path, run: Path) -> dict:
            "args": json.loads((run / "train_args.json").read_text()) if (run / "train_args.json").is_file() else None}
     if got and got[-1].get("seconds"):
         out["steps_per_s"] = got[-1]["step"] / got[-1]["seconds"]
+    if len(got) >= 2 and got[-1]["seconds"] > got[0]["seconds"]:
+        # past the first record: the first steps compile kernels (and, under MPI, the collectives)
+        steady = (got[-1]["step"] - got[0]["step"]) / (got[-1]["seconds"] - got[0]["seconds"])
+        out["steady_steps_per_s"] = steady
+        if out["args"] and out["args"].get("global_batch"):
+            out["samples_per_s"] = steady * out["args"]["global_batch"]
     a, b = load_tensors(reference / "last.jtr", "heads"), load_tensors(run / "last.jtr", "heads")
     diffs = {k: float(np.abs(np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)).max()) for k in a}
     scale = max(float(np.abs(np.asarray(v)).max()) for v in a.values())
@@ -59,7 +66,7 @@ def main(argv=None) -> int:
     Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
     for entry in report["runs"]:
         print({k: entry.get(k) for k in ("run", "error", "tokens_match", "loss_max_rel_diff", "weights_max_abs_diff",
-                                         "steps_per_s") if k in entry})
+                                         "steps_per_s", "samples_per_s") if k in entry})
     return 0 if ok else 1
 
 

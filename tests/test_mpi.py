@@ -74,3 +74,11 @@ def test_mpi_compare_reports_loss_and_weight_differences(tmp_path):
     assert runs[1]["weights_max_abs_diff"] == 0.25 and abs(runs[1]["loss_max_rel_diff"] - 0.1) < 1e-12
     bad = run("bad", 2.0, 0.5, tokens=99)
     assert subprocess.run(cmd[:3] + [bad, "--output", str(out)], cwd=REPO, capture_output=True).returncode == 1
+    # throughput past the first record (its steps compile kernels): 30 steps in 3 s, 32 samples a step
+    timed = Path(run("timed", 2.0, 0.5))
+    (timed / "metrics.jsonl").write_text("".join(json.dumps({"split": "train", "step": step, "seconds": sec, "loss": 2.0,
+                                                             "tokens": 100}) + "\n" for step, sec in ((10, 9.0), (40, 12.0))))
+    (timed / "train_args.json").write_text(json.dumps({"global_batch": 32}))
+    subprocess.run(cmd[:3] + [str(timed), "--output", str(out)], cwd=REPO, capture_output=True)
+    entry = json.loads(out.read_text())["runs"][0]
+    assert entry["steady_steps_per_s"] == 10 and entry["samples_per_s"] == 320 and abs(entry["steps_per_s"] - 40 / 12) < 1e-12
