@@ -23,7 +23,6 @@ else with plain `json`. Arrow's schema inference rejects some heterogeneous Shar
 its errors do not name the line: such files fall back to the plain reader, whose errors name the
 file and line.
 """
-import gzip
 import json
 import logging
 from collections import Counter
@@ -410,15 +409,15 @@ def save_split(path, groups, train, val):
 
 def read_split(path) -> Split:
     """A split.json (save_split; .json.gz too), or a DataError saying what is wrong with it."""
-    path = Path(path)
+    what = "pass a run's split.json, which lists the prompt ids it trained on ('train') and held out ('val')"
     try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            record = json.load(f)
+        located = read_located(path)             # one JSON record (gzip too), or an error naming the line
+        (_, record), = located
         train, val = ({int(g) for g in record[side]} for side in ("train", "val"))
-    except (OSError, EOFError, ValueError, TypeError, KeyError) as e:
-        raise DataError(f"{path}: not a split file ({type(e).__name__}: {e}); pass a run's split.json, "
-                        "which lists the prompt ids it trained on ('train') and held out ('val')") from e
+    except DataError as e:
+        raise DataError(f"not a split file: {e}; {what}") from e
+    except (ValueError, TypeError, KeyError) as e:
+        raise DataError(f"{path}: not a split file ({type(e).__name__}: {e}); {what}") from e
     if train & val:
         raise DataError(f"{path}: {len(train & val)} prompt ids are in both 'train' and 'val', e.g. "
                         f"{min(train & val)}")

@@ -300,7 +300,7 @@ def _process_alive(pid) -> bool:
     except (ValueError, ProcessLookupError):
         return False
     except PermissionError:
-        return True                         # it exists, under another user
+        pass                                # it exists, under another user
     return True
 
 

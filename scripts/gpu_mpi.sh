@@ -31,8 +31,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}
-stage=${1:?stage: pack or run}
+stage=${1:?stage: pack, run or throughput}
 shift
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 OMPI_MCA_rmaps_base_oversubscribe=1
 mpi_env() {   # Open MPI from /tmp/ompi (and, on a GPU, NCCL) into this shell; sets gpus
     if [ "$DEVICE" = cuda ]; then
         exports=$(python3 -m medusa.setup_gpu --mpi-env /tmp/ompi) || exit 1
@@ -77,7 +78,6 @@ EOF
 run)
     NP=${1:-2}
     DEVICE=${DEVICE:-cuda} STEPS=${STEPS:-4} GLOBAL=${GLOBAL:-8}
-    export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 OMPI_MCA_rmaps_base_oversubscribe=1
     mkdir -p "$OUT"
     LOG=$OUT/mpi.log
     : > "$LOG"
@@ -120,7 +120,6 @@ throughput)
     NP=${1:-2}
     DEVICE=${DEVICE:-cuda} STEPS=${STEPS:-300} GLOBAL=${GLOBAL:-32} DATA=${DATA:-/tmp/keep/samples.npz}
     MODEL=${MODEL:---base_model_path /tmp/keep/model.gguf --base_dtype float32}
-    export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 OMPI_MCA_rmaps_base_oversubscribe=1
     mkdir -p "$OUT"
     LOG=$OUT/throughput.log
     : > "$LOG"
