@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 
-from medusa import data, weights
-from medusa.core import generate
-from medusa.runtime import jt
+from medusa.data import samples as data
+from medusa.model import weights
+from medusa.decoding.core import generate
+from medusa.runtime.backend import jt
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ measures the cost of a step, not the speed-up. Every configuration runs once unt
 first (Jittor compiles kernels on first use); then, `repeats` times, each kernel runs plain and
 every tree in turn, so machine noise hits all alike. Reported per kernel and configuration:
 median and mean milliseconds per step, for Medusa the mean milliseconds of each stage
-(medusa.decoding.STAT_NAMES, "init" excluded: it is the prefill), the mean accept length and
+(medusa.decoding.medusa.STAT_NAMES, "init" excluded: it is the prefill), the mean accept length and
 the step's cost in plain steps. The resolved config and the machine load are written with it.
 """
 import argparse
@@ -28,12 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from medusa import data, kernels, weights
-from medusa.core import stream_tokens
-from medusa.decoding import STAT_NAMES, medusa_stream
-from medusa.heads import HeadConfig, build_heads
-from medusa.model import matmul, matmul_kernel
-from medusa.runtime import jt, use_device
+from medusa.data import samples as data
+from medusa.kernels import cpu as kernels
+from medusa.model import weights
+from medusa.decoding.core import stream_tokens
+from medusa.decoding.medusa import STAT_NAMES, medusa_stream
+from medusa.heads.families import HeadConfig, build_heads
+from medusa.model.transformer import matmul, matmul_kernel
+from medusa.runtime.backend import jt, use_device
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP_STAGES = tuple(s for s in STAT_NAMES if s != "init")

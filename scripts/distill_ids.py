@@ -8,28 +8,29 @@ ids in, token ids out, text made here.
     python scripts/distill_ids.py samples --prompt_ids ids.jsonl --replies R1.jsonl [R2.jsonl ...] \
         --end_id 2 --output samples.npz                                               # anywhere
 
-`decode` is medusa.core.greedy_batch over length-sorted batches (as medusa.distill), appending one
+`decode` is medusa.decoding.core.greedy_batch over length-sorted batches (as medusa.training.distill), appending one
 {"id", "reply_ids", "temperature", "max_new_tokens"} line per prompt after each batch and skipping
 ids already in --output, so a cut-off run resumes; --temperature > 0 samples (Gumbel-max on the
 device, seeded by --seed) instead of greedy. `samples` turns prompt ids + reply ids into the token
-samples the trainer reads without a tokenizer (medusa.data.save_token_samples: prompt, reply and
-the end-of-turn token when the reply was not cut; grouped by prompt id for the train/val split). `text` writes the ShareGPT records medusa.distill writes. The model is read
-with medusa.weights (a .gguf needs only the `gguf` package; no transformers).
+samples the trainer reads without a tokenizer (medusa.data.samples.save_token_samples: prompt, reply and
+the end-of-turn token when the reply was not cut; grouped by prompt id for the train/val split). `text` writes the ShareGPT records medusa.training.distill writes. The model is read
+with medusa.model.weights (a .gguf needs only the `gguf` package; no transformers).
 """
 import argparse
 import json
 import time
 from pathlib import Path
 
-from medusa.errors import UsageError
+from medusa.runtime.errors import UsageError
 
 
 def encode(args):
-    from medusa import cli, distill
-    from medusa.data import load_prompts
-    from medusa.settings import ModelArgs
+    from medusa.app import loading
+    from medusa.training import distill
+    from medusa.data.samples import load_prompts
+    from medusa.app.settings import ModelArgs
 
-    plan = cli.plan(ModelArgs(base_model_path=args.base_model_path, device="cpu"), heads="none")
+    plan = loading.plan(ModelArgs(base_model_path=args.base_model_path, device="cpu"), heads="none")
     with open(args.output, "w", encoding="utf-8") as f:
         for p in load_prompts(args.prompts):
             ids = distill.user_prompt_ids(plan.tokenizer, p["prompt"])
@@ -40,9 +41,10 @@ def encode(args):
 def decode(args):
     from tqdm import tqdm
 
-    from medusa import core, weights
-    from medusa.data import read_located
-    from medusa.runtime import jt, use_device
+    from medusa.decoding import core
+    from medusa.model import weights
+    from medusa.data.samples import read_located
+    from medusa.runtime.backend import jt, use_device
 
     if args.temperature < 0:
         raise UsageError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
@@ -78,11 +80,12 @@ def decode(args):
 
 
 def text(args):
-    from medusa import cli, distill
-    from medusa.data import load_prompts, read_located
-    from medusa.settings import ModelArgs
+    from medusa.app import loading
+    from medusa.training import distill
+    from medusa.data.samples import load_prompts, read_located
+    from medusa.app.settings import ModelArgs
 
-    tok = cli.plan(ModelArgs(base_model_path=args.base_model_path, device="cpu"), heads="none").tokenizer
+    tok = loading.plan(ModelArgs(base_model_path=args.base_model_path, device="cpu"), heads="none").tokenizer
     prompts = {p["id"]: p for p in load_prompts(args.prompts)}
     with open(args.output, "w", encoding="utf-8") as f:
         for _, r in sorted(read_located(args.replies), key=lambda x: x[1]["id"]):
@@ -94,7 +97,7 @@ def text(args):
 
 
 def samples(args):
-    from medusa.data import read_located, reply_sample, save_token_samples
+    from medusa.data.samples import read_located, reply_sample, save_token_samples
 
     prompts = {r["id"]: r["prompt_ids"] for _, r in read_located(args.prompt_ids)}
     out, groups, temps = [], [], []

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU benchmark (medusa/gpu_bench/) as one device call on a bare machine without network.
-# Usage: scripts/gpu_bench.sh [OUT_DIR] [extra medusa.gpu_bench arguments...]
+# Usage: scripts/gpu_bench.sh [OUT_DIR] [extra medusa.bench.gpu arguments...]
 #   OUT_DIR  gets gpu_torch.json, gpu_jittor.json, their configs, bench.log (default $OUT, else bench_out)
 # Environment: WHEELS (default .whl, from scripts/make_gpu_wheels.sh; empty: use the installed Jittor),
 #   BUDGET (seconds for the whole script, default 560), TORCH_S (limit of the torch side, 200),
@@ -27,14 +27,14 @@ if nvidia-smi -L >> "$LOG" 2>&1; then
     # Jittor finds libcudart beside nvcc: point it at the toolkit, not at a wrapper script on PATH.
     [ -z "${nvcc_path+x}" ] && [ -x /usr/local/cuda/bin/nvcc ] && export nvcc_path=/usr/local/cuda/bin/nvcc
     # patches the installed Jittor in place for CUDA 13: only where a GPU will use it
-    python3 -m medusa.setup_gpu --patch-only >> "$LOG" 2>&1 || { echo "setup_gpu failed" | tee -a "$LOG"; exit 1; }
+    python3 -m medusa.runtime.cuda_setup --patch-only >> "$LOG" 2>&1 || { echo "setup_gpu failed" | tee -a "$LOG"; exit 1; }
 fi
 REF=$(mktemp -d)  # SmolLM2-shaped weights (270 MB): not in OUT, which travels back
 bench() {  # bench SIDE LIMIT_S PYTHONPATH [args]
     local side=$1 limit=$2 path=$3 s=$SECONDS
     shift 3
     echo "=== $side side, limit ${limit} s" | tee -a "$LOG"
-    PYTHONPATH=$path timeout -k 15 "$limit" python3 -m medusa.gpu_bench --side "$side" --out "$O" --ref_dir "$REF" "$@" \
+    PYTHONPATH=$path timeout -k 15 "$limit" python3 -m medusa.bench.gpu --side "$side" --out "$O" --ref_dir "$REF" "$@" \
         >> "$LOG" 2>&1
     echo "=== $side side rc=$? ($((SECONDS - s)) s)" | tee -a "$LOG"
 }

@@ -27,7 +27,7 @@ summary() { echo "$*" | tee -a "$R/summary.txt"; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$W"/*.whl \
     || { summary "FAIL install wheels from $W"; exit 1; }
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-# Jittor's own tests import jittor directly: give them the offline-safe flags medusa.runtime sets.
+# Jittor's own tests import jittor directly: give them the offline-safe flags medusa.runtime.backend sets.
 export use_mkl=0 use_cutt=0 use_cutlass=0 use_nccl=0 conv_opt=1 log_silent=1 FIX_TORCH_ERROR=0
 # Jittor finds libcudart beside nvcc: point it at the toolkit, not at a wrapper script on PATH.
 # Only with a GPU present: CPU machines here have nvcc too, and patching their Jittor is not wanted.
@@ -39,14 +39,14 @@ nvidia-smi -L > /dev/null 2>&1 || { summary "FAIL no GPU (nvidia-smi -L failed):
 cat "$R/gpu.txt"
 
 start=$SECONDS
-python3 -m medusa.setup_gpu $([ "${SELF_CHECK:-1}" = 0 ] && echo --patch-only) \
+python3 -m medusa.runtime.cuda_setup $([ "${SELF_CHECK:-1}" = 0 ] && echo --patch-only) \
     --report "$R/setup_gpu.json" > "$R/setup_gpu.log" 2>&1
 rc=$?
 cat "$R/setup_gpu.log"
 summary "setup_gpu rc=$rc ($((SECONDS - start)) s)"
 failed=$rc
 # Compile Jittor's core once here (cached afterwards) rather than in every test at once.
-python3 -c "from medusa.runtime import jt, use_device; print('jittor on', use_device('cuda'))" \
+python3 -c "from medusa.runtime.backend import jt, use_device; print('jittor on', use_device('cuda'))" \
     >> "$R/setup_gpu.log" 2>&1
 imported=$?
 summary "import jittor on cuda rc=$imported"

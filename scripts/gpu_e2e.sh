@@ -74,8 +74,8 @@ setup)
     fi
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$W"/*.whl \
         || exit 1
-    python3 -m medusa.setup_gpu --patch-only || exit 1
-    python3 -c "from medusa.runtime import jt, use_device; print(use_device('cuda'), jt.flags.use_cuda)"
+    python3 -m medusa.runtime.cuda_setup --patch-only || exit 1
+    python3 -c "from medusa.runtime.backend import jt, use_device; print(use_device('cuda'), jt.flags.use_cuda)"
     if [ "${TESTS:-0}" = 1 ]; then
         # to a file, not a pipe: pytest killed by timeout leaves Jittor's forked compile workers
         # holding a pipe open, and a pipeline then outlives the limit (seen on a cold machine)
@@ -102,8 +102,8 @@ run)
 import sys
 from pathlib import Path
 
-from medusa import weights
-from medusa.config import ModelConfig
+from medusa.model import weights
+from medusa.model.config import ModelConfig
 
 keep = Path(sys.argv[1])
 src = keep / "model.gguf"

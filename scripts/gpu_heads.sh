@@ -8,7 +8,7 @@
 #                                            # /tmp/site, patch it for CUDA 13 (scripts/gpu_e2e.sh setup)
 #   scripts/gpu_heads.sh model DIR           # carry the last GGUF part: join the parts into /tmp/keep/model.gguf
 #   scripts/gpu_heads.sh tok DIR             # carry DIR (the tokenizer files, scripts/gpu_e2e.sh pack): to /tmp/keep/tok
-#   scripts/gpu_heads.sh instruct            # a new round of self-instruct prompts (medusa.self_instruct:
+#   scripts/gpu_heads.sh instruct            # a new round of self-instruct prompts (medusa.training.self_instruct:
 #                                            # NUM, SEED, FIRST_ID), copying none of the committed rounds
 #                                            # (data/selfdistill/prompts_si_*), their greedy replies, then the
 #                                            # token samples of the 12k set, every committed round and this one
@@ -59,7 +59,7 @@ instruct)
     # set's greedy and sampled replies, the committed rounds' replies and this round's
     rounds=(data/selfdistill/prompts_si_*.jsonl.gz)
     [ -e "${rounds[0]}" ] || rounds=()
-    python3 -m medusa.self_instruct --output "$K"/si_prompts.jsonl --prompt_ids_output "$K"/si_prompt_ids.jsonl \
+    python3 -m medusa.training.self_instruct --output "$K"/si_prompts.jsonl --prompt_ids_output "$K"/si_prompt_ids.jsonl \
         --num "${NUM:-12000}" --seed "${SEED:-0}" --first_id "${FIRST_ID:-100000}" --batch_size "${SI_BATCH:-1024}" \
         --exclude medusa/prompts/bench_prompts.jsonl medusa/prompts/smollm2_prompts.jsonl "${rounds[@]}" \
         --device cuda --model "$K"/model.gguf --tokenizer "$K"/tok || exit 1
@@ -123,7 +123,7 @@ export)
         mkdir -p "$d" && cp "$run"/best_config.json "$run"/metrics.jsonl "$run"/train_args.json "$d"/
         cp "$OUT/$name.log" "$d"/train.log 2>/dev/null
         if [ "$(stat -c %s "$run"/best.jtr)" -gt 10000000 ]; then
-            python3 -m medusa.head_io "$run"/best.jtr "$d"/best.jtr --dtype float16
+            python3 -m medusa.heads.io "$run"/best.jtr "$d"/best.jtr --dtype float16
         else
             cp "$run"/best.jtr "$d"/
         fi

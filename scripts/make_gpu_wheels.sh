@@ -12,7 +12,7 @@ python3 -m pip wheel -q --no-deps jittor==1.3.11.0 -w "$W"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d "$W" \
     numpy==1.26.4 astunparse==1.6.3 six pyyaml==6.0.2
-# gguf: medusa.weights reads the SmolLM2 GGUF with it (py3-none-any; pyyaml above is its one import)
+# gguf: medusa.model.weights reads the SmolLM2 GGUF with it (py3-none-any; pyyaml above is its one import)
 python3 -m pip download -q --no-deps gguf==0.19.0 -d "$W"
 ls -l "$W"
 du -sh "$W"

@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from medusa.files import load_tensors  # noqa: E402
+from medusa.runtime.files import load_tensors  # noqa: E402
 
 
 def records(run: Path) -> list:

@@ -22,12 +22,13 @@ def main(argv=None):
     p.add_argument("--top", type=int, default=12, help="ops listed")
     args = p.parse_args(argv)
     if not 1 <= args.rows <= 64 or args.prompt_tokens < 1 or args.repeats < 1:
-        from medusa.errors import UsageError
+        from medusa.runtime.errors import UsageError
         raise UsageError("--rows must be in 1..64, --prompt_tokens and --repeats >= 1")
 
-    from medusa import core, weights
-    from medusa.model import build_mask
-    from medusa.runtime import jt
+    from medusa.decoding import core
+    from medusa.model import weights
+    from medusa.model.transformer import build_mask
+    from medusa.runtime.backend import jt
 
     src, _ = weights.resolve_model(None, None, "float32")
     model = weights.load_model(src, "float32")

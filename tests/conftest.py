@@ -41,6 +41,6 @@ def tiny_pkl(tiny_hf, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smollm2_pkl():
-    from medusa import weights
+    from medusa.model import weights
 
     return weights.ensure_default_model("float32")

@@ -2,9 +2,9 @@
 the base model's greedy continuation."""
 import numpy as np
 
-from medusa.heads import DraftHeads, HeadConfig, build_heads
-from medusa.model import build_mask
-from medusa.runtime import jt
+from medusa.heads.families import DraftHeads, HeadConfig, build_heads
+from medusa.model.transformer import build_mask
+from medusa.runtime.backend import jt
 
 
 def random_heads(model, family, share=False, num_heads=4):

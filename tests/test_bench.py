@@ -6,10 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from medusa import bench, prompt_sets, results
-from medusa.data import DataError
-from medusa.settings import GenerationSettings, ModelArgs
-from medusa.tree import load_choices
+from medusa.bench import benchmark as bench
+from medusa.data import prompt_sets
+from medusa.app import results
+from medusa.data.samples import DataError
+from medusa.app.settings import GenerationSettings, ModelArgs
+from medusa.decoding.tree import load_choices
+from medusa.cli import compare as compare_cmd
 
 # ---------------------------------------------------------------- prompt sets
 MT_BENCH = [{"question_id": 81, "category": "writing", "turns": ["Write a blog post.", "Now make it rhyme."]},
@@ -116,7 +119,7 @@ def test_summary_by_hand():
 
 
 def test_stages_are_the_decoders():
-    from medusa.decoding import STAT_NAMES
+    from medusa.decoding.medusa import STAT_NAMES
 
     assert results.STAGES == STAT_NAMES
 
@@ -131,10 +134,10 @@ def test_summary_of_one_side():
 @pytest.fixture(scope="module")
 def tiny_run(tiny_pkl, tmp_path_factory):
     """(make_config, setup): a tiny Llama with random 4-head Medusa heads saved for the CLI."""
-    from medusa.head_io import save_heads
-    from medusa.heads import HeadConfig, build_heads
-    from medusa.runtime import jt
-    from medusa.weights import load_model
+    from medusa.heads.io import save_heads
+    from medusa.heads.families import HeadConfig, build_heads
+    from medusa.runtime.backend import jt
+    from medusa.model.weights import load_model
 
     pkl = tiny_pkl("llama")
     cfg = load_model(pkl).config
@@ -178,7 +181,7 @@ def test_greedy_medusa_matches_base_and_summary_recomputes(tiny_run):
 def test_first_divergence_names_the_position_and_the_logit_gap(tiny_run):
     """Where two greedy replies first differ, with the plain model's logits there; a reply that is
     only longer has no tokens to compare; equal replies have no divergence."""
-    from medusa.core import forced_logits, generate
+    from medusa.decoding.core import forced_logits, generate
 
     _, setup = tiny_run
     prompt = [5, 9, 13, 22]
@@ -213,7 +216,7 @@ def test_interrupted_run_resumes_without_duplicates(tiny_run, monkeypatch):
     out = bench.Path(cfg.args.output)
     assert len(json.loads(out.read_text())["samples"]) == 2   # finished samples survive
     monkeypatch.setattr(bench, "run_sample", real)
-    from medusa.errors import UsageError   # one line and exit 2 at the command line, not a traceback
+    from medusa.runtime.errors import UsageError   # one line and exit 2 at the command line, not a traceback
     with pytest.raises(UsageError, match="max_new_tokens.*give another --output"):
         bench.run(make_config("resume", base_only=True, resume=True, max_new_tokens=5), setup, progress=False)
     run, _ = bench.run(make_config("resume", base_only=True, resume=True, num_samples=4), setup, progress=False)
@@ -223,8 +226,8 @@ def test_interrupted_run_resumes_without_duplicates(tiny_run, monkeypatch):
 
 
 def test_compare_tables(tmp_path, capsys):
-    from medusa import compare
-    from medusa.errors import UsageError
+    from medusa.bench import compare
+    from medusa.runtime.errors import UsageError
 
     env = {"device": "cpu", "load_average": [1.5, 1.0, 1.0], "git_commit": "0123456789abcdef", "git_dirty": False}
     config = {"greedy": True, "max_new_token": 8, "medusa_choices": "8_node", "tree": load_choices("8_node"),
@@ -236,18 +239,18 @@ def test_compare_tables(tmp_path, capsys):
         paths.append(tmp_path / f"{name}.json")
         paths[-1].write_text(json.dumps({"config": config, "environment": env, "samples": samples,
                                          "summary": {"stale": True}}))
-    compare.main([str(p) for p in paths])
+    compare_cmd.main([str(p) for p in paths])
     text = capsys.readouterr().out
     assert "speedup" in text and "2.00x" in text and "rnn" in text
-    compare.main([str(p) for p in paths] + ["--markdown"])
+    compare_cmd.main([str(p) for p in paths] + ["--markdown"])
     rows = capsys.readouterr().out.strip().splitlines()
     assert len(rows) == 4 and rows[2].startswith("| full |") and "| 2.00x |" in rows[2]
     assert "| - |" in rows[3]   # no Medusa numbers in a base-only run
     png = tmp_path / "chart.png"
-    compare.main([str(p) for p in paths] + ["--png", str(png)])
+    compare_cmd.main([str(p) for p in paths] + ["--png", str(png)])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     with pytest.raises(UsageError, match="exists"):
-        compare.main([str(p) for p in paths] + ["--png", str(png)])
+        compare_cmd.main([str(p) for p in paths] + ["--png", str(png)])
     with pytest.raises(UsageError, match="no run has Medusa numbers"):
         compare.plot_runs([compare.load_run(paths[1])], tmp_path / "none.png")
 
@@ -277,7 +280,7 @@ def test_default_output_never_replaces_an_earlier_run(tiny_run, tmp_path, monkey
 def test_results_written_before_a_setting_resume_as_its_old_behaviour(tmp_path):
     """A results file from before --draft_vocab existed ran over the whole vocabulary: it resumes
     with --draft_vocab none and refuses another value."""
-    from medusa.errors import UsageError
+    from medusa.runtime.errors import UsageError
 
     path = tmp_path / "old.json"
     path.write_text(json.dumps({"config": {"greedy": True}, "environment": {}, "samples": [], "summary": {}}))

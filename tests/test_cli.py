@@ -14,15 +14,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medusa import bench, cli, core, distill, generate
-from medusa.errors import UsageError
-from medusa.settings import GenerationSettings, ModelArgs
+from medusa import cli
+from medusa.app import loading
+from medusa.decoding import core
+from medusa.training import distill
+from medusa.cli import generate
+from medusa.runtime.errors import UsageError
+from medusa.app.settings import GenerationSettings, ModelArgs
+from medusa.cli import bench as bench_cmd
+from medusa.cli import distill as distill_cmd
 
 ROOT = Path(__file__).parent.parent
 PROMPT = "the cat sat on the mat"
 
 
-def command(*argv, module="medusa.generate"):
+def command(*argv, module="medusa.cli.generate"):
     """Run `python -m module argv` (or a script path) as a user would -> CompletedProcess."""
     head = [sys.executable, *(["-m", module] if not module.endswith(".py") else [str(ROOT / module)])]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -43,9 +49,9 @@ def assert_one_line_error(out, *fragments):
 @pytest.fixture(scope="module")
 def heads_file(tiny_pkl, tmp_path_factory):
     """Random 4-head Medusa heads for the tiny models (H 64, V 320), saved with their config."""
-    from medusa.head_io import save_heads
-    from medusa.heads import HeadConfig, build_heads
-    from medusa.runtime import jt
+    from medusa.heads.io import save_heads
+    from medusa.heads.families import HeadConfig, build_heads
+    from medusa.runtime.backend import jt
 
     jt.set_global_seed(0)
     heads = build_heads(HeadConfig(family="medusa", num_heads=4, num_layers=1, hidden_size=64, vocab_size=320))
@@ -92,8 +98,8 @@ def test_tree_problems_are_found_before_the_model_loads(unloadable, heads_file, 
 
 
 def test_heads_for_another_vocabulary_are_refused_by_generate_and_bench(unloadable, tmp_path):
-    from medusa.head_io import save_heads
-    from medusa.heads import HeadConfig, build_heads
+    from medusa.heads.io import save_heads
+    from medusa.heads.families import HeadConfig, build_heads
 
     wrong = save_heads(build_heads(HeadConfig(num_heads=4, hidden_size=64, vocab_size=1000, share_lm_head=False)),
                        tmp_path / "wrong.jtr")
@@ -126,9 +132,9 @@ def test_old_flag_spelling_still_works_and_warns(tiny_pkl):
 
 # ---------------------------------------------------------------- the core's edge cases
 def test_core_decides_the_edge_cases_once(tiny_pkl, heads_file):
-    from medusa.decoding import medusa_generate
-    from medusa.head_io import load_heads
-    from medusa.weights import load_model
+    from medusa.decoding.medusa import medusa_generate
+    from medusa.heads.io import load_heads
+    from medusa.model.weights import load_model
 
     model, heads = load_model(tiny_pkl("qwen2"), "float32"), load_heads(heads_file)
     for decode in (lambda ids, n: core.generate(model, ids, n), lambda ids, n: medusa_generate(model, heads, ids, n),
@@ -144,8 +150,8 @@ def test_core_decides_the_edge_cases_once(tiny_pkl, heads_file):
 
 def test_rope_tables_follow_the_config_not_a_cap():
     """A Llama-3 config (131072 positions) is no longer cut at 8192: the tables grow on demand."""
-    from medusa.config import ModelConfig, rope_inv_freq
-    from medusa.model import Transformer
+    from medusa.model.config import ModelConfig, rope_inv_freq
+    from medusa.model.transformer import Transformer
 
     cfg = ModelConfig(model_type="llama", vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=2, head_dim=8, max_position_embeddings=131072)
@@ -161,7 +167,7 @@ def test_rope_tables_follow_the_config_not_a_cap():
 # ---------------------------------------------------------------- one meaning per flag
 def test_settings_parse_the_same_everywhere():
     parsers = {"generate": lambda a: cli.parse(a + ["--prompt", "x"], (ModelArgs, GenerationSettings, generate.GenerateArgs))[1],
-               "bench": lambda a: bench.parse_args(a).generation,
+               "bench": lambda a: bench_cmd.parse_args(a).generation,
                "distill": lambda a: cli.parse(a, (ModelArgs, GenerationSettings, distill.DistillArgs))[1]}
     for name, parse in parsers.items():
         default = parse([])
@@ -174,7 +180,7 @@ def test_settings_parse_the_same_everywhere():
 
 def test_temperature_zero_is_greedy_on_both_bench_sides(tiny_pkl, heads_file, tmp_path):
     out = tmp_path / "t0.json"
-    bench.main(["--jittor_base_weights", str(tiny_pkl("llama")), "--medusa_weights", str(heads_file),
+    bench_cmd.main(["--jittor_base_weights", str(tiny_pkl("llama")), "--medusa_weights", str(heads_file),
                 "--temperature", "0", "--num_samples", "2", "--max_new_tokens", "10", "--warmup_tokens", "0",
                 "--output", str(out), "--no_plot"])
     saved = json.loads(out.read_text())
@@ -190,11 +196,11 @@ def test_every_entry_point_gives_the_same_greedy_ids(tiny_pkl, tmp_path, capsys)
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"id": 1, "category": "geo", "prompt": prompt}) + "\n")
-    bench.main(["--jittor_base_weights", pkl, "--base_only", "--data_path", str(prompts), "--num_samples", "1",
+    bench_cmd.main(["--jittor_base_weights", pkl, "--base_only", "--data_path", str(prompts), "--num_samples", "1",
                 "--max_new_tokens", str(n), "--warmup_tokens", "0", "--output", str(tmp_path / "b.json"), "--no_plot"])
     base = json.loads((tmp_path / "b.json").read_text())["samples"][0]["turns"][0]["base"]
 
-    distill.main(["--base_model_path", pkl, "--prompts", str(prompts), "--output", str(tmp_path / "d.jsonl"),
+    distill_cmd.main(["--base_model_path", pkl, "--prompts", str(prompts), "--output", str(tmp_path / "d.jsonl"),
                   "--max_new_tokens", str(n)])
     reply = json.loads((tmp_path / "d.jsonl").read_text())["conversations"][1]["value"]
 
@@ -203,16 +209,16 @@ def test_every_entry_point_gives_the_same_greedy_ids(tiny_pkl, tmp_path, capsys)
 
 
 def test_auto_tree_is_the_tuned_file_beside_the_heads_else_the_fallback(tiny_pkl, heads_file, tmp_path):
-    from medusa.tree import AUTO_FALLBACK, load_choices, tuned_tree_path
+    from medusa.decoding.tree import AUTO_FALLBACK, load_choices, tuned_tree_path
 
     heads = tmp_path / heads_file.name
     shutil.copy(heads_file, heads)
     shutil.copy(heads_file.with_name(heads_file.stem + "_config.json"), tmp_path)
     margs = ModelArgs(jittor_base_weights=str(tiny_pkl("llama")), medusa_weights=str(heads), device="cpu")
-    plan = cli.plan(margs, GenerationSettings(), heads="required")
+    plan = loading.plan(margs, GenerationSettings(), heads="required")
     assert plan.tree_spec == AUTO_FALLBACK["cpu"] and plan.choices == load_choices(AUTO_FALLBACK["cpu"], 4)
     tuned = tuned_tree_path(heads, "cpu")
     tuned.write_text("[[0], [1], [0, 0]]")
-    plan = cli.plan(margs, GenerationSettings(), heads="required")
+    plan = loading.plan(margs, GenerationSettings(), heads="required")
     assert plan.tree_spec == str(tuned) and plan.choices == [[0], [1], [0, 0]]
     assert plan.resolved()["tree_spec"] == str(tuned)

@@ -1,13 +1,14 @@
 """The fused kernels' CUDA sources compile with nvcc on a machine without a GPU
-(medusa.cuda_kernels.compile_check): a kernel that does not compile is found before a device
+(medusa.kernels.cuda.compile_check): a kernel that does not compile is found before a device
 call is spent on it."""
 import shutil
 from pathlib import Path
 
 import pytest
 
-from medusa.cuda_kernels import compile_check
-from medusa.runtime import jt
+from medusa.kernels.cuda import compile_check
+from medusa.runtime.backend import jt
+from medusa.cli import compile_check as compile_check_cmd
 
 NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").is_file() else None)
 
@@ -42,14 +43,14 @@ def test_a_broken_source_is_reported(tmp_path, monkeypatch):
 
 def test_bad_arguments_are_one_line_errors(capsys):
     with pytest.raises(SystemExit) as exit_:
-        compile_check.main(["--jobs", "0"])
+        compile_check_cmd.main(["--jobs", "0"])
     assert exit_.value.code == 2 and "--jobs 0: give at least 1" in capsys.readouterr().err
-    assert compile_check.main(["--nvcc", "/no/such/nvcc"]) == 2
+    assert compile_check_cmd.main(["--nvcc", "/no/such/nvcc"]) == 2
     assert "no nvcc at /no/such/nvcc" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 def test_an_architecture_nvcc_refuses_is_one_line(capsys):
-    assert compile_check.main(["--arch", "sm_1", "--nvcc", NVCC]) == 2
+    assert compile_check_cmd.main(["--arch", "sm_1", "--nvcc", NVCC]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sm_1" in err[0]

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medusa import data
+from medusa.data import samples as data
 from tiny import CHATML, make_tokenizer
 
 PROMPTS_DIR = Path(data.__file__).parent / "prompts"

@@ -4,13 +4,15 @@ EOS and max_new_tokens stops."""
 import numpy as np
 import pytest
 
-from medusa import decoding, weights
-from medusa.decoding import (STAT_NAMES, Sampling, _speculative_walk, medusa_generate, medusa_stream,
+import medusa.runtime.options as options
+from medusa.decoding import medusa as decoding
+from medusa.model import weights
+from medusa.decoding.medusa import (STAT_NAMES, Sampling, _speculative_walk, medusa_generate, medusa_stream,
                              resolve_tree)
-from medusa.core import generate
-from medusa.errors import UsageError
-from medusa.heads import HeadConfig, build_heads
-from medusa.runtime import jt
+from medusa.decoding.core import generate
+from medusa.runtime.errors import UsageError
+from medusa.heads.families import HeadConfig, build_heads
+from medusa.runtime.backend import jt
 from oracle import OracleHeads, random_heads
 
 N_NEW = 24
@@ -161,7 +163,7 @@ class _FixedScores:
     def __init__(self, rows):
         from types import SimpleNamespace
 
-        from medusa.model import VocabMap
+        from medusa.model.transformer import VocabMap
 
         self.rows = rows
         self.model = SimpleNamespace(vocab=VocabMap(SimpleNamespace(kept_ids=None, embedding_sliced=False)))
@@ -204,18 +206,19 @@ def test_padded_paths_and_bad_inputs():
 
 # ---------------------------------------------------------------- the device loop (one fetch a step)
 @pytest.fixture
-def device_loop(monkeypatch):
+def device_loop():
     """Run decoding's device loop here on the CPU (it is the GPU's greedy loop)."""
-    monkeypatch.setitem(decoding._DEVICE_LOOP, "mode", "1")
+    with options.override(device_loop="on"):
+        yield
 
 
 def device_equals_host(model, heads, preset, monkeypatch):
     """The device loop (asked for here on the CPU) gives the host loop's tokens (plain greedy's)
     and accept lengths. Returns its result."""
     host = medusa_generate(model, heads, prompt(1), N_NEW, preset)
-    monkeypatch.setitem(decoding._DEVICE_LOOP, "mode", "1")
-    assert decoding.device_loop_ok(model, heads, Sampling(), None)
-    device = medusa_generate(model, heads, prompt(1), N_NEW, preset)
+    with options.override(device_loop="on"):
+        assert decoding.device_loop_ok(model, heads, Sampling(), None)
+        device = medusa_generate(model, heads, prompt(1), N_NEW, preset)
     assert device.output_ids == host.output_ids == plain_greedy(model, "qwen2", prompt(1))
     assert device.accept_lengths == host.accept_lengths
     return device
@@ -267,13 +270,12 @@ def test_device_loop_only_where_it_applies(models, device_loop):
     model = models("qwen2")
     assert decoding.device_loop_ok(model, random_heads(model, "rnn"), Sampling(), None)   # depth by depth too
     assert not decoding.device_loop_ok(model, random_heads(model, "medusa"), Sampling("sample", temperature=0.7), None)
-    decoding._DEVICE_LOOP["mode"] = "0"
-    assert not decoding.device_loop_ok(model, random_heads(model, "medusa"), Sampling(), None)
-    decoding._DEVICE_LOOP["mode"] = "auto"                       # the default: on a GPU only
-    assert not decoding.device_loop_ok(model, random_heads(model, "medusa"), Sampling(), None)
-    decoding._DEVICE_LOOP["mode"] = "yes"
-    with pytest.raises(UsageError, match=r"MEDUSA_DEVICE_LOOP must be 0, 1 or auto, got 'yes'"):
-        decoding.device_loop_ok(model, random_heads(model, "medusa"), Sampling(), None)
+    with options.override(device_loop="off"):
+        assert not decoding.device_loop_ok(model, random_heads(model, "medusa"), Sampling(), None)
+    with options.override(device_loop="auto"):                  # the default: on a GPU only
+        assert not decoding.device_loop_ok(model, random_heads(model, "medusa"), Sampling(), None)
+    with pytest.raises(UsageError, match=r"MEDUSA_DEVICE_LOOP must be auto, on or off .*got 'yes'"):
+        options.from_environ({"MEDUSA_DEVICE_LOOP": "yes"})
 
 
 # ---------------------------------------------------------------- heads with a prefix layer

@@ -1,12 +1,14 @@
 """Self-distillation: core.greedy_batch (batched greedy) equals one-prompt-at-a-time decoding, and
-the script writes resumable ShareGPT records that medusa.data reads back."""
+the script writes resumable ShareGPT records that medusa.data.samples reads back."""
 import json
 
 import numpy as np
 
-from medusa import core, distill, weights
-from medusa.settings import GenerationSettings, ModelArgs
-from medusa.data import load_samples
+from medusa.decoding import core
+from medusa.training import distill
+from medusa.model import weights
+from medusa.app.settings import GenerationSettings, ModelArgs
+from medusa.data.samples import load_samples
 
 
 def single_greedy(model, ids, n):
@@ -58,7 +60,7 @@ def test_distill_writes_resumable_sharegpt(tiny_pkl, tmp_path):
 
 
 def test_sampled_batch_draws_from_the_tempered_softmax(tiny_pkl):
-    from medusa.runtime import jt
+    from medusa.runtime.backend import jt
 
     model = weights.load_model(tiny_pkl("qwen2"), "float32")
     prompt = [11, 42, 7, 99]

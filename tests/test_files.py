@@ -12,8 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medusa import files, head_io, weights
-from medusa.errors import UsageError
+import medusa.runtime.options as options
+from medusa.runtime import files
+from medusa.heads import io as head_io
+from medusa.model import weights
+from medusa.runtime.errors import UsageError
 
 ROOT = Path(__file__).parent.parent
 
@@ -34,7 +37,7 @@ def evil_pickle(path, marker):
 
 
 def test_every_loader_refuses_a_pickle_that_runs_code(tiny_pkl, tmp_path):
-    from medusa.heads import HeadConfig, build_heads
+    from medusa.heads.families import HeadConfig, build_heads
 
     marker = tmp_path / "pwned"
     model_dir = tmp_path / "model"
@@ -50,7 +53,7 @@ def test_every_loader_refuses_a_pickle_that_runs_code(tiny_pkl, tmp_path):
             load()
     assert not marker.exists()
     # and through the real command line: one line, exit 2, nothing ran
-    out = subprocess.run([sys.executable, "-m", "medusa.generate", "--jittor_base_weights", str(tiny_pkl("llama")),
+    out = subprocess.run([sys.executable, "-m", "medusa", "generate", "--jittor_base_weights", str(tiny_pkl("llama")),
                           "--medusa_weights", str(heads), "--medusa_choices", "chain", "--prompt", "hi"], capture_output=True, text=True,
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
     assert out.returncode == 2 and "refused to load" in out.stderr and "Traceback" not in out.stderr
@@ -75,7 +78,7 @@ def test_plain_pickles_of_arrays_still_load(tmp_path):
 
 
 def test_heads_round_trip_as_safetensors(tmp_path):
-    from medusa.heads import HeadConfig, build_heads
+    from medusa.heads.families import HeadConfig, build_heads
 
     heads = build_heads(HeadConfig(family="rnn", num_heads=2, hidden_size=16, vocab_size=40))
     path = head_io.save_heads(heads, tmp_path / "heads.safetensors")
@@ -165,25 +168,25 @@ def test_two_conversions_at_once_do_not_remove_each_others_stage(tiny_hf, tmp_pa
 
 
 def test_default_model_counts_only_when_complete(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDUSA_JITTOR_HOME", str(tmp_path))
     calls = []
     monkeypatch.setattr(weights, "convert", lambda src, out, dtype: calls.append(out))
     monkeypatch.setattr(weights, "default_gguf_path", lambda: tmp_path / "x.gguf")
-    folder = weights.default_model_dir()
-    folder.mkdir(parents=True)
-    (folder / "model.pkl").write_bytes(b"")
-    (folder / "config.json").write_text("{}")
-    weights.ensure_default_model("float16", verbose=False)   # no tokenizer.json: not done
-    assert len(calls) == 1
-    (folder / "tokenizer.json").write_text("{}")
-    weights.ensure_default_model("float16", verbose=False)
+    with options.override(jittor_home=str(tmp_path)):
+        folder = weights.default_model_dir()
+        folder.mkdir(parents=True)
+        (folder / "model.pkl").write_bytes(b"")
+        (folder / "config.json").write_text("{}")
+        weights.ensure_default_model("float16", verbose=False)   # no tokenizer.json: not done
+        assert len(calls) == 1
+        (folder / "tokenizer.json").write_text("{}")
+        weights.ensure_default_model("float16", verbose=False)
     assert len(calls) == 1
 
 
 def test_hidden_cache_key_follows_the_weights_not_the_folder(tiny_hf, tmp_path):
     from safetensors.numpy import load_file, save_file
 
-    from medusa.hidden_cache import cache_key
+    from medusa.training.hidden_cache import cache_key
 
     folder = tmp_path / "hf"
     shutil.copytree(tiny_hf("llama"), folder)
@@ -198,19 +201,19 @@ def test_hidden_cache_key_follows_the_weights_not_the_folder(tiny_hf, tmp_path):
 
 
 def test_gguf_conversions_are_keyed_on_content(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDUSA_JITTOR_HOME", str(tmp_path / "home"))
     made = []
     monkeypatch.setattr(weights, "convert", lambda src, out, dtype: made.append(out))
     for i, payload in enumerate((b"first model", b"second model")):
         gguf = tmp_path / f"dir{i}" / "model.gguf"            # the same file name, other content
         gguf.parent.mkdir()
         gguf.write_bytes(payload)
-        weights.resolve_model(str(gguf), None, "float32")
+        with options.override(jittor_home=str(tmp_path / "home")):
+            weights.resolve_model(str(gguf), None, "float32")
     assert len(made) == 2 and made[0].parent != made[1].parent
 
 
 def test_resume_without_a_saved_state_says_so(tiny_pkl, tmp_path):
-    from medusa import training
+    from medusa.training import trainer as training
     from test_training import tiny_args
 
     trainer = training.Trainer(tiny_args(tiny_pkl, tmp_path, resume=True))

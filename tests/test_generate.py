@@ -1,4 +1,4 @@
-"""`python -m medusa.generate`: plain decoding from the command line, checked against transformers."""
+"""`python -m medusa generate`: plain decoding from the command line, checked against transformers."""
 import json
 import os
 import subprocess
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tiny
-from medusa import generate
+from medusa.cli import generate
 
 ROOT = Path(__file__).parent.parent
 PROMPT = "the cat sat on the mat"
@@ -59,9 +59,9 @@ def test_sampling_is_reproducible_with_a_seed(capsys, tiny_pkl):
 
 
 def test_module_entry_point_runs_as_a_user_would(tiny_hf):
-    """One real `python -m medusa.generate` subprocess (the other tests call main() directly)."""
+    """One real `python -m medusa generate` subprocess (the other tests call main() directly)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "medusa.generate", "--base_model_path", str(tiny_hf("qwen3")),
+    out = subprocess.run([sys.executable, "-m", "medusa", "generate", "--base_model_path", str(tiny_hf("qwen3")),
                           "--prompt", PROMPT, "--max_new_token", "8", "--json"],
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr

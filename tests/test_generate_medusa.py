@@ -1,14 +1,17 @@
-"""End to end: `python -m medusa.generate --medusa_weights`, weight_convert.py on FasterDecoding
+"""End to end: `python -m medusa generate --medusa_weights`, weight_convert.py on FasterDecoding
 heads, and greedy Medusa == plain greedy on the real SmolLM2 (slow)."""
 import json
 
 import numpy as np
 import pytest
 
-from medusa import core, generate, head_io, weights
-from medusa.decoding import medusa_generate
-from medusa.heads import HeadConfig, build_heads
-from medusa.runtime import jt
+from medusa.decoding import core
+from medusa.cli import generate
+from medusa.heads import io as head_io
+from medusa.model import weights
+from medusa.decoding.medusa import medusa_generate
+from medusa.heads.families import HeadConfig, build_heads
+from medusa.runtime.backend import jt
 
 H, V, K = 64, 320, 4   # the tiny models' sizes (tests/tiny.py)
 

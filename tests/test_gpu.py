@@ -7,13 +7,14 @@ to transformers. No torch here: on the GPU image transformers needs numpy 2, Jit
 import numpy as np
 import pytest
 
-from medusa import cuda_kernels as ck
-from medusa.config import ModelConfig
-from medusa.decoding import medusa_generate, topk_indices
-from medusa.core import forced_logits, generate
-from medusa.heads import HeadConfig, build_heads
-from medusa.model import Transformer
-from medusa.runtime import gpu_available, jt, use_device
+import medusa.runtime.options as options
+from medusa.kernels import cuda as ck
+from medusa.model.config import ModelConfig
+from medusa.decoding.medusa import medusa_generate, topk_indices
+from medusa.decoding.core import forced_logits, generate
+from medusa.heads.families import HeadConfig, build_heads
+from medusa.model.transformer import Transformer
+from medusa.runtime.backend import gpu_available, jt, use_device
 from oracle import OracleHeads, random_heads
 
 pytestmark = [pytest.mark.gpu,
@@ -210,11 +211,10 @@ def test_cache_attention_kernel(cuda, monkeypatch, dtype, H, G, T, S, D, tree):
     with `tree`, several masked fp16 rows go to flash_tree: 192 rows = 3 tiles of 64 over 11
     chunks of 64 keys (the last partial), 26 rows (a partial tile) over 40 keys, D = 64 and 128;
     2100 keys are over FLASH_MAX_KEYS (the per-row kernel)."""
-    from medusa.model import attention
+    from medusa.model.transformer import attention
 
-    from medusa.cuda_kernels import attention as attention_kernels
+    from medusa.kernels.cuda import attention as attention_kernels
 
-    monkeypatch.setitem(ck._state, "tree_attention", tree)
     monkeypatch.setattr(attention_kernels, "FLASH_MIN_ROWS", 2)    # every tree case, not only >= 32 rows
     L = S + 11
     q, keys, values = rand((1, H, G * T, D), dtype, 5), rand((1, H, L, D), dtype, 6), rand((1, H, L, D), dtype, 7)
@@ -226,8 +226,9 @@ def test_cache_attention_kernel(cuda, monkeypatch, dtype, H, G, T, S, D, tree):
         m[0, 0, :, S - T:] = np.where(block, 0.0, -1e9)
         mask = jt.array(m)
     want = attention(q, keys[:, :, :S], values[:, :, :S], mask, D ** -0.5)
-    close(ck.cache_attention(q, keys, values, S, mask, D ** -0.5), want, dtype)
-    tokens_major = ck.cache_attention(q, keys, values, S, mask, D ** -0.5, tokens_major=True)
+    with options.override(tree_attention=tree):
+        close(ck.cache_attention(q, keys, values, S, mask, D ** -0.5), want, dtype)
+        tokens_major = ck.cache_attention(q, keys, values, S, mask, D ** -0.5, tokens_major=True)
     close(tokens_major, want.reshape(1, H * G, T, D).transpose(0, 2, 1, 3).reshape(1, T, H * G * D), dtype)
 
 
@@ -301,7 +302,7 @@ def test_qkv_rope_into_cache_kernel(cuda, dtype, B, T, nq, nkv, d, start):
 def test_compact_cache_kernel(cuda, dtype, keep):
     """One kernel moves the kept positions of every buffer; sources that are also destinations
     (keep[j] == start + i) are read before they are overwritten."""
-    from medusa.kvcache import KVCache
+    from medusa.model.kvcache import KVCache
 
     cfg = ModelConfig.from_dict(CONFIGS["llama"])
     cache = KVCache(cfg, 1, 16, dtype)
@@ -332,9 +333,8 @@ def test_fused_model_runs_the_kernels(cpu_reference, cuda, monkeypatch, layer_op
     for name in names:
         real = getattr(ck, name)
         monkeypatch.setattr(ck, name, lambda *a, _r=real, _n=name, **k: calls.update({_n: calls.get(_n, 0) + 1}) or _r(*a, **k))
-    monkeypatch.setitem(ck._state, "layer_op", layer_op)
-    monkeypatch.setitem(ck._state, "rows_layer", layer_op)
-    forced_logits(build("llama", state, "float16", fused=True), PROMPT, tokens[:3])
+    with options.override(layer_op=layer_op, rows_layer=layer_op):
+        forced_logits(build("llama", state, "float16", fused=True), PROMPT, tokens[:3])
     calls = {name: calls.get(name, 0) for name in names}
     L = CONFIGS["llama"]["num_hidden_layers"]
     steps = 3                                 # one-token steps after the 16-token prompt
@@ -358,8 +358,8 @@ def test_layer_op_equals_its_six_kernels(cpu_reference, cuda, monkeypatch, dtype
     state, tokens, _ = cpu_reference["llama"]
     got = {}
     for layer_op in (True, False):
-        monkeypatch.setitem(ck._state, "layer_op", layer_op)
-        got[layer_op] = forced_logits(build("llama", state, dtype, fused=True), PROMPT, tokens[:6])
+        with options.override(layer_op=layer_op):
+            got[layer_op] = forced_logits(build("llama", state, dtype, fused=True), PROMPT, tokens[:6])
     np.testing.assert_array_equal(got[True], got[False])
 
 
@@ -373,18 +373,17 @@ def test_rows_layer_equals_its_kernels(cpu_reference, cuda, monkeypatch):
     got, calls = {}, []
     real = ck.rows_layer
     monkeypatch.setattr(ck, "rows_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setitem(ck._state, "rows_layer", True)
-    monkeypatch.setitem(ck._state, "tree_attention", False)   # rows_layer keeps the per-row attention
-    for layer_op in (True, False):
-        monkeypatch.setitem(ck._state, "layer_op", layer_op)
-        got[layer_op] = forced_logits(build("llama", state, "float16", fused=True), PROMPT, tokens[:4])
-    np.testing.assert_array_equal(got[True], got[False])
-    assert len(calls) == CONFIGS["llama"]["num_hidden_layers"]          # the 16-token prompt, layer op on
-    model = build("llama", state, "float16", fused=True)
-    monkeypatch.setitem(ck._state, "layer_op", True)
-    plain = generate(model, PROMPT, STEPS).output_ids
-    plain_margins = margins(forced_logits(model, PROMPT, plain[:-1]))
-    out = medusa_generate(model, random_heads(model, "medusa", share=True), PROMPT, STEPS, "mc_sim_7b_63")
+    # rows_layer keeps the per-row attention
+    with options.override(rows_layer=True, tree_attention=False, layer_op=True):
+        for layer_op in (True, False):
+            with options.override(layer_op=layer_op):
+                got[layer_op] = forced_logits(build("llama", state, "float16", fused=True), PROMPT, tokens[:4])
+        np.testing.assert_array_equal(got[True], got[False])
+        assert len(calls) == CONFIGS["llama"]["num_hidden_layers"]      # the 16-token prompt, layer op on
+        model = build("llama", state, "float16", fused=True)
+        plain = generate(model, PROMPT, STEPS).output_ids
+        plain_margins = margins(forced_logits(model, PROMPT, plain[:-1]))
+        out = medusa_generate(model, random_heads(model, "medusa", share=True), PROMPT, STEPS, "mc_sim_7b_63")
     assert_same_up_to_near_ties(out.output_ids, plain, plain_margins)
     assert len(calls) > 3 * CONFIGS["llama"]["num_hidden_layers"]
 
@@ -393,16 +392,16 @@ def test_rows_layer_equals_its_kernels(cpu_reference, cuda, monkeypatch):
 def test_flash_tree_attention_in_medusa_is_lossless(cpu_reference, cuda, monkeypatch, tree):
     """The fused fp16 model's tree steps with their attention as flash_tree (rows_layer off, so
     each layer's attention is its own op): plain greedy's tokens up to fp16 near-ties."""
-    from medusa.cuda_kernels import attention as attention_kernels
+    from medusa.kernels.cuda import attention as attention_kernels
 
     state, tokens, _ = cpu_reference["llama"]
-    monkeypatch.setitem(ck._state, "rows_layer", False)
-    model = build("llama", state, "float16", fused=True)
-    plain = generate(model, PROMPT, STEPS).output_ids
-    plain_margins = margins(forced_logits(model, PROMPT, plain[:-1]))
-    monkeypatch.setitem(ck._state, "tree_attention", True)
-    monkeypatch.setattr(attention_kernels, "FLASH_MIN_ROWS", 2)    # 8_node: 18 rows a kv head here
-    out = medusa_generate(model, random_heads(model, "medusa", share=True), PROMPT, STEPS, tree)
+    with options.override(rows_layer=False):
+        model = build("llama", state, "float16", fused=True)
+        plain = generate(model, PROMPT, STEPS).output_ids
+        plain_margins = margins(forced_logits(model, PROMPT, plain[:-1]))
+        monkeypatch.setattr(attention_kernels, "FLASH_MIN_ROWS", 2)    # 8_node: 18 rows a kv head here
+        with options.override(tree_attention=True):
+            out = medusa_generate(model, random_heads(model, "medusa", share=True), PROMPT, STEPS, tree)
     assert_same_up_to_near_ties(out.output_ids, plain, plain_margins)
 
 
@@ -410,23 +409,22 @@ def test_flash_tree_attention_in_medusa_is_lossless(cpu_reference, cuda, monkeyp
 def test_device_loop_on_cuda(cpu_reference, cuda, monkeypatch, tree):
     """decoding's device loop (one fetch a step, the path moved in the cache by compact_cache_at)
     gives the host loop's tokens and accept lengths on CUDA; oracle heads accept full depth."""
-    from medusa import decoding
-
     state, tokens, _ = cpu_reference["llama"]
     model = build("llama", state, "float32", fused=True)
     heads = random_heads(model, "medusa", share=False)
-    host = medusa_generate(model, heads, PROMPT, STEPS, tree)
-    monkeypatch.setitem(decoding._DEVICE_LOOP, "mode", "auto")
-    device = medusa_generate(model, heads, PROMPT, STEPS, tree)
+    with options.override(device_loop="off"):
+        host = medusa_generate(model, heads, PROMPT, STEPS, tree)
+    with options.override(device_loop="auto"):                     # the default: on a GPU
+        device = medusa_generate(model, heads, PROMPT, STEPS, tree)
+        oracle = medusa_generate(model, OracleHeads(model, PROMPT + tokens), PROMPT, 21, "8_node")
     assert device.output_ids == host.output_ids == tokens and device.accept_lengths == host.accept_lengths
-    oracle = medusa_generate(model, OracleHeads(model, PROMPT + tokens), PROMPT, 21, "8_node")
     assert oracle.output_ids == tokens[:21] and oracle.accept_lengths == [5] * 4
     # rnn heads with a prefix layer (depth-by-depth drafting and the prefix layer on the device)
     jt.set_global_seed(0)
     rnn = build_heads(HeadConfig(family="rnn", num_heads=4, hidden_size=model.config.hidden_size,
                                  vocab_size=model.config.vocab_size, share_lm_head=True, prefix_layer=True))
-    monkeypatch.setitem(decoding._DEVICE_LOOP, "mode", "0")
-    host = medusa_generate(model, rnn, PROMPT, STEPS, tree)
-    monkeypatch.setitem(decoding._DEVICE_LOOP, "mode", "1")
-    device = medusa_generate(model, rnn, PROMPT, STEPS, tree)
+    with options.override(device_loop="off"):
+        host = medusa_generate(model, rnn, PROMPT, STEPS, tree)
+    with options.override(device_loop="on"):
+        device = medusa_generate(model, rnn, PROMPT, STEPS, tree)
     assert device.output_ids == host.output_ids == tokens and device.accept_lengths == host.accept_lengths

@@ -1,10 +1,11 @@
-"""medusa.gpu_bench on the CPU: the shared helpers, and a dry run of both sides plus the report."""
+"""medusa.bench.gpu on the CPU: the shared helpers, and a dry run of both sides plus the report."""
 import json
 
 import numpy as np
 import pytest
 
-from medusa.gpu_bench import cli as gpu_bench_cli, common as gpu_bench
+from medusa.bench.gpu import common as gpu_bench
+from medusa.cli import gpu_bench as gpu_bench_cli
 
 
 def test_param_count_matches_transformers():
@@ -87,8 +88,8 @@ def test_graph_model_steps_equal_transformers_with_a_cache():
     torch = pytest.importorskip("torch")
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from medusa.gpu_bench.common import SHAPES
-    from medusa.gpu_bench.torch_graphs import GraphLlama, GraphStep, causal_mask
+    from medusa.bench.gpu.common import SHAPES
+    from medusa.bench.gpu.torch_graphs import GraphLlama, GraphStep, causal_mask
 
     torch.manual_seed(0)
     hf = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in SHAPES["tiny"].items() if k != "model_type"})).eval()
@@ -112,7 +113,7 @@ def _decode_mask(L, max_len):
 
 
 def test_merge_runs_later_run_wins_and_names_its_source():
-    from medusa.gpu_bench.report import merge_runs
+    from medusa.bench.gpu.report import merge_runs
 
     runs = {"run1": {"jittor": {"device": "a", "shapes": {"s": {"decode": 1, "medusa": 2}}}},
             "run2": {"jittor": {"device": "b", "shapes": {"s": {"decode": 3}}},

@@ -5,9 +5,9 @@ import pickle
 import numpy as np
 import pytest
 
-from medusa.head_io import config_path, import_fasterdecoding_heads, load_heads, save_heads
-from medusa.heads import HEAD_FAMILIES, HeadConfig, build_heads
-from medusa.runtime import jt
+from medusa.heads.io import config_path, import_fasterdecoding_heads, load_heads, save_heads
+from medusa.heads.families import HEAD_FAMILIES, HeadConfig, build_heads
+from medusa.runtime.backend import jt
 
 H, V, K, B, T = 16, 40, 3, 2, 4
 
@@ -180,7 +180,7 @@ def test_fp16_storage_halves_the_file_and_loads_as_fp32(tmp_path):
     heads = make("moe", share=True)
     randomise(heads)
     full = save_heads(heads, tmp_path / "full.jtr")
-    out = subprocess.run([sys.executable, "-m", "medusa.head_io", str(full), str(tmp_path / "half.jtr")],
+    out = subprocess.run([sys.executable, "-m", "medusa", "heads", str(full), str(tmp_path / "half.jtr")],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     half = tmp_path / "half.jtr"
@@ -190,7 +190,7 @@ def test_fp16_storage_halves_the_file_and_loads_as_fp32(tmp_path):
     for (name, p), q in zip(heads.named_parameters(), loaded.parameters()):
         assert q.dtype == "float32"
         np.testing.assert_allclose(q.numpy(), p.numpy(), rtol=2 ** -10, atol=1e-7, err_msg=name)
-    again = subprocess.run([sys.executable, "-m", "medusa.head_io", str(full), str(half)], capture_output=True, text=True)
+    again = subprocess.run([sys.executable, "-m", "medusa", "heads", str(full), str(half)], capture_output=True, text=True)
     assert again.returncode == 2 and "exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
     with pytest.raises(ValueError, match="float32 or float16"):
         save_heads(heads, tmp_path / "x.jtr", dtype="int8")

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from medusa.heads import HEAD_FAMILIES, HeadConfig, build_heads, route
-from medusa.runtime import jt
+from medusa.heads.families import HEAD_FAMILIES, HeadConfig, build_heads, route
+from medusa.runtime.backend import jt
 
 H, V, K, B, T = 32, 50, 3, 2, 5
 FAMILIES = sorted(HEAD_FAMILIES)

@@ -61,9 +61,9 @@ def json_samples(path):
 
 @pytest.fixture(scope="module")
 def heads_file(tiny_pkl, tmp_path_factory):
-    from medusa.head_io import save_heads
-    from medusa.heads import HeadConfig, build_heads
-    from medusa.runtime import jt
+    from medusa.heads.io import save_heads
+    from medusa.heads.families import HeadConfig, build_heads
+    from medusa.runtime.backend import jt
 
     jt.set_global_seed(0)
     heads = build_heads(HeadConfig(num_heads=4, hidden_size=64, vocab_size=320))
@@ -97,7 +97,7 @@ def test_distillation_resumes_after_sigkill_and_a_torn_line(tiny_pkl, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": i, "category": "c", "prompt": f"how are you {i} the cat"}) + "\n"
                                for i in range(40)))
-    argv = ["-m", "medusa.distill", "--base_model_path", tiny_pkl("qwen2"), "--prompts", prompts,
+    argv = ["-m", "medusa", "distill", "--base_model_path", tiny_pkl("qwen2"), "--prompts", prompts,
             "--max_new_tokens", "24", "--batch_size", "2"]
     cut, full = tmp_path / "cut.jsonl", tmp_path / "full.jsonl"
     lines = lambda: len(cut.read_text().splitlines()) if cut.exists() else 0   # noqa: E731
@@ -114,7 +114,7 @@ def test_distillation_resumes_after_sigkill_and_a_torn_line(tiny_pkl, tmp_path):
 
 
 def test_training_saves_at_sigterm_and_resumes_to_the_same_weights(tiny_pkl, tmp_path):
-    from medusa.head_io import load_heads
+    from medusa.heads.io import load_heads
 
     data = chat_file(tmp_path / "chat.jsonl")
     argv = ["train_ddp.py", "--jittor_base_weights", tiny_pkl("qwen2"), "--data_path", data,

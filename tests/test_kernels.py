@@ -3,8 +3,11 @@ that model.matmul really dispatches to it on the CPU."""
 import numpy as np
 import pytest
 
-from medusa import kernels, model as model_lib, weights
-from medusa.runtime import jt
+import medusa.runtime.options as options
+from medusa.kernels import cpu as kernels
+from medusa.model import transformer as model_lib
+from medusa.model import weights
+from medusa.runtime.backend import jt
 
 RTOL, ATOL = 1e-4, 1e-4
 
@@ -194,20 +197,19 @@ def test_model_attention_dispatch(tiny_pkl, monkeypatch):
 def test_flash_tree_routing(monkeypatch):
     """Which tree attention flash_tree takes (the rest go to the per-row kernel): masked fp16 with
     at least FLASH_MIN_ROWS rows a kv head, head_dim 64 or 128, up to FLASH_MAX_KEYS keys, and
-    only while its switch is on ($MEDUSA_TREE_ATTENTION, on unless 0)."""
-    from medusa.cuda_kernels import attention, switches
+    only while its switch is on ($MEDUSA_TREE_ATTENTION, on by default)."""
+    from medusa.kernels.cuda import attention
 
-    monkeypatch.setitem(switches._state, "tree_attention", True)
     rows, keys = attention.FLASH_MIN_ROWS, attention.FLASH_MAX_KEYS
-    assert attention.flash_tree_ok("float16", 128, rows, keys, True)
-    assert attention.flash_tree_ok("float16", 64, 192, 300, True)
-    assert not attention.flash_tree_ok("float16", 128, rows - 1, 300, True)    # few rows: per-row kernel
-    assert not attention.flash_tree_ok("float16", 128, rows, keys + 1, True)
-    assert not attention.flash_tree_ok("float16", 128, rows, 300, False)       # no mask: decode
-    assert not attention.flash_tree_ok("float32", 128, rows, 300, True)
-    assert not attention.flash_tree_ok("float16", 96, rows, 300, True)
-    monkeypatch.setitem(switches._state, "tree_attention", False)
-    assert not attention.flash_tree_ok("float16", 128, rows, 300, True)
-    assert switches._from_env("MEDUSA_TREE_ATTENTION_UNSET_FOR_TEST", True)
-    monkeypatch.setenv("MEDUSA_TREE_ATTENTION", "0")
-    assert not switches._from_env("MEDUSA_TREE_ATTENTION", True)
+    with options.override(tree_attention=True):
+        assert attention.flash_tree_ok("float16", 128, rows, keys, True)
+        assert attention.flash_tree_ok("float16", 64, 192, 300, True)
+        assert not attention.flash_tree_ok("float16", 128, rows - 1, 300, True)    # few rows: per-row kernel
+        assert not attention.flash_tree_ok("float16", 128, rows, keys + 1, True)
+        assert not attention.flash_tree_ok("float16", 128, rows, 300, False)       # no mask: decode
+        assert not attention.flash_tree_ok("float32", 128, rows, 300, True)
+        assert not attention.flash_tree_ok("float16", 96, rows, 300, True)
+    with options.override(tree_attention=False):
+        assert not attention.flash_tree_ok("float16", 128, rows, 300, True)
+    assert options.from_environ({}).tree_attention
+    assert not options.from_environ({"MEDUSA_TREE_ATTENTION": "0"}).tree_attention

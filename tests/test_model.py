@@ -5,11 +5,11 @@ import pytest
 import torch
 
 import tiny
-from medusa import weights
-from medusa.core import generate
-from medusa.kvcache import KVCache
-from medusa.model import build_mask
-from medusa.runtime import jt
+from medusa.model import weights
+from medusa.decoding.core import generate
+from medusa.model.kvcache import KVCache
+from medusa.model.transformer import build_mask
+from medusa.runtime.backend import jt
 
 PROMPT = [4, 17, 42, 99, 7, 123, 250, 61, 8, 300]
 ATOL = 2e-4
@@ -158,8 +158,8 @@ def test_fused_projections_compute_the_same_model(tiny_pkl, family):
     RoPE and attention over the cache's whole buffers) through the kernels' Jittor references
     on the CPU: the same logits with a cache, without one (training's hidden states) and with a
     tree mask, and the same Medusa output. Qwen3 keeps separate q/k/v (its q/k norm)."""
-    from medusa.core import forced_logits, hidden_states
-    from medusa.decoding import medusa_generate
+    from medusa.decoding.core import forced_logits, hidden_states
+    from medusa.decoding.medusa import medusa_generate
     from oracle import random_heads
 
     plain = weights.load_model(tiny_pkl(family), "float32")
@@ -189,8 +189,8 @@ def test_pending_residual_form_computes_the_same_layers(tiny_pkl, family, fuse):
     the norm after it, the last in the final norm), run here through the kernels' references:
     the same final-normed states as the plain loop for a prompt and then one cached token, with
     the keys and values in both caches equal."""
-    from medusa.core import new_cache
-    from medusa.model import Rope
+    from medusa.decoding.core import new_cache
+    from medusa.model.transformer import Rope
 
     model = weights.load_model(tiny_pkl(family), "float32")
     if fuse:

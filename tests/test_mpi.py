@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medusa.head_io import load_heads
+from medusa.heads.io import load_heads
 
 from test_training import chat_file
 

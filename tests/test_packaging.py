@@ -12,9 +12,10 @@ ROOT = Path(__file__).parent.parent
 
 LOAD_DEFAULTS = """
 from pathlib import Path
-from medusa import head_io, training
-from medusa.prompt_sets import DEFAULT_PROMPTS, load_prompt_set
-from medusa.tree import load_choices
+from medusa.heads import io as head_io
+from medusa.training import trainer as training
+from medusa.data.prompt_sets import DEFAULT_PROMPTS, load_prompt_set
+from medusa.decoding.tree import load_choices
 site = Path(head_io.__file__).resolve().parent
 assert "site" in str(site), site
 assert head_io.DEFAULT_HEADS.resolve().parent.parent == site

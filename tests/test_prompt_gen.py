@@ -3,8 +3,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from medusa import prompt_gen
-from medusa.data import load_prompts
+from medusa.data import prompt_gen
+from medusa.data.samples import load_prompts
 
 ROOT = Path(__file__).parent.parent
 

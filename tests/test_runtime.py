@@ -1,18 +1,18 @@
-"""medusa.runtime: the Jittor runtime path never imports torch (it is for tests and checkpoint reading)."""
+"""medusa.runtime.backend: the Jittor runtime path never imports torch (it is for tests and checkpoint reading)."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from medusa.runtime import use_device
+from medusa.runtime.backend import use_device
 
-RUNTIME_MODULES = ("medusa.runtime", "medusa.model", "medusa.decoding", "medusa.generate", "medusa.bench",
-                   "medusa.training", "medusa.head_io", "medusa.weights", "medusa.distill")
+RUNTIME_MODULES = ("medusa.runtime.backend", "medusa.model.transformer", "medusa.decoding.medusa", "medusa.cli.generate", "medusa.bench.benchmark",
+                   "medusa.training.trainer", "medusa.heads.io", "medusa.model.weights", "medusa.training.distill")
 
 
 def test_runtime_modules_do_not_import_torch():
-    """Jittor itself imports torch at import time unless FIX_TORCH_ERROR=0 (medusa.runtime sets it)."""
+    """Jittor itself imports torch at import time unless FIX_TORCH_ERROR=0 (medusa.runtime.backend sets it)."""
     env = {k: v for k, v in os.environ.items() if k != "FIX_TORCH_ERROR"}
     code = (f"import importlib, sys\nfor m in {RUNTIME_MODULES!r}: importlib.import_module(m)\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))")
@@ -27,7 +27,7 @@ def test_use_device_rejects_unknown_names():
 
 
 def test_importing_the_runtime_starts_no_process(tmp_path):
-    """The GPU test reads the driver's files (medusa.devices): an nvidia-smi on PATH is never run
+    """The GPU test reads the driver's files (medusa.runtime.devices): an nvidia-smi on PATH is never run
     at import, so a CPU machine imports at once and a broken driver cannot stall the import."""
     marker = tmp_path / "ran"
     fake = tmp_path / "bin" / "nvidia-smi"
@@ -35,7 +35,7 @@ def test_importing_the_runtime_starts_no_process(tmp_path):
     fake.write_text(f"#!/bin/sh\ntouch {marker}\nsleep 30\n")
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
-    code = "import medusa.runtime, medusa.setup_gpu; medusa.setup_gpu.find_nvcc(); print('ok')"
+    code = "import medusa.runtime.backend, medusa.runtime.cuda_setup; medusa.runtime.cuda_setup.find_nvcc(); print('ok')"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
     assert not marker.exists()

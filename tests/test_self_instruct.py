@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from medusa import self_instruct as si
-from medusa.data import load_prompts
-from medusa.errors import UsageError
+from medusa.training import self_instruct as si
+from medusa.data.samples import load_prompts
+from medusa.runtime.errors import UsageError
+from medusa.cli import self_instruct as si_cmd
 
 ROOT = Path(__file__).parent.parent
 
@@ -55,7 +56,7 @@ def run_args(tmp_path, **kw):
             "--batch_size", "4", "--max_new_tokens", "6", "--near", "1.0", "--shots", "1"]
     for k, v in kw.items():
         argv += [f"--{k}", str(v)]
-    return si.parse_args(argv)
+    return si_cmd.parse_args(argv)
 
 
 def test_run_writes_resumes_and_refuses_other_settings(tiny_pkl, tmp_path, monkeypatch):
@@ -86,7 +87,7 @@ def test_run_writes_resumes_and_refuses_other_settings(tiny_pkl, tmp_path, monke
 ])
 def test_bad_flags_are_usage_errors(tmp_path, argv, match):
     with pytest.raises(UsageError, match=match):
-        si.parse_args(["--output", str(tmp_path / "p.jsonl"), *argv])
+        si_cmd.parse_args(["--output", str(tmp_path / "p.jsonl"), *argv])
 
 
 def _ids(path):

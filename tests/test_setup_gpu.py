@@ -1,4 +1,4 @@
-"""CPU-only tests of medusa.setup_gpu: the patches on temp copies of Jittor's files, the numpy check."""
+"""CPU-only tests of medusa.runtime.cuda_setup: the patches on temp copies of Jittor's files, the numpy check."""
 import os
 import shutil
 import subprocess
@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from medusa import setup_gpu
+import medusa.runtime.options as options
+from medusa.runtime import cuda_setup as setup_gpu
+from medusa.cli import setup_gpu as setup_gpu_cmd
 
 
 @pytest.fixture
@@ -112,19 +114,19 @@ def test_mpi_env_points_jittor_at_open_mpi_and_the_pip_nccl(tmp_path, monkeypatc
     (prefix / "bin").mkdir(parents=True)
     (prefix / "bin" / "mpicc").write_text("#!/bin/sh\n")
     (prefix / "bin" / "mpicc").chmod(0o755)
-    monkeypatch.setenv("MEDUSA_JITTOR_HOME", str(tmp_path / "home"))
-    assert setup_gpu.main(["--mpi-env", str(prefix)]) == 0
-    env = dict(shlex.split(line[len("export "):])[0].split("=", 1) for line in capsys.readouterr().out.splitlines())
-    assert env["mpicc_path"] == str(prefix / "bin" / "mpicc") and env["PATH"].startswith(str(prefix / "bin") + ":")
-    assert env["use_nccl"] == "1" and env["NCCL_NVLS_ENABLE"] == "0"
-    # what Jittor's setup_nccl asserts: include/nccl.h and lib/libnccl.so
-    assert (Path(env["nccl_include_path"]) / "nccl.h").read_text() == "/* nccl */\n"
-    assert Path(env["nccl_lib_path"], "libnccl.so").resolve() == (pkg / "lib" / "libnccl.so.2").resolve()
-    assert setup_gpu.main(["--mpi-env", str(prefix)]) == 0           # again: the links are replaced
+    with options.override(jittor_home=str(tmp_path / "home")):
+        assert setup_gpu_cmd.main(["--mpi-env", str(prefix)]) == 0
+        env = dict(shlex.split(line[len("export "):])[0].split("=", 1) for line in capsys.readouterr().out.splitlines())
+        assert env["mpicc_path"] == str(prefix / "bin" / "mpicc") and env["PATH"].startswith(str(prefix / "bin") + ":")
+        assert env["use_nccl"] == "1" and env["NCCL_NVLS_ENABLE"] == "0"
+        # what Jittor's setup_nccl asserts: include/nccl.h and lib/libnccl.so
+        assert (Path(env["nccl_include_path"]) / "nccl.h").read_text() == "/* nccl */\n"
+        assert Path(env["nccl_lib_path"], "libnccl.so").resolve() == (pkg / "lib" / "libnccl.so.2").resolve()
+        assert setup_gpu_cmd.main(["--mpi-env", str(prefix)]) == 0       # again: the links are replaced
 
 
 def test_mpi_env_without_open_mpi_or_nccl_is_a_one_line_error(tmp_path, monkeypatch, capsys):
-    assert setup_gpu.main(["--mpi-env", str(tmp_path / "none")]) == 2
+    assert setup_gpu_cmd.main(["--mpi-env", str(tmp_path / "none")]) == 2
     assert "bin/mpicc is missing or not executable" in capsys.readouterr().err
     with pytest.raises(setup_gpu.SetupError, match="NCCL not found"):
         monkeypatch.setattr(setup_gpu.importlib.util, "find_spec", lambda name: None)

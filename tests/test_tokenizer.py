@@ -1,12 +1,12 @@
-"""medusa.tokenizer.ChatTokenizer (the inference path's tokenizer, no transformers) against
+"""medusa.model.tokenizer.ChatTokenizer (the inference path's tokenizer, no transformers) against
 transformers' own tokenizer on the same files: chat-template ids, text, decode, special tokens."""
 import pytest
 from transformers import AutoTokenizer
 
 import tiny
-from medusa.errors import MissingFileError
-from medusa.prompt_sets import DEFAULT_PROMPTS, load_prompt_set
-from medusa.tokenizer import ChatTokenizer
+from medusa.runtime.errors import MissingFileError
+from medusa.data.prompt_sets import DEFAULT_PROMPTS, load_prompt_set
+from medusa.model.tokenizer import ChatTokenizer
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Write a haiku about rain."}],
@@ -25,7 +25,7 @@ def pairs(tiny_hf, smollm2_dir):
 @pytest.fixture(scope="module")
 def smollm2_dir():
     """The converted embedded default's folder when it is already converted (no conversion here)."""
-    from medusa import weights
+    from medusa.model import weights
 
     folder = weights.default_model_dir()
     return folder if (folder / "tokenizer.json").is_file() else None
@@ -67,8 +67,8 @@ def test_template_helpers_and_missing_template(tiny_hf, tmp_path):
 
     from jinja2 import TemplateError
 
-    from medusa.data import chat_prompt_ids
-    from medusa.errors import UsageError
+    from medusa.data.samples import chat_prompt_ids
+    from medusa.runtime.errors import UsageError
 
     folder = tmp_path / "tok"
     shutil.copytree(tiny_hf("llama"), folder)

@@ -4,8 +4,10 @@ import json
 
 import pytest
 
-from medusa import cli, train_report
-from medusa.errors import UsageError
+from medusa import cli
+from medusa.training import report as train_report
+from medusa.runtime.errors import UsageError
+from medusa.cli import train_report as train_report_cmd
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -98,20 +100,20 @@ def test_same_label_twice_is_a_usage_error(specs):
 
 def test_main_writes_png_prints_table_and_refuses_to_overwrite(specs, tmp_path, capsys):
     out = tmp_path / "report" / "val.png"   # its folder is made
-    train_report.main(["--runs", *specs, "--output", str(out)])
+    train_report_cmd.main(["--runs", *specs, "--output", str(out)])
     assert out.read_bytes()[:8] == PNG_MAGIC
     assert capsys.readouterr().out.splitlines()[2].startswith("| a | 3 | 2 | 15.00 |")
     out.write_bytes(b"keep me")
     with pytest.raises(SystemExit) as e:
-        cli.run(train_report.main, ["--runs", *specs, "--output", str(out)])
+        cli.run(train_report_cmd.main, ["--runs", *specs, "--output", str(out)])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: --output") and "--force" in err
     assert out.read_bytes() == b"keep me"
-    train_report.main(["--runs", *specs, "--output", str(out), "--force"])
+    train_report_cmd.main(["--runs", *specs, "--output", str(out), "--force"])
     assert out.read_bytes()[:8] == PNG_MAGIC
 
 
 def test_main_checks_output_before_reading_runs(tmp_path):
     with pytest.raises(UsageError, match="give a .png file name"):
-        train_report.main(["--runs", f"a={tmp_path}/nowhere", "--output", str(tmp_path / "val.pdf")])
+        train_report_cmd.main(["--runs", f"a={tmp_path}/nowhere", "--output", str(tmp_path / "val.pdf")])

@@ -6,9 +6,14 @@ import json
 import numpy as np
 import pytest
 
-from medusa import data, hidden_cache, optim, training, weights
-from medusa.data import Sample
-from medusa.runtime import jt
+from medusa.data import samples as data
+from medusa.training import hidden_cache
+from medusa.training import optim
+from medusa.training import trainer as training
+from medusa.model import weights
+from medusa.data.samples import Sample
+from medusa.runtime.backend import jt
+from medusa.cli import train as train_cmd
 
 WORDS = "hello there how are you the cat sat on mat one two three four five six sea".split()
 
@@ -135,7 +140,7 @@ def test_lr_warms_up_then_decays_to_zero():
 
 
 def test_adamw_counts_optimizer_steps_under_accumulation():
-    from medusa.runtime import jt
+    from medusa.runtime.backend import jt
 
     w = jt.array(np.array([1.0, -2.0], np.float32))
     opt = optim.AdamW([w], lr=0.1, weight_decay=0.5)
@@ -155,7 +160,7 @@ def test_adamw_counts_optimizer_steps_under_accumulation():
 @pytest.mark.parametrize("family", ["medusa", "moe"])
 def test_every_flag_has_help(family, capsys):
     with pytest.raises(SystemExit):
-        training.parse_args(["--help"], family)
+        train_cmd.parse_args(["--help"], family)
     text = "".join(capsys.readouterr().out.split())   # argparse wraps lines (and after hyphens)
     for f in dataclasses.fields(training.TrainArgs):
         if f.name == "family" or (f.name in training.MOE_ONLY and family != "moe"):
@@ -178,7 +183,7 @@ def test_teacher_positions_point_at_the_state_that_predicts_each_target():
 
 
 def test_soft_loss_with_a_one_hot_teacher_is_the_hard_loss_and_its_gradient_is_p_minus_q():
-    from medusa.runtime import jt
+    from medusa.runtime.backend import jt
 
     rng = np.random.default_rng(0)
     K, N, V = 2, 5, 7
@@ -200,8 +205,8 @@ def test_soft_loss_with_a_one_hot_teacher_is_the_hard_loss_and_its_gradient_is_p
 
 
 def test_teacher_probs_are_the_base_models_next_token_distribution(tiny_pkl):
-    from medusa import core
-    from medusa.runtime import jt
+    from medusa.decoding import core
+    from medusa.runtime.backend import jt
 
     model = weights.load_model(tiny_pkl("qwen2"), "float32")
     ids = np.random.default_rng(1).integers(6, 300, (1, 12)).astype(np.int32)
@@ -219,10 +224,10 @@ def test_teacher_probs_are_the_base_models_next_token_distribution(tiny_pkl):
 
 
 def test_presets_fill_only_the_flags_not_given():
-    args = training.parse_args(["--preset", "seed_fair", "--data_path", training.SHIPPED_DATA.as_posix(), "--lr", "3e-4"])
+    args = train_cmd.parse_args(["--preset", "seed_fair", "--data_path", training.SHIPPED_DATA.as_posix(), "--lr", "3e-4"])
     assert (args.lr, args.batch_size, args.gradient_accumulation_steps, args.warmup_ratio, args.max_grad_norm,
             args.epochs) == (3e-4, 1, 4, 0.015, 0.5, 10)
-    args = training.parse_args(["--preset", "medusa1"])
+    args = train_cmd.parse_args(["--preset", "medusa1"])
     assert (args.lr, args.batch_size * args.gradient_accumulation_steps, args.epochs) == (1e-3, 32, 2)
 
 
@@ -233,10 +238,10 @@ def test_presets_fill_only_the_flags_not_given():
     (["--init_heads", "nowhere.jtr"], "heads file nowhere.jtr does not exist"),
 ])
 def test_bad_recipe_flags_are_one_line_errors(argv, message):
-    from medusa.errors import UsageError
+    from medusa.runtime.errors import UsageError
 
     with pytest.raises(UsageError, match=message.replace("(", r"\(")):
-        training.parse_args(argv)
+        train_cmd.parse_args(argv)
 
 
 def token_file(tiny_pkl, tmp_path, n=24, seed=0):
@@ -274,7 +279,7 @@ def test_token_samples_round_trip_and_train_split_by_prompt(tiny_pkl, tmp_path):
 
 
 def test_split_from_a_previous_run_keeps_its_val_prompts_out_of_training(tiny_pkl, tmp_path):
-    from medusa.errors import UsageError
+    from medusa.runtime.errors import UsageError
 
     path, samples = token_file(tiny_pkl, tmp_path)
     first = training.Trainer(tiny_args(tiny_pkl, tmp_path, data_path=str(path), output_dir=str(tmp_path / "a"),
@@ -335,8 +340,8 @@ def test_early_stop_ends_the_run_after_evaluations_without_a_new_best(tiny_pkl, 
 
 
 def test_init_heads_starts_from_saved_heads_and_may_add_a_prefix_layer(tiny_pkl, tmp_path):
-    from medusa.errors import UsageError
-    from medusa.head_io import save_heads
+    from medusa.runtime.errors import UsageError
+    from medusa.heads.io import save_heads
 
     first = training.Trainer(tiny_args(tiny_pkl, tmp_path, "rnn", output_dir=str(tmp_path / "a"), epochs=1))
     first.fit()
@@ -378,4 +383,4 @@ def test_tf32_only_on_a_gpu_with_cached_states(tiny_pkl, tmp_path, monkeypatch):
     assert tr.args.tf32 and not tr.use_tf32() and jt.flags.use_tensorcore == 0
     monkeypatch.setattr(tr, "hidden", None)
     assert not tr.use_tf32()
-    assert training.parse_args(["--no-tf32", "--data_path", tr.args.data_path]).tf32 is False
+    assert train_cmd.parse_args(["--no-tf32", "--data_path", tr.args.data_path]).tf32 is False

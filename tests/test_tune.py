@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from medusa import tune
-from medusa.tree import load_choices, validate_choices
+from medusa.bench import tune
+from medusa.decoding.tree import load_choices, validate_choices
 
 
 def test_grow_tree_order_and_values():
@@ -37,12 +37,12 @@ def test_accuracy_table_counts_exact_ranks():
 
 @pytest.fixture(scope="module")
 def tiny_setup(tiny_pkl):
-    from medusa import cli
-    from medusa.heads import HeadConfig, build_heads
-    from medusa.runtime import jt
-    from medusa.settings import ModelArgs
+    from medusa.app import loading
+    from medusa.heads.families import HeadConfig, build_heads
+    from medusa.runtime.backend import jt
+    from medusa.app.settings import ModelArgs
 
-    setup = cli.load(cli.plan(ModelArgs(jittor_base_weights=str(tiny_pkl("qwen2"))), heads="none"))
+    setup = loading.load(loading.plan(ModelArgs(jittor_base_weights=str(tiny_pkl("qwen2"))), heads="none"))
     cfg = setup.model.config
     jt.set_global_seed(0)
     setup.heads = build_heads(HeadConfig(family="medusa", num_heads=3, num_layers=1, hidden_size=cfg.hidden_size,
@@ -53,8 +53,8 @@ def tiny_setup(tiny_pkl):
 def test_head_ranks_match_base_logits(tiny_setup):
     """Zero-initialised ResBlocks with the shared lm_head predict like the base model, so head k's
     rank of token t+k+2 is that token's rank in the base logits at t."""
-    from medusa.model import build_mask
-    from medusa.runtime import jt
+    from medusa.model.transformer import build_mask
+    from medusa.runtime.backend import jt
 
     model, heads = tiny_setup.model, tiny_setup.heads
     ids = list(np.random.default_rng(1).integers(0, model.config.vocab_size, 20))
@@ -72,7 +72,7 @@ def test_head_ranks_match_base_logits(tiny_setup):
 
 
 def test_tune_writes_a_loadable_tree(tiny_setup, tmp_path):
-    from medusa.settings import GenerationSettings
+    from medusa.app.settings import GenerationSettings
 
     args = tune.TuneArgs(num_prompts=2, sizes="1,3,6", repeats=1, verify_prompts=1)
     report = tune.tune(args, GenerationSettings(max_new_tokens=12), tiny_setup, log=lambda *_: None)

@@ -10,11 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medusa import core, head_io, vocab, weights
-from medusa.core import GenerationError
-from medusa.errors import UsageError
-from medusa.heads import HeadConfig, build_heads
-from medusa.runtime import jt
+from medusa.decoding import core
+from medusa.heads import io as head_io
+from medusa.heads import draft_vocab
+from medusa.vocab import reduce as vocab
+from medusa.model import weights
+from medusa.decoding.core import GenerationError
+from medusa.runtime.errors import UsageError
+from medusa.heads.families import HeadConfig, build_heads
+from medusa.runtime.backend import jt
+from medusa.cli import vocab as vocab_cmd
 from test_training import chat_file
 
 ROOT = Path(__file__).parent.parent
@@ -63,7 +68,7 @@ def test_kept_rows_give_the_full_models_logits(full, reduced):
 
 
 def test_decoders_hand_out_original_ids(full, reduced):
-    from medusa.decoding import medusa_generate
+    from medusa.decoding.medusa import medusa_generate
 
     kept, reply, units = reduced
     for path in units.values():
@@ -83,7 +88,7 @@ def test_a_sliced_embedding_refuses_unknown_input(reduced):
     with pytest.raises(GenerationError, match=f"token {outside} is outside the reduced vocabulary"):
         core.generate(small, PROMPT + [outside], 4)
     core.generate(weights.load_model(units[False], "float32"), PROMPT + [outside], 4)   # whole embedding: fine
-    out = subprocess.run([sys.executable, "-m", "medusa.generate", "--jittor_base_weights", str(units[True]),
+    out = subprocess.run([sys.executable, "-m", "medusa", "generate", "--jittor_base_weights", str(units[True]),
                           "--prompt", "zebra quantum"], capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
     assert out.returncode == 2 and "outside this model's reduced vocabulary" in out.stderr, out.stderr[-2000:]
@@ -105,7 +110,7 @@ def test_heads_for_the_wrong_vocabulary_are_refused(full, reduced, tmp_path):
 
 
 def test_training_on_a_reduced_base_maps_and_masks_labels(tiny_pkl, reduced, tmp_path):
-    from medusa import training
+    from medusa.training import trainer as training
     from test_training import tiny_args
 
     kept, _, units = reduced
@@ -122,7 +127,7 @@ def test_training_on_a_reduced_base_maps_and_masks_labels(tiny_pkl, reduced, tmp
 
 
 def test_vocab_bench_compares_full_and_reduced(tiny_pkl, narrow, tmp_path):
-    from medusa import vocab_bench
+    from medusa.vocab import bench as vocab_bench
 
     kept, _, _, units = narrow
     prompts = tmp_path / "p.jsonl"
@@ -182,8 +187,8 @@ def narrow(tiny_pkl, full, tmp_path_factory):
 
 
 def test_the_vocab_check_hands_out_the_full_models_greedy_tokens(narrow):
-    from medusa.decoding import medusa_generate
-    from medusa.sampling import Sampling
+    from medusa.decoding.medusa import medusa_generate
+    from medusa.decoding.sampling import Sampling
 
     kept, reply, missing, units = narrow
     assert missing                                            # the tiny model's reply leaves the vocabulary
@@ -224,7 +229,7 @@ def test_check_interval_drops_to_one_after_a_wrong_token_and_doubles_back():
 
 
 def test_no_vocab_check_without_the_full_head(narrow):
-    from medusa.sampling import Sampling
+    from medusa.decoding.sampling import Sampling
 
     _, _, _, units = narrow
     for name in ("tied_emb", "untied"):                       # no full lm_head rows left in the unit
@@ -237,8 +242,8 @@ def test_no_vocab_check_without_the_full_head(narrow):
 def test_prefix_layer_heads_refuse_the_vocab_check(narrow):
     """The check rewinds the base cache after a wrong token; a prefix layer's own cache would go
     stale, so the combination is refused up front."""
-    from medusa.decoding import medusa_generate
-    from medusa.sampling import Sampling
+    from medusa.decoding.medusa import medusa_generate
+    from medusa.decoding.sampling import Sampling
 
     _, _, _, units = narrow
     small = weights.load_model(units["tied"], "float32")
@@ -251,7 +256,7 @@ def test_prefix_layer_heads_refuse_the_vocab_check(narrow):
 # ---------------------------------------------------------------- draft vocabulary (heads only)
 def draft_file(tmp_path, ids, name="draft.json"):
     path = tmp_path / name
-    path.write_text(json.dumps({vocab.DRAFT_KEY: [int(i) for i in ids]}))
+    path.write_text(json.dumps({draft_vocab.DRAFT_KEY: [int(i) for i in ids]}))
     return path
 
 
@@ -260,8 +265,8 @@ def test_a_draft_vocabulary_is_lossless_and_drafts_only_its_tokens(full, tmp_pat
     """Greedy Medusa with a draft vocabulary hands out plain greedy's tokens (the base model
     verifies), and every drafted token (tree nodes past the root) is in the set, whether the
     set holds the reply's tokens or not."""
-    from medusa import decoding
-    from medusa.decoding import medusa_generate
+    from medusa.decoding import medusa as decoding
+    from medusa.decoding.medusa import medusa_generate
 
     jt.set_global_seed(0)
     heads = build_heads(HeadConfig(family=family, num_heads=4, hidden_size=64, vocab_size=320,
@@ -270,7 +275,7 @@ def test_a_draft_vocabulary_is_lossless_and_drafts_only_its_tokens(full, tmp_pat
     drafted, real = [], decoding.propose
     monkeypatch.setattr(decoding, "propose", lambda *a: drafted.append(real(*a)) or drafted[-1])
     for ids in (sorted(set(reply) | set(range(100, 140))), range(200, 232)):   # the reply's tokens, or none
-        draft = vocab.DraftVocab(list(ids))
+        draft = draft_vocab.DraftVocab(list(ids))
         heads.propose_from(draft)
         drafted.clear()
         out = medusa_generate(full, heads, PROMPT, 24, "8_node")
@@ -281,7 +286,7 @@ def test_a_draft_vocabulary_is_lossless_and_drafts_only_its_tokens(full, tmp_pat
 
 
 def test_the_projection_reads_only_the_draft_columns(full):
-    draft = vocab.DraftVocab([7, 3, 3, 250])
+    draft = draft_vocab.DraftVocab([7, 3, 3, 250])
     weight, rows = draft.projection(full)
     assert draft.token_ids.tolist() == rows.tolist() == [3, 7, 250]
     np.testing.assert_array_equal(weight.numpy(), full.lm_head_t().numpy()[:, [3, 7, 250]])
@@ -291,15 +296,15 @@ def test_the_projection_reads_only_the_draft_columns(full):
 def test_a_reduced_base_maps_draft_tokens_to_its_rows(reduced):
     kept, reply, units = reduced
     small = weights.load_model(units[False], "float32")
-    weight, rows = vocab.DraftVocab(kept[5:15]).projection(small)
+    weight, rows = draft_vocab.DraftVocab(kept[5:15]).projection(small)
     assert small.vocab.tokens(rows).tolist() == kept[5:15]
     with pytest.raises(UsageError, match="outside the model's reduced vocabulary"):
-        vocab.DraftVocab([kept[0], next(t for t in range(320) if t not in kept)]).projection(small)
+        draft_vocab.DraftVocab([kept[0], next(t for t in range(320) if t not in kept)]).projection(small)
 
 
 def test_bad_draft_vocabularies_are_refused_before_the_model_loads(tiny_pkl, tmp_path, monkeypatch):
-    from medusa import cli
-    from medusa.settings import GenerationSettings, ModelArgs
+    from medusa.app import loading
+    from medusa.app.settings import GenerationSettings, ModelArgs
 
     pkl = tiny_pkl("qwen2")
     shared = head_io.save_heads(build_heads(HeadConfig(num_heads=4, hidden_size=64, vocab_size=320,
@@ -310,11 +315,11 @@ def test_bad_draft_vocabularies_are_refused_before_the_model_loads(tiny_pkl, tmp
     def plan(heads, draft):
         margs = ModelArgs(jittor_base_weights=str(pkl), medusa_weights=str(heads) if heads else "",
                           draft_vocab=str(draft), device="cpu")
-        return cli.plan(margs, GenerationSettings(medusa_choices="chain"))
+        return loading.plan(margs, GenerationSettings(medusa_choices="chain"))
 
     assert len(plan(shared, draft_file(tmp_path, range(50))).draft_vocab) == 50
     assert plan(shared, "auto").draft_vocab is None                    # no draft_vocab.json beside the heads
-    draft_file(tmp_path, range(60), vocab.DRAFT_FILE)
+    draft_file(tmp_path, range(60), draft_vocab.DRAFT_FILE)
     assert len(plan(shared, "auto").draft_vocab) == 60 and plan(shared, "none").draft_vocab is None
     assert plan(own, "auto").draft_vocab is None and plan(None, "auto").draft_vocab is None
     assert plan(shared, "auto").resolved()["draft_vocab_size"] == 60
@@ -333,16 +338,16 @@ def test_bad_draft_vocabularies_are_refused_before_the_model_loads(tiny_pkl, tmp
 
 
 def test_draft_command_keeps_the_most_frequent_reply_tokens(tmp_path):
-    from medusa.data import Sample, save_token_samples
+    from medusa.data.samples import Sample, save_token_samples
 
     ids = np.array([1, 2, 9, 9, 9, 8, 8, 7], np.int32)
     mask = np.array([0, 0, 1, 1, 1, 1, 1, 1], np.int32)                  # the prompt's 1, 2 do not count
     data = tmp_path / "s.npz"
     save_token_samples(data, [Sample(ids, mask)], [0], [0.0], {})
     out = tmp_path / "draft.json"
-    vocab.main(["draft", "--data", str(data), "--size", "2", "--output", str(out)])
+    vocab_cmd.main(["draft", "--data", str(data), "--size", "2", "--output", str(out)])
     written = json.loads(out.read_text())
     assert written["token_ids"] == [8, 9] and written["coverage"] == pytest.approx(5 / 6)
-    assert vocab.DraftVocab.load(out).token_ids.tolist() == [8, 9]
+    assert draft_vocab.DraftVocab.load(out).token_ids.tolist() == [8, 9]
     with pytest.raises(UsageError, match="exists"):
-        vocab.main(["draft", "--data", str(data), "--output", str(out)])
+        vocab_cmd.main(["draft", "--data", str(data), "--output", str(out)])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import weight_convert
-from medusa import weights
+from medusa.model import weights
 
 
 def converted(src, out, dtype="float32"):

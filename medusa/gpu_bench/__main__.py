@@ -1,5 +1,0 @@
-import sys
-
-from medusa.gpu_bench.cli import main
-
-sys.exit(main())
