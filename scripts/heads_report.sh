@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Tokens per step of the shipped SmolLM2 heads (medusa/trained/), as issue 13 measures them:
+# Tokens per step of the shipped SmolLM2 heads (medusa/trained/), as their model cards report them:
 # greedy, CPU fp32, the bench prompt set, 10 prompts x 128 new tokens, base and Medusa in one run
-# (outputs checked identical). Tunes each family's CPU tree first (python -m medusa.bench.tune writes
+# (outputs checked identical). Tunes each family's CPU tree first (python -m medusa tune writes
 # medusa/trained/smollm2_<family>_tree_cpu.json, what --medusa_choices auto picks; tuned with
 # the draft vocabulary medusa/trained/draft_vocab.json, which --draft_vocab auto takes on a CPU),
 # then benchmarks each family with the defaults (auto: the tuned tree and the draft vocabulary),
@@ -16,7 +16,7 @@ O=results/heads
 mkdir -p "$O"
 for family in medusa rnn moe; do
     [ -f "$HEADS/smollm2_${family}_tree_cpu.json" ] || \
-        python -m medusa.bench.tune --device cpu --medusa_weights "$HEADS/smollm2_$family.jtr"
+        python -m medusa tune --device cpu --medusa_weights "$HEADS/smollm2_$family.jtr"
 done
 for family in medusa rnn moe; do
     for tree in auto chain 8_node mc_sim_7b_63; do
@@ -28,5 +28,5 @@ for family in medusa rnn moe; do
     done
 done
 rm -f "$O/tokens_per_step.png"          # derived from the JSONs: made again
-python -m medusa.bench.compare "$O"/*.json --markdown --png "$O/tokens_per_step.png" > "$O/table.md"
+python -m medusa compare "$O"/*.json --markdown --png "$O/tokens_per_step.png" > "$O/table.md"
 cat "$O/table.md"

@@ -6,7 +6,7 @@ fp32, embedded SmolLM2, plus the vocab projection of every row.
     python scripts/profile_tree_step.py --rows 9     # an 8_node tree
 
 Prints the median wall time of a step, then the ops by total time per step (the compiled
-`code` ops are medusa/kernels.py's: the few-rows matmul and the fused attention).
+`code` ops are medusa/kernels/cpu.py's: the few-rows matmul and the fused attention).
 """
 import argparse
 import time

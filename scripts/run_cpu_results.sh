@@ -22,7 +22,7 @@ common=(--greedy --device cpu --resume)
 python test_medusa_benchmark.py "${common[@]}"       # the default: medusa heads, 8_node, 10 x 96
 
 [ -f results/trees/tuned_medusa.json ] || \
-    python -m medusa.bench.tune --device cpu --medusa_weights "$HEADS/smollm2_medusa.jtr" \
+    python -m medusa tune --device cpu --medusa_weights "$HEADS/smollm2_medusa.jtr" \
         --output results/trees/tuned_medusa.json
 
 sweep() {  # sweep FAMILY TREE
@@ -35,5 +35,5 @@ sweep medusa results/trees/tuned_medusa.json
 sweep medusa chain                                                     # top-1 chain, one node per head
 for family in medusa rnn moe; do sweep "$family" mc_sim_7b_63; done   # 64 nodes: slow on a CPU
 
-python -m medusa.bench.compare results/smollm2-135m-instruct_*.json results/sweep/*.json --markdown > results/table.md
+python -m medusa compare results/smollm2-135m-instruct_*.json results/sweep/*.json --markdown > results/table.md
 cat results/table.md

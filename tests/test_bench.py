@@ -119,7 +119,7 @@ def test_summary_by_hand():
 
 
 def test_stages_are_the_decoders():
-    from medusa.decoding.medusa import STAT_NAMES
+    from medusa.decoding.loop import STAT_NAMES
 
     assert results.STAGES == STAT_NAMES
 

@@ -1,7 +1,7 @@
 """Every entry point's flags, the way a user meets them: bad input is one line on stderr and exit
 status 2, found before the model loads; temperature 0 is greedy everywhere; the entry points agree.
 
-The cases are the ones issue 11 found by hand (each was a crash, a silent wrong answer or a late
+The cases are ones found by trying the commands by hand (each was a crash, a silent wrong answer or a late
 error before). Subprocess tests run the real command line; the rest call main() in-process.
 """
 import json
@@ -132,7 +132,7 @@ def test_old_flag_spelling_still_works_and_warns(tiny_pkl):
 
 # ---------------------------------------------------------------- the core's edge cases
 def test_core_decides_the_edge_cases_once(tiny_pkl, heads_file):
-    from medusa.decoding.medusa import medusa_generate
+    from medusa.decoding.loop import medusa_generate
     from medusa.heads.io import load_heads
     from medusa.model.weights import load_model
 

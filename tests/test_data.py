@@ -1,4 +1,4 @@
-"""Tests of medusa/data.py with a real (tiny, trained-in-test) fast tokenizer, fully offline."""
+"""Tests of medusa/data/samples.py with a real (tiny, trained-in-test) fast tokenizer, fully offline."""
 import json
 from collections import Counter
 from pathlib import Path

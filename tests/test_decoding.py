@@ -5,11 +5,14 @@ import numpy as np
 import pytest
 
 import medusa.runtime.options as options
-from medusa.decoding import medusa as decoding
-from medusa.model import weights
-from medusa.decoding.medusa import (STAT_NAMES, Sampling, _speculative_walk, medusa_generate, medusa_stream,
-                             resolve_tree)
+from medusa.decoding import steps
+from medusa.decoding.acceptance import speculative_walk
 from medusa.decoding.core import generate
+from medusa.decoding.device_loop import device_loop_ok
+from medusa.decoding.loop import STAT_NAMES, medusa_generate, medusa_stream
+from medusa.decoding.sampling import Sampling
+from medusa.decoding.tree_vars import resolve_tree
+from medusa.model import weights
 from medusa.runtime.errors import UsageError
 from medusa.heads.families import HeadConfig, build_heads
 from medusa.runtime.backend import jt
@@ -73,7 +76,7 @@ def test_scoring_leaves_or_not_gives_the_same_tokens(models, monkeypatch, leaves
     model = models("qwen2")
     heads = random_heads(model, "medusa")
     ref = medusa_generate(model, heads, prompt(7), 16, "16_node", sampling=sampling).output_ids
-    monkeypatch.setattr(decoding, "score_leaves", lambda: leaves)
+    monkeypatch.setattr(steps, "score_leaves", lambda: leaves)
     assert medusa_generate(model, heads, prompt(7), 16, "16_node", sampling=sampling).output_ids == ref
 
 
@@ -182,7 +185,7 @@ def test_speculative_walk_keeps_the_base_distribution():
     s = Sampling("sample", temperature=1.0)
     counts = np.zeros(V)
     for _ in range(10000):
-        path, bonus = _speculative_walk(tree, tokens, _FixedScores(rows), s, rng)
+        path, bonus = speculative_walk(tree.buffers, tokens, _FixedScores(rows), s, rng)
         counts[tokens[path[1]] if len(path) > 1 else bonus] += 1
     p = np.exp(rows[0]) / np.exp(rows[0]).sum()
     assert np.abs(counts / counts.sum() - p).max() < 0.02
@@ -190,7 +193,7 @@ def test_speculative_walk_keeps_the_base_distribution():
 
 def test_topk_indices_matches_sorting():
     x = np.random.default_rng(0).standard_normal((3, 2, 50)).astype(np.float32)
-    got = decoding.topk_indices(jt.array(x), 4).numpy()
+    got = steps.topk_indices(jt.array(x), 4).numpy()
     np.testing.assert_array_equal(got, np.argsort(-x, axis=-1)[..., :4])
 
 
@@ -217,7 +220,7 @@ def device_equals_host(model, heads, preset, monkeypatch):
     and accept lengths. Returns its result."""
     host = medusa_generate(model, heads, prompt(1), N_NEW, preset)
     with options.override(device_loop="on"):
-        assert decoding.device_loop_ok(model, heads, Sampling(), None)
+        assert device_loop_ok(model, heads, Sampling(), None)
         device = medusa_generate(model, heads, prompt(1), N_NEW, preset)
     assert device.output_ids == host.output_ids == plain_greedy(model, "qwen2", prompt(1))
     assert device.accept_lengths == host.accept_lengths
@@ -258,7 +261,7 @@ def test_device_loop_takes_sequential_oracle_heads(models, device_loop):
     ids = prompt(3)
     ref = plain_greedy(model, "llama", ids, 40)
     heads = OracleHeads(model, ids + ref, sequential=True)
-    assert decoding.device_loop_ok(model, heads, Sampling(), None)
+    assert device_loop_ok(model, heads, Sampling(), None)
     out = medusa_generate(model, heads, ids, 31, "8_node")
     assert out.output_ids == ref[:31] and out.accept_lengths == [5] * 6
     branch = [[1], [1, 1], [1, 1, 1], [0], [0, 0]]
@@ -268,12 +271,12 @@ def test_device_loop_takes_sequential_oracle_heads(models, device_loop):
 
 def test_device_loop_only_where_it_applies(models, device_loop):
     model = models("qwen2")
-    assert decoding.device_loop_ok(model, random_heads(model, "rnn"), Sampling(), None)   # depth by depth too
-    assert not decoding.device_loop_ok(model, random_heads(model, "medusa"), Sampling("sample", temperature=0.7), None)
+    assert device_loop_ok(model, random_heads(model, "rnn"), Sampling(), None)   # depth by depth too
+    assert not device_loop_ok(model, random_heads(model, "medusa"), Sampling("sample", temperature=0.7), None)
     with options.override(device_loop="off"):
-        assert not decoding.device_loop_ok(model, random_heads(model, "medusa"), Sampling(), None)
+        assert not device_loop_ok(model, random_heads(model, "medusa"), Sampling(), None)
     with options.override(device_loop="auto"):                  # the default: on a GPU only
-        assert not decoding.device_loop_ok(model, random_heads(model, "medusa"), Sampling(), None)
+        assert not device_loop_ok(model, random_heads(model, "medusa"), Sampling(), None)
     with pytest.raises(UsageError, match=r"MEDUSA_DEVICE_LOOP must be auto, on or off .*got 'yes'"):
         options.from_environ({"MEDUSA_DEVICE_LOOP": "yes"})
 

@@ -9,7 +9,7 @@ from medusa.decoding import core
 from medusa.cli import generate
 from medusa.heads import io as head_io
 from medusa.model import weights
-from medusa.decoding.medusa import medusa_generate
+from medusa.decoding.loop import medusa_generate
 from medusa.heads.families import HeadConfig, build_heads
 from medusa.runtime.backend import jt
 

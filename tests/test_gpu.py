@@ -10,7 +10,8 @@ import pytest
 import medusa.runtime.options as options
 from medusa.kernels import cuda as ck
 from medusa.model.config import ModelConfig
-from medusa.decoding.medusa import medusa_generate, topk_indices
+from medusa.decoding.loop import medusa_generate
+from medusa.decoding.steps import topk_indices
 from medusa.decoding.core import forced_logits, generate
 from medusa.heads.families import HeadConfig, build_heads
 from medusa.model.transformer import Transformer

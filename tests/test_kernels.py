@@ -1,4 +1,4 @@
-"""medusa/kernels.py against Jittor's own matmul (fp32 tolerance) on odd shapes, its gradients, and
+"""medusa/kernels/cpu.py against Jittor's own matmul (fp32 tolerance) on odd shapes, its gradients, and
 that model.matmul really dispatches to it on the CPU."""
 import numpy as np
 import pytest

@@ -159,7 +159,7 @@ def test_fused_projections_compute_the_same_model(tiny_pkl, family):
     on the CPU: the same logits with a cache, without one (training's hidden states) and with a
     tree mask, and the same Medusa output. Qwen3 keeps separate q/k/v (its q/k norm)."""
     from medusa.decoding.core import forced_logits, hidden_states
-    from medusa.decoding.medusa import medusa_generate
+    from medusa.decoding.loop import medusa_generate
     from oracle import random_heads
 
     plain = weights.load_model(tiny_pkl(family), "float32")

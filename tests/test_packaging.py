@@ -16,7 +16,7 @@ from medusa.heads import io as head_io
 from medusa.training import trainer as training
 from medusa.data.prompt_sets import DEFAULT_PROMPTS, load_prompt_set
 from medusa.decoding.tree import load_choices
-site = Path(head_io.__file__).resolve().parent
+site = Path(head_io.__file__).resolve().parents[1]   # the installed medusa/
 assert "site" in str(site), site
 assert head_io.DEFAULT_HEADS.resolve().parent.parent == site
 heads = head_io.load_heads(head_io.DEFAULT_HEADS)

@@ -1,4 +1,4 @@
-"""The seeded prompt generator for self-distillation at scale (medusa/prompt_gen.py)."""
+"""The seeded prompt generator for self-distillation at scale (medusa/data/prompt_gen.py)."""
 import json
 from collections import Counter
 from pathlib import Path

@@ -7,7 +7,7 @@ import pytest
 
 from medusa.runtime.backend import use_device
 
-RUNTIME_MODULES = ("medusa.runtime.backend", "medusa.model.transformer", "medusa.decoding.medusa", "medusa.cli.generate", "medusa.bench.benchmark",
+RUNTIME_MODULES = ("medusa.runtime.backend", "medusa.model.transformer", "medusa.decoding.loop", "medusa.cli.generate", "medusa.bench.benchmark",
                    "medusa.training.trainer", "medusa.heads.io", "medusa.model.weights", "medusa.training.distill")
 
 

@@ -87,7 +87,7 @@ def test_patches_needed_only_for_cuda13():
 
 
 def test_prepare_does_not_import_jittor():
-    code = ("import sys; from medusa import setup_gpu; setup_gpu.prepare(check_only=True); "
+    code = ("import sys; from medusa.runtime import cuda_setup; cuda_setup.prepare(check_only=True); "
             "assert 'jittor' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "nvcc_path": ""})
 

@@ -1,4 +1,4 @@
-"""train_report on synthetic metrics.jsonl files laid out as medusa/training.py writes them:
+"""train_report on synthetic metrics.jsonl files laid out as medusa/training/trainer.py writes them:
 the table shows the lowest-loss epoch, the PNG is written, bad input is a one-line UsageError."""
 import json
 

@@ -1,5 +1,6 @@
-"""Head training (medusa/training.py) on the tiny random models: label alignment, loss masks,
-padding invariance, loss going down for every family, exact resume, bad data."""
+"""Head training (medusa/training/trainer.py, medusa/cli/train.py) on the tiny random models: label
+alignment, loss masks, padding invariance, loss going down for every family, exact resume, bad
+data, and the flags (the base model ones shared with every command)."""
 import dataclasses
 import json
 
@@ -91,10 +92,27 @@ def test_a_few_steps_lower_the_loss(tiny_pkl, tmp_path, family, prefix):
     assert (tr.args.out_dir() / "best.jtr").is_file()
 
 
+def saved_as_before_the_rename(run):
+    """Rewrite a run folder as a run saved before --base_dtype became --dtype would have it."""
+    for name in (training.STATE_NAME, "train_args.json"):
+        path = run / name
+        if name.endswith(".npz"):
+            with np.load(path) as f:
+                arrays = {k: f[k] for k in f.files}
+            meta = json.loads(str(arrays.pop("meta")))
+            meta["args"]["base_dtype"] = meta["args"].pop("dtype")
+            np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
+        else:
+            record = json.loads(path.read_text())
+            record["base_dtype"] = record.pop("dtype")
+            path.write_text(json.dumps(record))
+
+
 def test_resume_continues_from_same_step_and_optimizer_state(tiny_pkl, tmp_path):
     full = training.Trainer(tiny_args(tiny_pkl, tmp_path, output_dir=str(tmp_path / "full")))
     full.fit()
     training.Trainer(tiny_args(tiny_pkl, tmp_path, output_dir=str(tmp_path / "cut"), max_steps=5)).fit()
+    saved_as_before_the_rename(tmp_path / "cut")       # an old run folder (key base_dtype) still resumes
     resumed = training.Trainer(tiny_args(tiny_pkl, tmp_path, output_dir=str(tmp_path / "cut"), resume=True))
     resumed.fit()                                   # --resume: loads last.jtr + last_state.pkl, goes on
     assert resumed.step == full.step == 8 and resumed.opt.steps == full.opt.steps == 8
@@ -158,14 +176,69 @@ def test_adamw_counts_optimizer_steps_under_accumulation():
 
 
 @pytest.mark.parametrize("family", ["medusa", "moe"])
-def test_every_flag_has_help(family, capsys):
+def test_every_flag_has_help_and_is_listed_once(family, capsys):
     with pytest.raises(SystemExit):
         train_cmd.parse_args(["--help"], family)
-    text = "".join(capsys.readouterr().out.split())   # argparse wraps lines (and after hyphens)
+    out = capsys.readouterr().out
+    options = out[out.index("options:"):]
+    entries = [line.split()[0].rstrip(",") for line in options.splitlines() if line.startswith("  --")]
+    assert len(entries) == len(set(entries)) and "--base_dtype" not in out
+    text = "".join(out.split())   # argparse wraps lines (and after hyphens)
     for f in dataclasses.fields(training.TrainArgs):
-        if f.name == "family" or (f.name in training.MOE_ONLY and family != "moe"):
+        if f.name == "family":
             continue
-        assert f"--{f.name}" in text and "".join(training.HELP[f.name].split()) in text, f.name
+        listed = f"--{f.name}" in entries
+        assert listed == (family == "moe" or f.name not in training.MOE_ONLY), f.name
+        if listed:
+            assert "".join(f.metadata["help"].split()) in text, f.name
+
+
+def test_base_model_flags_parse_as_in_generate():
+    """--base_model_path, --jittor_base_weights, --device and --dtype are the same fields as
+    generate's: same defaults, same values, same help."""
+    from medusa import cli
+    from medusa.app.settings import BaseModelArgs, GenerationSettings, ModelArgs
+    from medusa.cli.generate import GenerateArgs
+
+    shared = [f.name for f in dataclasses.fields(BaseModelArgs)]
+    assert shared == ["base_model_path", "jittor_base_weights", "device", "dtype"]
+    for argv in ([], ["--device", "cpu", "--dtype", "float32", "--base_model_path", training.SHIPPED_DATA.as_posix()]):
+        margs = cli.parse(argv + ["--prompt", "x"], (ModelArgs, GenerationSettings, GenerateArgs))[0]
+        targs = train_cmd.parse_args(argv)
+        assert {k: getattr(targs, k) for k in shared} == {k: getattr(margs, k) for k in shared}, argv
+    fields = {f.name: f for f in dataclasses.fields(training.TrainArgs)}
+    assert all(fields[f.name].metadata == f.metadata and fields[f.name].default == f.default
+               for f in dataclasses.fields(ModelArgs) if f.name in shared)
+    with pytest.raises(SystemExit):       # the same choices
+        train_cmd.parse_args(["--dtype", "float64"])
+
+
+def test_old_base_dtype_warns_and_sets_dtype(capsys):
+    args = train_cmd.parse_args(["--base_dtype", "float32"])
+    assert args.dtype == "float32" and not hasattr(args, "base_dtype")
+    assert "--base_dtype is deprecated, use --dtype" in capsys.readouterr().err
+    assert train_cmd.parse_args(["--base_dtype=float16"]).dtype == "float16"
+    old = train_cmd.parse_args(["--no-cache_hidden", "--no-share_lm_head", "--no-tf32"])    # argparse's old --no-X
+    assert (old.cache_hidden, old.share_lm_head, old.tf32) == (False, False, False)
+    assert training.saved_args({"base_dtype": "float32", "lr": 0.1}) == {"dtype": "float32", "lr": 0.1}
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--medusa_weights", "heads.jtr"], "--medusa_weights: not a training flag"),
+    (["--draft_vocab=none"], "--draft_vocab: not a training flag"),
+    (["--moe_top_k", "2"], "--moe_top_k: a flag of the moe family only"),
+    (["--temperature", "0.7"], "--temperature: no such flag"),
+])
+def test_a_flag_training_does_not_have_is_a_one_line_error(argv, fragment, capsys):
+    from medusa import cli
+    from medusa.app.settings import BaseModelArgs, ModelArgs
+
+    decoding_only = {f.name for f in dataclasses.fields(ModelArgs)} - {f.name for f in dataclasses.fields(BaseModelArgs)}
+    assert decoding_only == set(train_cmd.NOT_FOR_TRAINING)       # each gets its own reason
+    with pytest.raises(SystemExit) as stop:
+        cli.run(lambda a: train_cmd.main(a, family="medusa"), argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
 
 
 # ---------------------------------------------------------------- recipe: soft loss, presets, early stop, token samples

@@ -52,6 +52,12 @@ def test_8_node_by_hand():
     np.testing.assert_array_equal(b.path_lengths, [3, 4, 5])
     np.testing.assert_array_equal(b.valid_mask, b.retrieve_indices >= 0)
     assert [a.tolist() for a in b.nodes_at_depth] == [[0], [1, 2], [3, 4, 5], [6, 7], [8]]
+    assert b.children == ((1, 2), (3, 4), (5,), (6,), (), (7,), (8,), (), ())
+    assert b.ancestry[8] == (0, 1, 3, 6, 8) and b.ancestry[5] == (0, 2, 5)
+    np.testing.assert_array_equal(b.rank, [0, 0, 1, 0, 1, 0, 0, 0, 0])
+    # [h0[0], h0[1], h1[0], h1[1], h2[0], h3[0]] in the heads' [4, 2] top-k, flattened
+    np.testing.assert_array_equal(b.candidate_slots, [0, 1, 2, 3, 4, 6])
+    np.testing.assert_array_equal(b.path_rows, [[0, 1, 4, 0, 0], [0, 2, 5, 7, 0], [0, 1, 3, 6, 8]])
 
 
 def test_mc_sim_7b_63_matches_upstream_shape():
@@ -95,6 +101,14 @@ def test_invariants(name):
     for p, t in zip(b.choices, b.tree_indices[1:]):
         assert t == 1 + sum(b.topk[:len(p) - 1]) + p[-1] and p[-1] < b.topk[len(p) - 1]
     assert sum(len(a) for a in b.nodes_at_depth) == n
+    # children / ancestry / rank: the parent table read the other way, in rank order
+    for node in range(n):
+        assert list(b.children[node]) == [c for c in range(1, n) if b.parent[c] == node]
+        assert b.ancestry[node][-1] == node and len(b.ancestry[node]) == b.position_ids[node] + 1
+        assert [b.rank[c] for c in b.children[node]] == sorted(b.rank[c] for c in b.children[node])
+    # candidate_slots: flat candidate j (after the root) -> its (head, rank) in the [depth, max(topk)] top-k
+    kmax = max(b.topk)
+    assert [divmod(int(s), kmax) for s in b.candidate_slots] == [(d, j) for d, k in enumerate(b.topk) for j in range(k)]
 
 
 def test_input_order_does_not_matter():

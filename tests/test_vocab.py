@@ -1,4 +1,4 @@
-"""Vocabulary reduction (medusa/vocab.py) on the tiny models: the map round trip, logits of the kept
+"""Vocabulary reduction (medusa/vocab/reduce.py) on the tiny models: the map round trip, logits of the kept
 rows equal the full model's, original ids out of every decoder, lossless Medusa on a reduced base,
 a sliced embedding refusing unknown input, heads for the wrong vocabulary refused."""
 import json
@@ -68,7 +68,7 @@ def test_kept_rows_give_the_full_models_logits(full, reduced):
 
 
 def test_decoders_hand_out_original_ids(full, reduced):
-    from medusa.decoding.medusa import medusa_generate
+    from medusa.decoding.loop import medusa_generate
 
     kept, reply, units = reduced
     for path in units.values():
@@ -187,7 +187,7 @@ def narrow(tiny_pkl, full, tmp_path_factory):
 
 
 def test_the_vocab_check_hands_out_the_full_models_greedy_tokens(narrow):
-    from medusa.decoding.medusa import medusa_generate
+    from medusa.decoding.loop import medusa_generate
     from medusa.decoding.sampling import Sampling
 
     kept, reply, missing, units = narrow
@@ -242,7 +242,7 @@ def test_no_vocab_check_without_the_full_head(narrow):
 def test_prefix_layer_heads_refuse_the_vocab_check(narrow):
     """The check rewinds the base cache after a wrong token; a prefix layer's own cache would go
     stale, so the combination is refused up front."""
-    from medusa.decoding.medusa import medusa_generate
+    from medusa.decoding.loop import medusa_generate
     from medusa.decoding.sampling import Sampling
 
     _, _, _, units = narrow
@@ -265,8 +265,8 @@ def test_a_draft_vocabulary_is_lossless_and_drafts_only_its_tokens(full, tmp_pat
     """Greedy Medusa with a draft vocabulary hands out plain greedy's tokens (the base model
     verifies), and every drafted token (tree nodes past the root) is in the set, whether the
     set holds the reply's tokens or not."""
-    from medusa.decoding import medusa as decoding
-    from medusa.decoding.medusa import medusa_generate
+    from medusa.decoding import steps as decoding
+    from medusa.decoding.loop import medusa_generate
 
     jt.set_global_seed(0)
     heads = build_heads(HeadConfig(family=family, num_heads=4, hidden_size=64, vocab_size=320,

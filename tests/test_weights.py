@@ -1,4 +1,4 @@
-"""weight_convert.py and medusa/weights.py: every input format converts to the same weights, and
+"""weight_convert.py and medusa/model/weights.py: every input format converts to the same weights, and
 bad input fails with an error that names the file, the tensor and the shapes."""
 import json
 import pickle

@@ -122,7 +122,7 @@ def decode_turn(side, setup, settings: GenerationSettings, prompt_ids, max_new_t
 
         out = generate(setup.model, prompt_ids, max_new_tokens, setup.eos_ids, sampling)
     else:
-        from medusa.decoding.medusa import medusa_generate
+        from medusa.decoding.loop import medusa_generate
 
         out = medusa_generate(setup.model, setup.heads, prompt_ids, max_new_tokens, choices=setup.choices,
                               eos_ids=setup.eos_ids, sampling=sampling)

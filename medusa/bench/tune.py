@@ -37,6 +37,7 @@ from medusa.runtime.errors import UsageError
 from medusa.data.prompt_sets import DATA_FORMATS, load_prompt_set, spread_over_categories
 from medusa.app.results import dumps_compact
 from medusa.app.settings import GenerationSettings
+from medusa.runtime import options
 from medusa.runtime.files import PACKAGE_DIR
 
 TUNE_PROMPTS = PACKAGE_DIR / "prompts" / "smollm2_prompts.jsonl"   # not the benchmark's (the first heads' training prompts)
@@ -144,7 +145,9 @@ def expected_accept(choices, acc):
 def step_time(model, heads, choices, context_ids, repeats):
     """Median seconds of one decoding step (propose + verify) with this tree, context cached."""
     from medusa.decoding.core import new_cache
-    from medusa.decoding.medusa import Sampling, prefill, propose, resolve_tree, tree_decode
+    from medusa.decoding.sampling import Sampling
+    from medusa.decoding.steps import prefill, propose, tree_decode
+    from medusa.decoding.tree_vars import resolve_tree
 
     tree = resolve_tree(choices, heads.config.num_heads)
     cache = new_cache(model, 1, len(context_ids) + tree.num_nodes)
@@ -213,7 +216,7 @@ def time_sizes(setup, order, values, context, base_step, args, log):
 
 def measured_accept(setup, tree, prompt_ids, max_new_tokens):
     """Step 5: tokens per decoding step of greedy Medusa with `tree` on these prompts."""
-    from medusa.decoding.medusa import medusa_generate
+    from medusa.decoding.loop import medusa_generate
 
     tokens = steps = 0
     for ids in prompt_ids:
@@ -248,5 +251,5 @@ def write_tree(report, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report["tree"]) + "\n")
     report_path = path.with_name(path.stem + "_report.json")
-    report_path.write_text(dumps_compact(report) + "\n")
+    report_path.write_text(dumps_compact({**report, "options": options.as_dict()}) + "\n")
     return path, report_path

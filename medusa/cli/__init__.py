@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 
+from medusa.runtime import options
 from medusa.runtime.errors import Interrupted, UsageError
 
 # old spelling -> new one; the old one still works and warns
@@ -36,7 +37,10 @@ def parse(argv, types, description=None):
     parser = HfArgumentParser(types, description=description,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    out = parser.parse_args_into_dataclasses(_renamed(list(sys.argv[1:] if argv is None else argv)))
+    *out, unknown = parser.parse_args_into_dataclasses(_renamed(list(sys.argv[1:] if argv is None else argv)),
+                                                       return_remaining_strings=True)
+    if unknown:
+        raise UsageError(f"{parser.prog}: unknown flag {unknown[0]!r} (--help lists the flags)")
     return tuple(out[:len(types)])
 
 
@@ -45,6 +49,7 @@ def run(main, argv=None):
     run prints how to continue and exits 130."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        options.current()           # a bad $MEDUSA_* value is an error before anything loads
         return main(argv)
     except UsageError as e:
         if "--debug" in argv:

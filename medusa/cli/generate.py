@@ -4,7 +4,7 @@
     python -m medusa generate --prompt "..." --chat --medusa_weights heads.jtr --medusa_choices 8_node
 
 With no model arguments it uses the embedded default SmolLM2-135M-Instruct (converted on first
-use). `--medusa_weights` switches to Medusa tree decoding (medusa/decoding.py). Every flag is
+use). `--medusa_weights` switches to Medusa tree decoding (medusa/decoding/). Every flag is
 checked before the model loads; a bad one is a one-line error with exit status 2.
 """
 import json
@@ -36,7 +36,7 @@ def encode_prompt(tokenizer, prompt, chat):
 
 
 def run_medusa(setup, prompt_ids, settings) -> dict:
-    from medusa.decoding.medusa import medusa_generate
+    from medusa.decoding.loop import medusa_generate
 
     result = medusa_generate(setup.model, setup.heads, prompt_ids, settings.max_new_tokens, setup.choices,
                              setup.eos_ids, settings.sampling())

@@ -4,6 +4,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from medusa.runtime import options
 from medusa.bench.gpu.common import DRY_RUN, SHAPES, BenchConfig, write_json
 
 
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
         write_report(cfg.runs or [cfg.out], cfg.results or str(Path(cfg.out) / "gpu_bench.json"), cfg.note)
         return 0
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    write_json(Path(cfg.out) / f"gpu_{cfg.side}_config.json", asdict(cfg))
+    write_json(Path(cfg.out) / f"gpu_{cfg.side}_config.json", {**asdict(cfg), "options": options.as_dict()})
     if cfg.side == "torch":
         from medusa.bench.gpu.torch_side import run
     else:

@@ -1,52 +1,87 @@
-"""`medusa train` (train_ddp.py, train_rnn.py, train_moe.py): train draft heads (training/trainer.py)."""
-import argparse
-import copy
+"""`medusa train` (train_ddp.py, train_rnn.py, train_moe.py): train draft heads (training/trainer.py).
+
+The flags are TrainArgs's fields, parsed by cli.parse like every command's: the base model ones
+(--base_model_path, --jittor_base_weights, --device, --dtype) are BaseModelArgs's, with the same
+meaning and default as in generate or bench. The MoE flags exist only for the moe family; a
+--preset fills in only the flags not on the command line.
+"""
 import dataclasses
 import sys
 
 from medusa import cli
 from medusa.runtime.errors import UsageError
-from medusa.training.trainer import (
-    HELP,
-    MOE_ONLY,
-    PRESETS,
-    TrainArgs,
-    Trainer,
-    check_args,
-)
-
-
-def _explicit_flags(parser, argv):
-    """The dests given on the command line (a copy of the parser with every default suppressed)."""
-    quiet = copy.deepcopy(parser)
-    for action in quiet._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(quiet.parse_args(sys.argv[1:] if argv is None else argv)))
-
-def parse_args(argv=None, family="medusa") -> TrainArgs:
-    defaults = TrainArgs(family=family)
-    p = argparse.ArgumentParser(description=f"Train {family} draft heads on a frozen base model "
-                                            f"(effective batch = batch_size x gradient_accumulation_steps x world_size).")
-    for f in dataclasses.fields(TrainArgs):
-        if f.name == "family" or (f.name in MOE_ONLY and family != "moe"):
-            continue
-        value = getattr(defaults, f.name)
-        if isinstance(value, bool):
-            p.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=value, help=HELP[f.name])
-        else:
-            p.add_argument(f"--{f.name}", type=type(value), default=value,
-                           help=f"{HELP[f.name]} (default: %(default)r)")
-    given = vars(p.parse_args(argv))
-    explicit = _explicit_flags(p, argv)
-    preset = given["preset"]
-    if preset and preset not in PRESETS:
-        raise UsageError(f"--preset {preset!r}: unknown; known: {', '.join(PRESETS)}")
-    given.update({k: v for k, v in PRESETS.get(preset, {}).items() if k not in explicit})
-    args = dataclasses.replace(defaults, **given)
-    check_args(args)
-    return args
+from medusa.training.trainer import MOE_ONLY, PRESETS, TrainArgs, Trainer
 
 FAMILIES = ("medusa", "rnn", "moe")
+DESCRIPTION = """Train {family} draft heads on a frozen base model
+(effective batch = batch_size x gradient_accumulation_steps x world_size).
+`medusa train` takes --head_family medusa|rnn|moe (default medusa);
+train_ddp.py, train_rnn.py and train_moe.py fix the family."""
+NOT_FLAGS = ("family",)
+# old spelling -> new one, for training only (cli.RENAMED holds the ones of every command)
+RENAMED = {"--base_dtype": "--dtype"}
+# flags of other commands a user may try here, and why training has none
+NOT_FOR_TRAINING = {
+    "medusa_weights": "training makes heads; to start from saved ones pass --init_heads",
+    "draft_vocab": "the draft vocabulary is chosen where the trained heads decode: generate, bench",
+}
+
+
+def flags_of(family):
+    """The command line of `family`: a dataclass of TrainArgs's fields (help and defaults
+    included) but `family`, with the MoE ones only for moe."""
+    keep = [f for f in dataclasses.fields(TrainArgs)
+            if f.name not in NOT_FLAGS and (family == "moe" or f.name not in MOE_ONLY)]
+    return dataclasses.make_dataclass(
+        "TrainFlags", [(f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata)) for f in keep])
+
+
+def old_spellings(argv, flags):
+    """argv with the old spellings in today's: --base_dtype (warns), and argparse's --no-NAME of a
+    boolean flag (--no-cache_hidden), which cli.parse spells --no_NAME."""
+    bools = {f.name for f in dataclasses.fields(flags) if f.type is bool}
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if name in RENAMED:
+            print(f"warning: {name} is deprecated, use {RENAMED[name]}", file=sys.stderr)
+            arg = RENAMED[name] + eq + value
+        elif not eq and name.startswith("--no-") and name[5:] in bools:
+            arg = f"--{name[5:]}=false"
+        out.append(arg)
+    return out
+
+
+def given_flags(flags, argv):
+    """The fields given on the command line; a flag training does not have is a UsageError."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(flags, add_help=False)      # cli.parse answers --help
+    unset = object()                                     # not a str: argparse converts str defaults
+    parser.set_defaults(**{f.name: unset for f in dataclasses.fields(flags)})
+    given, unknown = parser.parse_known_args(argv)
+    for arg in unknown:
+        name = arg.partition("=")[0]
+        if not name.startswith("--") or name in ("--debug", "--help"):
+            continue
+        key = name[2:].replace("-", "_")
+        if key in NOT_FOR_TRAINING:
+            raise UsageError(f"{name}: not a training flag ({NOT_FOR_TRAINING[key]})")
+        if key in MOE_ONLY:
+            raise UsageError(f"{name}: a flag of the moe family only (medusa train --head_family moe, train_moe.py)")
+        raise UsageError(f"{name}: no such flag (--help lists them)")
+    return {k for k, v in vars(given).items() if v is not unset}
+
+
+def parse_args(argv=None, family="medusa") -> TrainArgs:
+    """TrainArgs of the command line, the preset applied to the flags not given, validated."""
+    flags = flags_of(family)
+    argv = old_spellings(list(sys.argv[1:] if argv is None else argv), flags)
+    given = given_flags(flags, argv)
+    (parsed,) = cli.parse(argv, (flags,), DESCRIPTION.format(family=family))
+    values = dataclasses.asdict(parsed)
+    values.update({k: v for k, v in PRESETS.get(values["preset"], {}).items() if k not in given})
+    return TrainArgs(family=family, **values)
 
 
 def take_family(argv):

@@ -47,7 +47,7 @@ def typical_sample(row, sampling, rng):
 def next_token(top_of, row_of, sampling, rng, vocab):
     """The next token at a node where no candidate is tried: argmax, typical or plain sample.
     top_of() / row_of(): that node's argmax token / fp64 logits row, fetched only when needed;
-    vocab (model.VocabMap) turns a sampled logit row index into its token id."""
+    vocab (model.transformer.VocabMap) turns a sampled logit row index into its token id."""
     kind = sampling.kind
     if kind == "greedy" or (kind == "typical" and sampling.root == "argmax"):
         return int(top_of())

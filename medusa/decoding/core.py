@@ -8,7 +8,7 @@
     for token, seconds in stream_tokens(model, prompt_ids, n, eos_ids, sampling): ...
     generate(...)  greedy_batch(...)  forced_logits(...)  hidden_states(...)
 
-Plain decoding (generate.py, the benchmark's base side, tuning), Medusa decoding (decoding.py:
+Plain decoding (cli/generate.py, the benchmark's base side, tuning), Medusa decoding (steps.py:
 its prefill and tree verification), distillation (greedy_batch), the hidden-state cache and the
 tuner (hidden_states) and the GPU benchmark all call these; none has a loop of its own.
 
@@ -48,7 +48,7 @@ def check_request(config, prompt_len: int, max_new_tokens: int):
 
 
 def check_tokens(model, ids):
-    """With a sliced embedding (medusa/vocab.py --slice_embedding) every input token must be in
+    """With a sliced embedding (medusa/vocab/reduce.py --slice_embedding) every input token must be in
     the reduced vocabulary: GenerationError naming the first one that is not."""
     if model.config.embedding_sliced:
         rows = model.vocab.rows(np.asarray(ids).reshape(-1))

@@ -1,7 +1,7 @@
 """How tokens are chosen, one object for plain and Medusa decoding, and the host-side math.
 
 `Sampling` is what every decoder receives: plain decoding (core.py) reads temperature, top_p and
-seed; Medusa (decoding.py) also reads the acceptance mode. temperature 0 means greedy in both,
+seed; Medusa (loop.py) also reads the acceptance mode. temperature 0 means greedy in both,
 so the benchmark's two sides always decode the same way.
 """
 from dataclasses import dataclass
@@ -13,7 +13,7 @@ MODES = ("greedy", "typical", "sample")
 
 @dataclass
 class Sampling:
-    """How candidates are accepted and tokens chosen (see decoding.py's module docstring)."""
+    """How candidates are accepted and tokens chosen (see acceptance.py's module docstring)."""
     mode: str = "greedy"        # "greedy" (lossless), "typical", "sample" (speculative sampling)
     temperature: float = 0.0    # 0 = greedy whatever the mode
     top_p: float = 1.0          # plain sampling and sample mode

@@ -34,7 +34,7 @@ class ModelConfig:
     qk_norm: bool = False                    # Qwen3: RMSNorm over head_dim on q and k
     bos_token_id: Optional[int] = None
     eos_token_id: list = field(default_factory=list)
-    # a reduced output vocabulary (medusa/vocab.py): the original ids the lm_head rows stand for,
+    # a reduced output vocabulary (medusa/vocab/reduce.py): the original ids the lm_head rows stand for,
     # ascending; the embedding keeps all vocab_size rows unless embedding_sliced
     kept_ids: Optional[list] = None
     embedding_sliced: bool = False

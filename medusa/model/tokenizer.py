@@ -5,7 +5,7 @@ Why: generation and the benchmark need four things of a tokenizer (the chat temp
 decode, the special tokens), and transformers brings torch's integration with them. On a GPU
 image whose numpy Jittor must shadow with 1.26, `from transformers import AutoTokenizer` fails
 (docs/gpu.md); `tokenizers` and `jinja2` import anywhere. Training keeps transformers' tokenizer
-(it needs offset mappings of chat spans, medusa/data.py). tests/test_tokenizer.py holds this one
+(it needs offset mappings of chat spans, medusa/data/samples.py). tests/test_tokenizer.py holds this one
 to transformers' ids and text.
 
     tok = ChatTokenizer.from_folder(unit_dir)

@@ -34,7 +34,7 @@ BLAS_MIN_ONE_ROW = 1 << 22     # weight elements from which a single row goes to
 
 
 def matmul_kernel(a, b, trans_b):
-    """The function that computes matmul(a, b, trans_b): Jittor's own, one of medusa/kernels.py
+    """The function that computes matmul(a, b, trans_b): Jittor's own, one of medusa/kernels/cpu.py
     (CPU), cuda_kernels.gemv (one row on a GPU) or cuda_kernels.mma_rows (2-64 rows in fp16 on
     a GPU: a tree's projections)."""
     if jt.flags.use_cuda:
@@ -65,7 +65,7 @@ def matmul(a, b, trans_b=False):
     """a [..., M, K] @ b -> [..., M, N], the one place that picks the kernel. b [K, N] is a weight
     (a's leading axes are rows), b [..., K, N] one matrix per leading index of a (attention);
     trans_b: b is given as [..., N, K]. On the CPU in fp32, OpenBLAS or a few-rows kernel
-    (medusa/kernels.py: Jittor's own CPU matmul is a single-threaded loop) where they win; else
+    (medusa/kernels/cpu.py: Jittor's own CPU matmul is a single-threaded loop) where they win; else
     Jittor's own ops (always on a GPU, in fp16, or after kernels.use_blas(False))."""
     return matmul_kernel(a, b, trans_b)(a, b, trans_b)
 
@@ -107,7 +107,7 @@ class RMSNorm(jt.nn.Module):
 
 
 def gpu_kernels_ok() -> bool:
-    """The fused CUDA kernels (medusa/cuda_kernels/) serve inference on a GPU; they have no
+    """The fused CUDA kernels (medusa/kernels/cuda/) serve inference on a GPU; they have no
     gradient, so anything that trains through the base keeps Jittor's ops."""
     return bool(jt.flags.use_cuda and jt.flags.no_grad and cuda_kernels.use_kernels())
 
@@ -370,7 +370,7 @@ class Transformer(jt.nn.Module):
 
     def fuse_projections(self):
         """Fused q/k/v and gate/up weights in every layer (the GPU's path: two matmuls fewer per
-        layer and one op each for split + RoPE, attention and SiLU * up; medusa/cuda_kernels/).
+        layer and one op each for split + RoPE, attention and SiLU * up; medusa/kernels/cuda/).
         The separate weights are dropped, so do this after loading; checkpoints keep their names."""
         for layer in self.model.layers:
             layer.self_attn.fuse()

@@ -4,12 +4,13 @@
 this layer import no Jittor, so the torch side of the GPU benchmark can use them.
 """
 import importlib
+from pathlib import Path
 
 
 def __getattr__(name):
     # Jittor is imported only when something asks for it (PEP 562), not by `medusa.runtime.errors`
-    if name.startswith("__"):
-        raise AttributeError(name)
+    if name.startswith("__") or (Path(__file__).parent / f"{name}.py").is_file():
+        raise AttributeError(name)   # a submodule (`from medusa.runtime import errors`): Python imports it
     backend = importlib.import_module("medusa.runtime.backend")
     try:
         return getattr(backend, name)

@@ -43,7 +43,7 @@ import jittor as jt  # noqa: E402  (must follow the environment set-up above)
 
 
 def _cache_float_limits():
-    """Compiled CPU kernels (medusa/kernels.py's jt.code ops) switch the process to flush-to-zero
+    """Compiled CPU kernels (medusa/kernels/cpu.py's jt.code ops) switch the process to flush-to-zero
     when their library loads, and numpy's first np.finfo after that warns "The value of the
     smallest subnormal ... is zero" (four lines at the top of every benchmark). numpy caches
     finfo per type: computing it once here, before any kernel loads, keeps the true limits and

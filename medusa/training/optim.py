@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule of the head trainer (medusa/training.py)."""
+"""Optimizer and learning-rate schedule of the head trainer (medusa/training/trainer.py)."""
 import math
 
 from medusa.runtime.backend import jt

@@ -2,7 +2,7 @@
 
     python -m medusa train-report --runs medusa=ckpt/m rnn=ckpt/r --output medusa/trained/smollm2_heads_val.png
 
-Each run is LABEL=PATH, PATH a `metrics.jsonl` of medusa/training.py or the folder holding one.
+Each run is LABEL=PATH, PATH a `metrics.jsonl` of medusa/training/trainer.py or the folder holding one.
 Only its "val" records are read (one per epoch: loss, and head{k}_loss/_top1/_top5 per head).
 The table row of a run is its epoch of lowest val loss, the epoch whose heads best.jtr holds.
 """
@@ -30,7 +30,7 @@ def read_val(path) -> list:
         K = num_heads(record)
         missing = [key for key in ("epoch", "loss", *[f"head{k}_top5" for k in range(max(K, 1))]) if key not in record]
         if missing:
-            raise UsageError(f"{path}: {where}: a val record without {', '.join(missing)}: not a log of medusa/training.py")
+            raise UsageError(f"{path}: {where}: a val record without {', '.join(missing)}: not a log of medusa/training/trainer.py")
         if records and K != num_heads(records[0]):
             raise UsageError(f"{path}: {where}: {K} heads, the first val record has {num_heads(records[0])}: "
                              "one metrics.jsonl per run")

@@ -70,7 +70,7 @@ PRESETS = {
     # no weight decay, 8 samples x 4 accumulation, 2 epochs.
     "medusa1": dict(lr=1e-3, warmup_ratio=0.1, weight_decay=0.0, batch_size=8, gradient_accumulation_steps=4,
                     epochs=2),
-    # The users' fairness configuration against EAGLE-3 (../shared/reference): lr 1e-4, batch 1,
+    # A fairness configuration used to compare against EAGLE-3: lr 1e-4, batch 1,
     # 4 accumulation, warmup 0.015, gradient norm 0.5, 10 epochs.
     "seed_fair": dict(lr=1e-4, batch_size=1, gradient_accumulation_steps=4, warmup_ratio=0.015,
                       max_grad_norm=0.5, epochs=10),
@@ -145,7 +145,7 @@ class TrainArgs(BaseModelArgs):
 # ---------------------------------------------------------------- batches and loss
 def labels(ids, loss_mask, num_heads, vocab=None):
     """Head targets as logit rows [K, B, T] and their validity: data.head_targets, mapped through
-    a reduced vocabulary (model.VocabMap; the users' orig2draft) with the targets outside it
+    a reduced vocabulary (model/transformer.py's VocabMap, an orig2draft map) with the targets outside it
     masked out."""
     targets, valid = data.head_targets(ids, loss_mask, num_heads)
     if vocab is None or not vocab.reduced:

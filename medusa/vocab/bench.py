@@ -82,7 +82,7 @@ def load(args):
 def decode(side, full, reduced, ids, n, every):
     """-> record of one reply of `side`."""
     from medusa.decoding.core import generate
-    from medusa.decoding.medusa import medusa_generate
+    from medusa.decoding.loop import medusa_generate
     from medusa.decoding.sampling import Sampling
 
     base, medusa, checked = SIDES[side]

@@ -11,9 +11,9 @@ special, template and EOS tokens. `slice` writes a base model whose lm_head hold
 rows (a tied model gets its own sliced lm_head); the embedding stays whole unless
 `--slice_embedding` (then an input token outside the vocabulary is an error naming it). The
 config records the kept ids, so `weights.load_model` loads it like any model and every decoder
-hands out original token ids (model.VocabMap): the tokenizer and chat template are unchanged.
+hands out original token ids (model/transformer.py's VocabMap): the tokenizer and chat template are unchanged.
 
-Reference: the users' experiment report (151,396 -> 432 tokens for Qwen3: kept_indices /
+Reference: vocabulary pruning of a domain-tuned Qwen3 (151,396 -> 432 tokens: kept_indices /
 orig2draft), EAGLE-3's draft vocabulary (d2t / t2d maps) and FR-Spec (frequency-ranked subset).
 """
 import json

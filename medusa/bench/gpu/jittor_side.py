@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from medusa.decoding import medusa as decoding
+from medusa.decoding import device_loop, steps
 from medusa.model import weights
 from medusa.model.config import ModelConfig
 from medusa.decoding.core import decode_one, forced_logits, new_cache, prefill
+from medusa.decoding.sampling import Sampling
+from medusa.decoding.tree_vars import resolve_tree
 from medusa.bench.gpu.common import (CHECKED_SHAPES, HEADS, SHAPES, Recorder, param_count, run_shapes, stats_ms,
                               time_decode, time_medusa, timed_loop)
 from medusa.heads.families import HeadConfig, build_heads
@@ -59,7 +61,7 @@ def random_fill(model, seed):
 def build_model(cfg, shape, fused=True):
     """(model, source): the torch side's saved weights when present, else random weights; with
     `fused`, the GPU layout load_model gives (Transformer.fuse_projections), else Jittor's
-    plain ops with separate projections (the path before medusa/cuda_kernels/)."""
+    plain ops with separate projections (the path before medusa/kernels/cuda/)."""
     ref = Path(cfg.ref_dir) / shape
     if fused and (ref / "config.json").is_file():
         return weights.load_model(ref, cfg.dtype, cfg.max_len), "torch weights"
@@ -128,7 +130,7 @@ def profile_decode(cfg, model, steps=3, top=12):
 
 
 def profile_tree(cfg, model, tree, steps=3, top=12):
-    """Jittor's profiler over a few verification forwards of `tree` (decoding.tree_decode: the
+    """Jittor's profiler over a few verification forwards of `tree` (steps.tree_decode: the
     base model on every node, their logits and argmax), the cache rewound after each."""
     c = model.config
     jt.set_global_seed(cfg.seed)
@@ -139,7 +141,7 @@ def profile_tree(cfg, model, tree, steps=3, top=12):
     past = step.cache.length
 
     def verify():
-        decoding.tree_decode(model, step.cache, step.tree, step.tokens, step.sampling)
+        steps.tree_decode(model, step.cache, step.tree, step.tokens, step.sampling)
         step.cache.truncate(past)
 
     verify()
@@ -191,53 +193,53 @@ def matmul_probe(cfg, model, pairs=16):
 
 
 class MedusaStep:
-    """One Medusa step exactly as `medusa.decoding.medusa.medusa_stream` takes it (greedy): tree_decode
+    """One Medusa step exactly as `medusa.decoding.loop.medusa_stream` takes it on the host (greedy): tree_decode
     (the N tree nodes over the KVCache with the tree mask, argmax to the host) -> evaluate_posterior
     -> update_inputs (KVCache.compact of the accepted path) -> propose (heads -> top-k -> the next
     tree's tokens, to the host)."""
 
     def __init__(self, cfg, model, heads, tree):
         self.model, self.heads = model, heads
-        self.tree = decoding.resolve_tree(tree, heads.config.num_heads)
+        self.tree = resolve_tree(tree, heads.config.num_heads)
         self.buf = self.tree.buffers
         self.cache = new_cache(model, 1, cfg.max_len)
-        self.sampling, self.rng = decoding.Sampling("greedy"), np.random.default_rng(cfg.seed)
+        self.sampling, self.rng = Sampling("greedy"), np.random.default_rng(cfg.seed)
 
     def prefill(self, ids):
         self.cache.reset()
-        hidden, root = decoding.prefill(self.model, self.cache, ids, self.sampling, self.rng)
-        self.tokens = decoding.propose(self.model, self.heads, self.tree, hidden[:, -1:], root)
+        hidden, root = steps.prefill(self.model, self.cache, ids, self.sampling, self.rng)
+        self.tokens = steps.propose(self.model, self.heads, self.tree, hidden[:, -1:], root)
 
     def __call__(self, mark=lambda part: None):
         """One step; mark(part) is called after each part. Returns the tokens it accepts."""
         model, tree = self.model, self.tree
-        hidden, scores = decoding.tree_decode(model, self.cache, tree, self.tokens, self.sampling)
+        hidden, scores = steps.tree_decode(model, self.cache, tree, self.tokens, self.sampling)
         mark("tree")
-        path, bonus = decoding.evaluate_posterior(tree, self.tokens, scores, self.sampling, self.rng)
+        path, bonus = steps.evaluate_posterior(tree, self.tokens, scores, self.sampling, self.rng)
         mark("posterior")
-        hidden_last = decoding.update_inputs(self.cache, tree, path, hidden)
+        hidden_last = steps.update_inputs(self.cache, tree, path, hidden)
         mark("update")
-        self.tokens = decoding.propose(model, self.heads, tree, hidden_last, bonus)
+        self.tokens = steps.propose(model, self.heads, tree, hidden_last, bonus)
         mark("heads")
         return len(path)
 
 
 class DeviceMedusaStep(MedusaStep):
-    """One greedy Medusa step as `medusa.decoding.medusa._device_stream` takes it: the whole step as one
+    """One greedy Medusa step as `medusa.decoding.device_loop.DeviceStepper` takes it: the whole step as one
     graph on the device (tree forward, argmax, accepted path, cache moves, next tree's tokens)
     and one fetch of a few ints, all booked as "tree"."""
 
     def prefill(self, ids):
         self.cache.reset()
-        hidden, root = decoding.prefill(self.model, self.cache, ids, self.sampling, self.rng)
-        self.tables = decoding._tables_for(self.tree)
-        self.tokens = decoding._device_propose(self.model, self.heads, self.tree, self.tables, hidden[:, -1:],
-                                               jt.array(np.array([root], np.int32)))
+        hidden, root = steps.prefill(self.model, self.cache, ids, self.sampling, self.rng)
+        self.tables = device_loop.path_tables(self.tree)
+        self.tokens = device_loop.propose_on_device(self.model, self.heads, self.tree, self.tables, hidden[:, -1:],
+                                                    jt.array(np.array([root], np.int32)))
         self.tokens.sync()
 
     def __call__(self, mark=lambda part: None):
-        got, self.tokens = decoding._device_advance(self.model, self.heads, self.cache, self.tree, self.tables,
-                                                    self.tokens)
+        got, self.tokens = device_loop.advance(self.model, self.heads, self.cache, self.tree, self.tables,
+                                               self.tokens)
         mark("tree")
         return int(got[0])
 
@@ -260,8 +262,8 @@ def header(cfg, device):
     return {"side": "jittor", "device": gpu, "jittor": jt.__version__, "dtype": cfg.dtype,
             "heads": {**HEADS, "dtype": "float32 ResBlocks (as medusa.heads.families computes), the shared vocab "
                                      "projection in the base dtype"},
-            "medusa_step": "medusa.decoding.medusa: propose, tree_decode, evaluate_posterior, update_inputs",
-            "model": "fused projections + medusa/cuda_kernels/; decode_jittor_ops: Jittor's own ops"}
+            "medusa_step": "medusa.decoding.steps: propose, tree_decode, evaluate_posterior, update_inputs",
+            "model": "fused projections + medusa/kernels/cuda/; decode_jittor_ops: Jittor's own ops"}
 
 
 def run(cfg) -> Recorder:
