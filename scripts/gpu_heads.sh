@@ -21,7 +21,8 @@
 # together, as many as one alone (batch 32, December), so they buy no throughput.
 #
 # Environment: PY (~/.venvs/medusa-jittor/bin/python when there, else python), WORK (cache/gpu_heads),
-# MODEL (the base model's GGUF; default the embedded one), LIMIT (seconds a training may run; it saves
+# MODEL (the file the replies are decoded with; default the embedded GGUF), BASE (the trainings'
+# model flags; default the embedded model converted in fp32, as scripts/gpu_run.sh leaves it), LIMIT (seconds a training may run; it saves
 # its state on SIGTERM and the next `train` resumes), NUM (12000), SEED (0), FIRST_ID (100000),
 # PICK (2400), TEMPERATURE (0.7).
 set -uo pipefail
@@ -75,6 +76,9 @@ train)
         PY=$PY scripts/make_training_data.sh "$WORK"/committed > /dev/null || exit 1
         ln -sf committed/samples.npz "$WORK"/samples.npz
     fi
+    # the fp32 unit rather than the GGUF: converting a GGUF reads its tokenizer through PyTorch
+    BASE=${BASE:---jittor_base_weights $("$PY" -c "from medusa.model import weights
+print(weights.ensure_default_model('float32', verbose=False))")} || exit 1
     run=$WORK/runs/$name
     mkdir -p "$WORK"/runs
     resume=()
@@ -82,7 +86,8 @@ train)
     limit=()
     [ -n "${LIMIT:-}" ] && limit=(timeout -k 30 -s TERM "$LIMIT")
     # the log to a file, not a pipe: Jittor's forked compile workers can hold a pipe open
-    "${limit[@]}" "$PY" -m medusa train --head_family "$family" --base_model_path "$MODEL" --dtype float32 \
+    # shellcheck disable=SC2086
+    "${limit[@]}" "$PY" -m medusa train --head_family "$family" $BASE --dtype float32 \
         --data_path "$WORK"/samples.npz --cache_dir "$WORK"/hidden --output_dir "$run" --device cuda \
         "${resume[@]}" "$@" >> "$run.log" 2>&1
     rc=$?

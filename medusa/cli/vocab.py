@@ -85,7 +85,7 @@ def run_build(args):
         raise UsageError(f"{out} exists: choose another --output")
     plan = loading.plan(ModelArgs(base_model_path=args.base_model_path, jittor_base_weights=args.jittor_base_weights,
                               device="cpu"), heads="none")
-    vocab = build(args.data, plan.tokenizer, plan.eos_ids, plan.config.vocab_size, args.coverage, args.size)
+    vocab = build(args.data, weights.load_tokenizer(plan.source), plan.eos_ids, plan.config.vocab_size, args.coverage, args.size)
     vocab["tokenizer_of"] = str(plan.source)
     atomic_write(out, json.dumps(vocab, indent=1))
     cover = ", ".join(f"{Path(k).name}: {v['all_tokens']:.4%} of tokens, {v['reply_tokens']:.4%} of reply tokens"

@@ -119,7 +119,7 @@ def load_choices(spec, num_heads: int | None = None) -> list[list[int]]:
 
 # `--medusa_choices auto`: the tree `python -m medusa tune` saved beside the heads for this kind
 # of device, else this preset (cheap trees on a CPU, where every node costs compute; on a GPU a
-# 64-node tree costs about what a 9-node one does: README, GPU section)
+# 64-node tree costs about what a 9-node one does: docs/gpu.md)
 AUTO = "auto"
 AUTO_FALLBACK = {"cpu": "8_node", "cuda": "mc_sim_7b_63"}
 

@@ -115,7 +115,7 @@ def use_device(device: str = "auto") -> str:
         from medusa.runtime.errors import UsageError
 
         raise UsageError("--device cuda: Jittor found no CUDA on this machine; use --device cpu or auto "
-                         "(README, GPU section, for a GPU machine)")
+                         "(docs/gpu.md, for a GPU machine)")
     jt.flags.use_cuda = 1 if device == "cuda" else 0
     return device
 

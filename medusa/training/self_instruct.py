@@ -5,7 +5,7 @@
         [--model M.gguf|M.pkl|HF_DIR --tokenizer DIR] [--device cuda]
 
 Why: the templated prompts of medusa.data.prompt_gen are narrower than what people type, and heads
-trained on their replies accept fewer tokens on natural prompts (medusa/trained/README.md). Here
+trained on their replies accept fewer tokens on natural prompts (results/HISTORY.md). Here
 the model itself writes the prompts (Self-Instruct, Wang et al. 2023), so the requests read like
 the seeds, hand-written in medusa/prompts/seed_instructions.jsonl (132, 12 in each of 11
 categories; none from MT-bench, Vicuna-bench, the benchmark's or the tuning prompts).
