@@ -24,23 +24,28 @@
 # MODEL (the file the replies are decoded with; default the embedded GGUF), BASE (the trainings'
 # model flags; default the embedded model converted in fp32, as scripts/gpu_run.sh leaves it), LIMIT (seconds a training may run; it saves
 # its state on SIGTERM and the next `train` resumes), NUM (12000), SEED (0), FIRST_ID (100000),
-# PICK (2400), TEMPERATURE (0.7).
+# PICK (2400), TEMPERATURE (0.7), DEVICE (cuda; cpu makes a slow dry run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 D=data/selfdistill
+DEVICE=${DEVICE:-cuda}
 WORK=${WORK:-cache/gpu_heads}
 venv_py=${VENV:-$HOME/.venvs/medusa-jittor}/bin/python
 PY=${PY:-$( [ -x "$venv_py" ] && echo "$venv_py" || echo python)}
 mkdir -p "$WORK"
 export PYTHONUNBUFFERED=1
-[ -n "${nvcc_path:-}" ] || [ ! -x /usr/local/cuda/bin/nvcc ] || export nvcc_path=/usr/local/cuda/bin/nvcc
+if [ "$DEVICE" = cpu ]; then
+    export nvcc_path=""                 # a CPU machine's nvcc must not make Jittor try CUDA
+else
+    [ -n "${nvcc_path:-}" ] || [ ! -x /usr/local/cuda/bin/nvcc ] || export nvcc_path=/usr/local/cuda/bin/nvcc
+fi
 MODEL=${MODEL:-$("$PY" -c "from medusa.model import weights; print(weights.default_gguf_path())")} || exit 1
 stage=${1:?stage: instruct, sample, train or export}
 shift
 # greedy (or sampled) fp32 replies of at most 192 tokens, as every committed round's; the end of a
 # SmolLM2 turn is token 2, which also pads
 decode() { "$PY" scripts/distill_ids.py decode --model "$MODEL" --eos_ids 2 --pad_id 2 --max_new_tokens 192 \
-               --dtype float32 --device cuda "$@"; }
+               --dtype float32 --device "$DEVICE" "$@"; }
 samples() { "$PY" scripts/distill_ids.py samples --end_id 2 --pad_id 2 "$@"; }
 case $stage in
 instruct)
@@ -49,7 +54,7 @@ instruct)
     "$PY" -m medusa self-instruct --output "$WORK"/si_prompts.jsonl --prompt_ids_output "$WORK"/si_prompt_ids.jsonl \
         --num "${NUM:-12000}" --seed "${SEED:-0}" --first_id "${FIRST_ID:-100000}" --batch_size "${SI_BATCH:-1024}" \
         --exclude medusa/prompts/bench_prompts.jsonl medusa/prompts/smollm2_prompts.jsonl "${rounds[@]}" \
-        --device cuda || exit 1
+        --device "$DEVICE" || exit 1
     decode --ids "$WORK"/si_prompt_ids.jsonl --output "$WORK"/si_greedy_ids.jsonl --batch_size "${REPLY_BATCH:-960}" \
         || exit 1
     replies=("$D"/smollm2_12k_greedy_ids.jsonl.gz "$D"/smollm2_2400_sampled_t07_ids.jsonl.gz)
@@ -88,7 +93,7 @@ print(weights.ensure_default_model('float32', verbose=False))")} || exit 1
     # the log to a file, not a pipe: Jittor's forked compile workers can hold a pipe open
     # shellcheck disable=SC2086
     "${limit[@]}" "$PY" -m medusa train --head_family "$family" $BASE --dtype float32 \
-        --data_path "$WORK"/samples.npz --cache_dir "$WORK"/hidden --output_dir "$run" --device cuda \
+        --data_path "$WORK"/samples.npz --cache_dir "$WORK"/hidden --output_dir "$run" --device "$DEVICE" \
         "${resume[@]}" "$@" >> "$run.log" 2>&1
     rc=$?
     echo "$name: exit $rc (log $run.log)"

@@ -19,7 +19,7 @@ import medusa.runtime.options as options
 from medusa.runtime.errors import UsageError
 from medusa.runtime.files import atomic_write
 
-# = medusa.decoding.medusa.STAT_NAMES (test_bench checks); not imported so that reading results
+# = medusa.decoding.loop.STAT_NAMES (test_bench checks); not imported so that reading results
 # (summaries, compare.py) needs no Jittor
 STAGES = ("init", "medusa", "tree", "posterior", "update")
 SIDES = ("base", "medusa")

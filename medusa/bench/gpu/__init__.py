@@ -17,7 +17,7 @@ does not depend on the values.
 What one "Medusa step" is here: heads on the last accepted hidden state (4 Medusa-1 heads, 1 ResBlock
 each, sharing the base lm_head) -> top-k per head -> tree candidates -> one tree forward of the N
 tree nodes with the tree mask over the KV cache -> greedy posterior on the host -> KV-cache
-compaction of the accepted path. The Jittor side runs medusa.decoding.medusa's own step functions
+compaction of the accepted path. The Jittor side runs medusa.decoding.steps' own step functions
 (propose / tree_decode / evaluate_posterior / update_inputs, as medusa_stream does); the torch side
 writes the same step with transformers (MedusaStep in torch_side.py, with tree_plan and
 greedy_posterior in common.py).

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medusa.decoding import device_loop, steps
+from medusa.decoding import device_loop, steps as medusa_steps
 from medusa.model import weights
 from medusa.model.config import ModelConfig
 from medusa.decoding.core import decode_one, forced_logits, new_cache, prefill
@@ -130,7 +130,7 @@ def profile_decode(cfg, model, steps=3, top=12):
 
 
 def profile_tree(cfg, model, tree, steps=3, top=12):
-    """Jittor's profiler over a few verification forwards of `tree` (steps.tree_decode: the
+    """Jittor's profiler over a few verification forwards of `tree` (medusa.decoding.steps.tree_decode: the
     base model on every node, their logits and argmax), the cache rewound after each."""
     c = model.config
     jt.set_global_seed(cfg.seed)
@@ -141,7 +141,7 @@ def profile_tree(cfg, model, tree, steps=3, top=12):
     past = step.cache.length
 
     def verify():
-        steps.tree_decode(model, step.cache, step.tree, step.tokens, step.sampling)
+        medusa_steps.tree_decode(model, step.cache, step.tree, step.tokens, step.sampling)
         step.cache.truncate(past)
 
     verify()
@@ -207,19 +207,19 @@ class MedusaStep:
 
     def prefill(self, ids):
         self.cache.reset()
-        hidden, root = steps.prefill(self.model, self.cache, ids, self.sampling, self.rng)
-        self.tokens = steps.propose(self.model, self.heads, self.tree, hidden[:, -1:], root)
+        hidden, root = medusa_steps.prefill(self.model, self.cache, ids, self.sampling, self.rng)
+        self.tokens = medusa_steps.propose(self.model, self.heads, self.tree, hidden[:, -1:], root)
 
     def __call__(self, mark=lambda part: None):
         """One step; mark(part) is called after each part. Returns the tokens it accepts."""
         model, tree = self.model, self.tree
-        hidden, scores = steps.tree_decode(model, self.cache, tree, self.tokens, self.sampling)
+        hidden, scores = medusa_steps.tree_decode(model, self.cache, tree, self.tokens, self.sampling)
         mark("tree")
-        path, bonus = steps.evaluate_posterior(tree, self.tokens, scores, self.sampling, self.rng)
+        path, bonus = medusa_steps.evaluate_posterior(tree, self.tokens, scores, self.sampling, self.rng)
         mark("posterior")
-        hidden_last = steps.update_inputs(self.cache, tree, path, hidden)
+        hidden_last = medusa_steps.update_inputs(self.cache, tree, path, hidden)
         mark("update")
-        self.tokens = steps.propose(model, self.heads, tree, hidden_last, bonus)
+        self.tokens = medusa_steps.propose(model, self.heads, tree, hidden_last, bonus)
         mark("heads")
         return len(path)
 
@@ -231,7 +231,7 @@ class DeviceMedusaStep(MedusaStep):
 
     def prefill(self, ids):
         self.cache.reset()
-        hidden, root = steps.prefill(self.model, self.cache, ids, self.sampling, self.rng)
+        hidden, root = medusa_steps.prefill(self.model, self.cache, ids, self.sampling, self.rng)
         self.tables = device_loop.path_tables(self.tree)
         self.tokens = device_loop.propose_on_device(self.model, self.heads, self.tree, self.tables, hidden[:, -1:],
                                                     jt.array(np.array([root], np.int32)))
