@@ -16,10 +16,11 @@ from medusa.runtime import options
 from medusa.runtime.errors import Interrupted, UsageError
 
 # old spelling -> new one; the old one still works and warns
-RENAMED = {"--max_new_token": "--max_new_tokens"}
+RENAMED = {"--max_new_token": "--max_new_tokens", "--base_dtype": "--dtype"}
 
 
-def _renamed(argv):
+def renamed(argv):
+    """argv with the old spellings of RENAMED in today's (each warns)."""
     out = []
     for arg in argv:
         name, eq, value = arg.partition("=")
@@ -37,7 +38,7 @@ def parse(argv, types, description=None):
     parser = HfArgumentParser(types, description=description,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    *out, unknown = parser.parse_args_into_dataclasses(_renamed(list(sys.argv[1:] if argv is None else argv)),
+    *out, unknown = parser.parse_args_into_dataclasses(renamed(list(sys.argv[1:] if argv is None else argv)),
                                                        return_remaining_strings=True)
     if unknown:
         raise UsageError(f"{parser.prog}: unknown flag {unknown[0]!r} (--help lists the flags)")

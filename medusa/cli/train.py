@@ -18,8 +18,6 @@ DESCRIPTION = """Train {family} draft heads on a frozen base model
 `medusa train` takes --head_family medusa|rnn|moe (default medusa);
 train_ddp.py, train_rnn.py and train_moe.py fix the family."""
 NOT_FLAGS = ("family",)
-# old spelling -> new one, for training only (cli.RENAMED holds the ones of every command)
-RENAMED = {"--base_dtype": "--dtype"}
 # flags of other commands a user may try here, and why training has none
 NOT_FOR_TRAINING = {
     "medusa_weights": "training makes heads; to start from saved ones pass --init_heads",
@@ -37,19 +35,11 @@ def flags_of(family):
 
 
 def old_spellings(argv, flags):
-    """argv with the old spellings in today's: --base_dtype (warns), and argparse's --no-NAME of a
-    boolean flag (--no-cache_hidden), which cli.parse spells --no_NAME."""
+    """argv with the old spellings in today's: cli.RENAMED's (--base_dtype, warns), and argparse's
+    --no-NAME of a boolean flag (--no-cache_hidden), which cli.parse spells --no_NAME."""
     bools = {f.name for f in dataclasses.fields(flags) if f.type is bool}
-    out = []
-    for arg in argv:
-        name, eq, value = arg.partition("=")
-        if name in RENAMED:
-            print(f"warning: {name} is deprecated, use {RENAMED[name]}", file=sys.stderr)
-            arg = RENAMED[name] + eq + value
-        elif not eq and name.startswith("--no-") and name[5:] in bools:
-            arg = f"--{name[5:]}=false"
-        out.append(arg)
-    return out
+    return [f"--{arg[5:]}=false" if arg.startswith("--no-") and arg[5:] in bools else arg
+            for arg in cli.renamed(argv)]
 
 
 def given_flags(flags, argv):

@@ -58,6 +58,11 @@ def _switch(var, grammar, default, where, doc):
     return field(default=default, metadata={"env": var, "grammar": grammar, "where": where, "doc": doc})
 
 
+def _kernel(var, doc):
+    """A fused-kernel switch: on/off, on by default, matters on a GPU."""
+    return _switch(var, ON_OFF, True, "GPU", doc)
+
+
 @dataclass(frozen=True)
 class Options:
     """One field per MEDUSA_* variable (metadata: env, grammar, where it matters, doc)."""
@@ -65,18 +70,16 @@ class Options:
                           "fp32 matmuls and attention through the BLAS kernels (jittor: Jittor's own loops)")
     blas_threads: Optional[int] = _switch("MEDUSA_BLAS_THREADS", COUNT, None, "CPU",
                                           "threads of the BLAS kernels (unset: every available core)")
-    cuda_kernels: bool = _switch("MEDUSA_CUDA_KERNELS", ON_OFF, True, "GPU",
-                                 "every fused CUDA kernel (off: Jittor's own ops and cuBLAS)")
-    gemv: bool = _switch("MEDUSA_GEMV", ON_OFF, True, "GPU",
-                         "one-row matmuls as gemv kernels (off: cuBLAS; also turns off the layer op)")
-    layer_op: bool = _switch("MEDUSA_LAYER_OP", ON_OFF, True, "GPU",
-                             "a decoder layer as one op: decode_layer, and rows_layer below (off: six ops a layer)")
-    rows_layer: bool = _switch("MEDUSA_ROWS_LAYER", ON_OFF, True, "GPU",
-                               "a small model's tree (or short prompt) layer as one op, rows_layer (off: ~10 ops)")
-    mma: bool = _switch("MEDUSA_MMA", ON_OFF, True, "GPU",
-                        "a tree's projections on the tensor cores, mma_rows (off: cuBLAS)")
-    tree_attention: bool = _switch("MEDUSA_TREE_ATTENTION", ON_OFF, True, "GPU",
-                                   "a tree's fp16 attention as flash_tree (off: one block per query row)")
+    # the fused CUDA kernels (medusa/kernels/cuda/): each on unless turned off
+    cuda_kernels: bool = _kernel("MEDUSA_CUDA_KERNELS", "every fused CUDA kernel (off: Jittor's own ops and cuBLAS)")
+    gemv: bool = _kernel("MEDUSA_GEMV", "one-row matmuls as gemv kernels (off: cuBLAS; also turns off the layer op)")
+    layer_op: bool = _kernel("MEDUSA_LAYER_OP", "a decoder layer as one op: decode_layer, and rows_layer below "
+                                                "(off: six ops a layer)")
+    rows_layer: bool = _kernel("MEDUSA_ROWS_LAYER", "a small model's tree (or short prompt) layer as one op, "
+                                                    "rows_layer (off: ~10 ops)")
+    mma: bool = _kernel("MEDUSA_MMA", "a tree's projections on the tensor cores, mma_rows (off: cuBLAS)")
+    tree_attention: bool = _kernel("MEDUSA_TREE_ATTENTION", "a tree's fp16 attention as flash_tree (off: one block "
+                                                            "per query row)")
     device_loop: str = _switch("MEDUSA_DEVICE_LOOP", MODE, "auto", "CPU and GPU",
                                "greedy Medusa steps kept on the device, one fetch a step (auto: on a GPU)")
     jittor_home: Optional[str] = _switch("MEDUSA_JITTOR_HOME", PATH, None, "CPU and GPU",
