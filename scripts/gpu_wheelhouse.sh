@@ -48,7 +48,17 @@ constraints=()
 pip=("$PY" -m pip --disable-pip-version-check)
 
 echo "== building medusa-jittor and jittor into $OUT"
-"${pip[@]}" wheel -q --no-deps -w "$OUT" .
+# from a clean copy of the checkout's files: setuptools reuses ./build, where a module deleted
+# since the last build would still sit and end up in the wheel
+src=$(mktemp -d)
+if git rev-parse --is-inside-work-tree > /dev/null 2>&1; then
+    git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - 2> /dev/null
+else
+    tar --exclude=./build --exclude='*.egg-info' -cf - .
+fi | tar -C "$src" -xf -
+rm -f "$OUT"/medusa_jittor-*.whl
+"${pip[@]}" wheel -q --no-deps -w "$OUT" "$src"
+rm -rf "$src"
 "${pip[@]}" wheel -q --no-deps -w "$OUT" jittor==1.3.11.0
 wheel=$(ls -t "$OUT"/medusa_jittor-*.whl | head -1)
 

@@ -1,6 +1,6 @@
 """GPU-only paths: the model, Medusa decoding, the heads' projection and the fused kernels on CUDA.
 
-Run on a CUDA machine by scripts/gpu_check.sh (`pytest -m gpu`); skipped where Jittor has no CUDA.
+Run on a CUDA machine by scripts/gpu_run.sh (`pytest -m gpu`); skipped where Jittor has no CUDA.
 The reference is the same random model run by Jittor on the CPU in fp32, which the CPU tests hold
 to transformers. No torch here: on the GPU image transformers needs numpy 2, Jittor numpy < 2.
 """

@@ -27,7 +27,7 @@ def parse_args(argv=None) -> BenchConfig:
                    "runs, merged in order (a later run's measurement wins); default --out")
     p.add_argument("--note", action="append", default=[], help="report side: a note to keep")
     p.add_argument("--skip_plain_ops", action="store_true", help="jittor side: skip the decode with Jittor's "
-                   "own ops (the before of the fused kernels), to save a call's time")
+                   "own ops (the before of the fused kernels), to save time")
     p.add_argument("--dry_run", action="store_true", help="tiny model, few steps (CPU is fine)")
     args = vars(p.parse_args(argv))
     if args.pop("dry_run"):

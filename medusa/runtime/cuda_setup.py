@@ -46,7 +46,7 @@ def numpy_problem(version: str) -> Optional[str]:
             "array copied between host and device is silently garbage. Fix: "
             "`python -m pip install 'numpy<2'`, or offline "
             "`python -m pip install --no-index --no-deps --target DIR numpy-1.26.4-*.whl` "
-            "and put DIR first on PYTHONPATH (scripts/gpu_check.sh does this).")
+            "and put DIR first on PYTHONPATH.")
 
 
 def find_nvcc() -> Optional[str]:
@@ -90,8 +90,8 @@ def jittor_dir() -> Path:
     """The installed jittor package folder, found without importing it."""
     spec = importlib.util.find_spec("jittor")
     if spec is None or not spec.submodule_search_locations:
-        raise SetupError("jittor is not installed (pip install jittor==1.3.11.0, or the wheels of "
-                         "scripts/make_gpu_wheels.sh)")
+        raise SetupError("jittor is not installed (pip install jittor==1.3.11.0, or offline from "
+                         "the wheelhouse of scripts/gpu_wheelhouse.sh)")
     return Path(list(spec.submodule_search_locations)[0])
 
 

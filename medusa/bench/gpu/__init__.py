@@ -5,7 +5,7 @@ Imports go one way: common (shared definitions) <- jittor_side, torch_side, repo
     python -m medusa gpu-bench --side torch  --out OUT      # transformers baseline + copy bandwidth
     python -m medusa gpu-bench --side jittor --out OUT      # our model, same shapes, same GPU
     python -m medusa gpu-bench --side report --runs OUT [OUT2 ...] --results results/gpu_bench.json
-    scripts/gpu_bench.sh OUT    # the two sides as one device call (wheels, Jittor patches, limits)
+    scripts/gpu_run.sh WHEELHOUSE   # both sides after the install, set-up and GPU tests (docs/gpu.md)
 
 Each side runs in its own process (Jittor's runtime never imports torch) and rewrites
 OUT/gpu_<side>.json after every measurement, so a run cut off by a time limit still leaves data.
