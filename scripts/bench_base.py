@@ -15,10 +15,9 @@ import platform
 import time
 from pathlib import Path
 
-
 from medusa.data import samples as data
-from medusa.model import weights
 from medusa.decoding.core import generate
+from medusa.model import weights
 from medusa.runtime.backend import jt
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from medusa.data import samples as data
-from medusa.kernels import cpu as kernels
-from medusa.model import weights
 from medusa.decoding.core import stream_tokens
 from medusa.decoding.loop import STAT_NAMES, medusa_stream
 from medusa.heads.families import HeadConfig, build_heads
+from medusa.kernels import cpu as kernels
+from medusa.model import weights
 from medusa.model.transformer import matmul, matmul_kernel
 from medusa.runtime.backend import jt, use_device
 

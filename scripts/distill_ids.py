@@ -26,9 +26,9 @@ from medusa.runtime.errors import UsageError
 
 def encode(args):
     from medusa.app import loading
-    from medusa.training import distill
-    from medusa.data.samples import load_prompts
     from medusa.app.settings import ModelArgs
+    from medusa.data.samples import load_prompts
+    from medusa.training import distill
 
     plan = loading.plan(ModelArgs(base_model_path=args.base_model_path, device="cpu"), heads="none")
     with open(args.output, "w", encoding="utf-8") as f:
@@ -41,9 +41,9 @@ def encode(args):
 def decode(args):
     from tqdm import tqdm
 
+    from medusa.data.samples import read_located
     from medusa.decoding import core
     from medusa.model import weights
-    from medusa.data.samples import read_located
     from medusa.runtime.backend import jt, use_device
 
     if args.temperature < 0:
@@ -81,9 +81,9 @@ def decode(args):
 
 def text(args):
     from medusa.app import loading
-    from medusa.training import distill
-    from medusa.data.samples import load_prompts, read_located
     from medusa.app.settings import ModelArgs
+    from medusa.data.samples import load_prompts, read_located
+    from medusa.training import distill
 
     tok = loading.plan(ModelArgs(base_model_path=args.base_model_path, device="cpu"), heads="none").tokenizer
     prompts = {p["id"]: p for p in load_prompts(args.prompts)}

@@ -8,7 +8,6 @@ Models are built once per session under pytest's tmp dir; SmolLM2 is converted i
 $MEDUSA_JITTOR_HOME (default ~/.cache/medusa-jittor), where later sessions find it.
 """
 import pytest
-
 import tiny  # tests/ and the repo root (top-level scripts) are on pytest's pythonpath (pyproject.toml)
 
 

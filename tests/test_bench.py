@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from medusa.bench import benchmark as bench
-from medusa.data import prompt_sets
 from medusa.app import results
-from medusa.data.samples import DataError
 from medusa.app.settings import GenerationSettings, ModelArgs
-from medusa.decoding.tree import load_choices
+from medusa.bench import benchmark as bench
 from medusa.cli import compare as compare_cmd
+from medusa.data import prompt_sets
+from medusa.data.samples import DataError
+from medusa.decoding.tree import load_choices
 
 # ---------------------------------------------------------------- prompt sets
 MT_BENCH = [{"question_id": 81, "category": "writing", "turns": ["Write a blog post.", "Now make it rhyme."]},
@@ -134,10 +134,10 @@ def test_summary_of_one_side():
 @pytest.fixture(scope="module")
 def tiny_run(tiny_pkl, tmp_path_factory):
     """(make_config, setup): a tiny Llama with random 4-head Medusa heads saved for the CLI."""
-    from medusa.heads.io import save_heads
     from medusa.heads.families import HeadConfig, build_heads
-    from medusa.runtime.backend import jt
+    from medusa.heads.io import save_heads
     from medusa.model.weights import load_model
+    from medusa.runtime.backend import jt
 
     pkl = tiny_pkl("llama")
     cfg = load_model(pkl).config
@@ -216,7 +216,9 @@ def test_interrupted_run_resumes_without_duplicates(tiny_run, monkeypatch):
     out = bench.Path(cfg.args.output)
     assert len(json.loads(out.read_text())["samples"]) == 2   # finished samples survive
     monkeypatch.setattr(bench, "run_sample", real)
-    from medusa.runtime.errors import UsageError   # one line and exit 2 at the command line, not a traceback
+    from medusa.runtime.errors import (
+        UsageError,  # one line and exit 2 at the command line, not a traceback
+    )
     with pytest.raises(UsageError, match="max_new_tokens.*give another --output"):
         bench.run(make_config("resume", base_only=True, resume=True, max_new_tokens=5), setup, progress=False)
     run, _ = bench.run(make_config("resume", base_only=True, resume=True, num_samples=4), setup, progress=False)

@@ -16,13 +16,13 @@ import pytest
 
 from medusa import cli
 from medusa.app import loading
-from medusa.decoding import core
-from medusa.training import distill
-from medusa.cli import generate
-from medusa.runtime.errors import UsageError
 from medusa.app.settings import GenerationSettings, ModelArgs
 from medusa.cli import bench as bench_cmd
 from medusa.cli import distill as distill_cmd
+from medusa.cli import generate
+from medusa.decoding import core
+from medusa.runtime.errors import UsageError
+from medusa.training import distill
 
 ROOT = Path(__file__).parent.parent
 PROMPT = "the cat sat on the mat"
@@ -49,8 +49,8 @@ def assert_one_line_error(out, *fragments):
 @pytest.fixture(scope="module")
 def heads_file(tiny_pkl, tmp_path_factory):
     """Random 4-head Medusa heads for the tiny models (H 64, V 320), saved with their config."""
-    from medusa.heads.io import save_heads
     from medusa.heads.families import HeadConfig, build_heads
+    from medusa.heads.io import save_heads
     from medusa.runtime.backend import jt
 
     jt.set_global_seed(0)
@@ -98,8 +98,8 @@ def test_tree_problems_are_found_before_the_model_loads(unloadable, heads_file, 
 
 
 def test_heads_for_another_vocabulary_are_refused_by_generate_and_bench(unloadable, tmp_path):
-    from medusa.heads.io import save_heads
     from medusa.heads.families import HeadConfig, build_heads
+    from medusa.heads.io import save_heads
 
     wrong = save_heads(build_heads(HeadConfig(num_heads=4, hidden_size=64, vocab_size=1000, share_lm_head=False)),
                        tmp_path / "wrong.jtr")

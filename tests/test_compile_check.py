@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from medusa.cli import compile_check as compile_check_cmd
 from medusa.kernels.cuda import compile_check
 from medusa.runtime.backend import jt
-from medusa.cli import compile_check as compile_check_cmd
 
 NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").is_file() else None)
 

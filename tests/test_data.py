@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import CHATML, make_tokenizer
 
 from medusa.data import samples as data
-from tiny import CHATML, make_tokenizer
 
 PROMPTS_DIR = Path(data.__file__).parent / "prompts"
 

@@ -3,6 +3,7 @@ heads (long accepted paths, KV compaction, non-zero branches), typical and sampl
 EOS and max_new_tokens stops."""
 import numpy as np
 import pytest
+from oracle import OracleHeads, random_heads
 
 import medusa.runtime.options as options
 from medusa.decoding import steps
@@ -12,11 +13,10 @@ from medusa.decoding.device_loop import device_loop_ok
 from medusa.decoding.loop import STAT_NAMES, medusa_generate, medusa_stream
 from medusa.decoding.sampling import Sampling
 from medusa.decoding.tree_vars import resolve_tree
-from medusa.model import weights
-from medusa.runtime.errors import UsageError
 from medusa.heads.families import HeadConfig, build_heads
+from medusa.model import weights
 from medusa.runtime.backend import jt
-from oracle import OracleHeads, random_heads
+from medusa.runtime.errors import UsageError
 
 N_NEW = 24
 K = 4

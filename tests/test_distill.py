@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 
-from medusa.decoding import core
-from medusa.training import distill
-from medusa.model import weights
 from medusa.app.settings import GenerationSettings, ModelArgs
 from medusa.data.samples import load_samples
+from medusa.decoding import core
+from medusa.model import weights
+from medusa.training import distill
 
 
 def single_greedy(model, ids, n):

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import medusa.runtime.options as options
-from medusa.runtime import files
 from medusa.heads import io as head_io
 from medusa.model import weights
+from medusa.runtime import files
 from medusa.runtime.errors import UsageError
 
 ROOT = Path(__file__).parent.parent
@@ -213,8 +213,9 @@ def test_gguf_conversions_are_keyed_on_content(tmp_path, monkeypatch):
 
 
 def test_resume_without_a_saved_state_says_so(tiny_pkl, tmp_path):
-    from medusa.training import trainer as training
     from test_training import tiny_args
+
+    from medusa.training import trainer as training
 
     trainer = training.Trainer(tiny_args(tiny_pkl, tmp_path, resume=True))
     with pytest.raises(UsageError, match="nothing to resume"):

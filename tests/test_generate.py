@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 
-import tiny
 from medusa.cli import generate
 
 ROOT = Path(__file__).parent.parent

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from medusa.decoding import core
 from medusa.cli import generate
-from medusa.heads import io as head_io
-from medusa.model import weights
+from medusa.decoding import core
 from medusa.decoding.loop import medusa_generate
+from medusa.heads import io as head_io
 from medusa.heads.families import HeadConfig, build_heads
+from medusa.model import weights
 from medusa.runtime.backend import jt
 
 H, V, K = 64, 320, 4   # the tiny models' sizes (tests/tiny.py)

@@ -6,17 +6,17 @@ to transformers. No torch here: on the GPU image transformers needs numpy 2, Jit
 """
 import numpy as np
 import pytest
+from oracle import OracleHeads, random_heads
 
 import medusa.runtime.options as options
-from medusa.kernels import cuda as ck
-from medusa.model.config import ModelConfig
+from medusa.decoding.core import forced_logits, generate
 from medusa.decoding.loop import medusa_generate
 from medusa.decoding.steps import topk_indices
-from medusa.decoding.core import forced_logits, generate
 from medusa.heads.families import HeadConfig, build_heads
+from medusa.kernels import cuda as ck
+from medusa.model.config import ModelConfig
 from medusa.model.transformer import Transformer
 from medusa.runtime.backend import gpu_available, jt, use_device
-from oracle import OracleHeads, random_heads
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not (gpu_available() and jt.has_cuda), reason="needs Jittor with CUDA")]
@@ -212,9 +212,8 @@ def test_cache_attention_kernel(cuda, monkeypatch, dtype, H, G, T, S, D, tree):
     with `tree`, several masked fp16 rows go to flash_tree: 192 rows = 3 tiles of 64 over 11
     chunks of 64 keys (the last partial), 26 rows (a partial tile) over 40 keys, D = 64 and 128;
     2100 keys are over FLASH_MAX_KEYS (the per-row kernel)."""
-    from medusa.model.transformer import attention
-
     from medusa.kernels.cuda import attention as attention_kernels
+    from medusa.model.transformer import attention
 
     monkeypatch.setattr(attention_kernels, "FLASH_MIN_ROWS", 2)    # every tree case, not only >= 32 rows
     L = S + 11

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_training import chat_file
 
 ROOT = Path(__file__).parent.parent
@@ -61,8 +60,8 @@ def json_samples(path):
 
 @pytest.fixture(scope="module")
 def heads_file(tiny_pkl, tmp_path_factory):
-    from medusa.heads.io import save_heads
     from medusa.heads.families import HeadConfig, build_heads
+    from medusa.heads.io import save_heads
     from medusa.runtime.backend import jt
 
     jt.set_global_seed(0)

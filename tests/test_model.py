@@ -2,11 +2,11 @@
 at every cached decode step, greedy ids, padded batches, KV cache compaction."""
 import numpy as np
 import pytest
+import tiny
 import torch
 
-import tiny
-from medusa.model import weights
 from medusa.decoding.core import generate
+from medusa.model import weights
 from medusa.model.kvcache import KVCache
 from medusa.model.transformer import build_mask
 from medusa.runtime.backend import jt
@@ -158,9 +158,10 @@ def test_fused_projections_compute_the_same_model(tiny_pkl, family):
     RoPE and attention over the cache's whole buffers) through the kernels' Jittor references
     on the CPU: the same logits with a cache, without one (training's hidden states) and with a
     tree mask, and the same Medusa output. Qwen3 keeps separate q/k/v (its q/k norm)."""
+    from oracle import random_heads
+
     from medusa.decoding.core import forced_logits, hidden_states
     from medusa.decoding.loop import medusa_generate
-    from oracle import random_heads
 
     plain = weights.load_model(tiny_pkl(family), "float32")
     fused = weights.load_model(tiny_pkl(family), "float32").fuse_projections()

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_training import chat_file
 
 from medusa.heads.io import load_heads
-
-from test_training import chat_file
 
 REPO = Path(__file__).parent.parent
 needs_mpirun = pytest.mark.skipif(shutil.which("mpirun") is None,

@@ -158,8 +158,9 @@ def test_results_files_record_the_options(tmp_path):
 
 
 def test_train_args_record_the_options(tiny_pkl, tmp_path):
-    from medusa.training import trainer as training
     from test_training import tiny_args
+
+    from medusa.training import trainer as training
 
     with options.override(gemv=False, device_loop="off"):          # neither changes CPU training
         tr = training.Trainer(tiny_args(tiny_pkl, tmp_path, epochs=1, max_steps=1, val_ratio=0.0))

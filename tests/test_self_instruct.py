@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from medusa.training import self_instruct as si
+from medusa.cli import self_instruct as si_cmd
 from medusa.data.samples import load_prompts
 from medusa.runtime.errors import UsageError
-from medusa.cli import self_instruct as si_cmd
+from medusa.training import self_instruct as si
 
 ROOT = Path(__file__).parent.parent
 

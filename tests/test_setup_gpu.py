@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import medusa.runtime.options as options
-from medusa.runtime import cuda_setup as setup_gpu
 from medusa.cli import setup_gpu as setup_gpu_cmd
+from medusa.runtime import cuda_setup as setup_gpu
 
 
 @pytest.fixture

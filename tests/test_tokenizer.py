@@ -1,12 +1,12 @@
 """medusa.model.tokenizer.ChatTokenizer (the inference path's tokenizer, no transformers) against
 transformers' own tokenizer on the same files: chat-template ids, text, decode, special tokens."""
 import pytest
+import tiny
 from transformers import AutoTokenizer
 
-import tiny
-from medusa.runtime.errors import MissingFileError
 from medusa.data.prompt_sets import DEFAULT_PROMPTS, load_prompt_set
 from medusa.model.tokenizer import ChatTokenizer
+from medusa.runtime.errors import MissingFileError
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Write a haiku about rain."}],

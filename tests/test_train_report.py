@@ -5,9 +5,9 @@ import json
 import pytest
 
 from medusa import cli
-from medusa.training import report as train_report
-from medusa.runtime.errors import UsageError
 from medusa.cli import train_report as train_report_cmd
+from medusa.runtime.errors import UsageError
+from medusa.training import report as train_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -7,14 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from medusa.data import samples as data
-from medusa.training import hidden_cache
-from medusa.training import optim
-from medusa.training import trainer as training
-from medusa.model import weights
-from medusa.data.samples import Sample
-from medusa.runtime.backend import jt
 from medusa.cli import train as train_cmd
+from medusa.data import samples as data
+from medusa.data.samples import Sample
+from medusa.model import weights
+from medusa.runtime.backend import jt
+from medusa.training import hidden_cache, optim
+from medusa.training import trainer as training
 
 WORDS = "hello there how are you the cat sat on mat one two three four five six sea".split()
 
@@ -413,8 +412,8 @@ def test_early_stop_ends_the_run_after_evaluations_without_a_new_best(tiny_pkl, 
 
 
 def test_init_heads_starts_from_saved_heads_and_may_add_a_prefix_layer(tiny_pkl, tmp_path):
-    from medusa.runtime.errors import UsageError
     from medusa.heads.io import save_heads
+    from medusa.runtime.errors import UsageError
 
     first = training.Trainer(tiny_args(tiny_pkl, tmp_path, "rnn", output_dir=str(tmp_path / "a"), epochs=1))
     first.fit()

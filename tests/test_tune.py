@@ -38,9 +38,9 @@ def test_accuracy_table_counts_exact_ranks():
 @pytest.fixture(scope="module")
 def tiny_setup(tiny_pkl):
     from medusa.app import loading
+    from medusa.app.settings import ModelArgs
     from medusa.heads.families import HeadConfig, build_heads
     from medusa.runtime.backend import jt
-    from medusa.app.settings import ModelArgs
 
     setup = loading.load(loading.plan(ModelArgs(jittor_base_weights=str(tiny_pkl("qwen2"))), heads="none"))
     cfg = setup.model.config

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from medusa.decoding import core
-from medusa.heads import io as head_io
-from medusa.heads import draft_vocab
-from medusa.vocab import reduce as vocab
-from medusa.model import weights
-from medusa.decoding.core import GenerationError
-from medusa.runtime.errors import UsageError
-from medusa.heads.families import HeadConfig, build_heads
-from medusa.runtime.backend import jt
-from medusa.cli import vocab as vocab_cmd
 from test_training import chat_file
+
+from medusa.cli import vocab as vocab_cmd
+from medusa.decoding import core
+from medusa.decoding.core import GenerationError
+from medusa.heads import draft_vocab
+from medusa.heads import io as head_io
+from medusa.heads.families import HeadConfig, build_heads
+from medusa.model import weights
+from medusa.runtime.backend import jt
+from medusa.runtime.errors import UsageError
+from medusa.vocab import reduce as vocab
 
 ROOT = Path(__file__).parent.parent
 PROMPT = [10, 11, 12, 13, 14]
@@ -110,8 +110,9 @@ def test_heads_for_the_wrong_vocabulary_are_refused(full, reduced, tmp_path):
 
 
 def test_training_on_a_reduced_base_maps_and_masks_labels(tiny_pkl, reduced, tmp_path):
-    from medusa.training import trainer as training
     from test_training import tiny_args
+
+    from medusa.training import trainer as training
 
     kept, _, units = reduced
     args = tiny_args(tiny_pkl, tmp_path, jittor_base_weights=str(units[False]), epochs=1, cache_hidden=False)

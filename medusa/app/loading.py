@@ -11,6 +11,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from medusa.decoding.tree import AUTO, load_choices, resolve_auto
+from medusa.heads.draft_vocab import DRAFT_FILE, DraftVocab
+from medusa.model import weights
+from medusa.model.tokenizer import ChatTokenizer
+from medusa.model.weights import DEFAULT_MODEL_NAME
 from medusa.runtime.errors import MissingFileError, UsageError
 
 
@@ -106,8 +111,6 @@ def resolve_heads(margs, heads):
 def resolve_draft(margs, heads_path, head_config, device):
     """The DraftVocab of --draft_vocab (heads/draft_vocab.py), None for the whole vocabulary. `auto` takes
     DRAFT_FILE from the heads' folder on a CPU, for heads that share the base lm_head."""
-    from medusa.heads.draft_vocab import DRAFT_FILE, DraftVocab
-
     spec = margs.draft_vocab
     if spec in ("none", ""):
         return None
@@ -128,10 +131,7 @@ def plan(margs, settings=None, heads="optional") -> Plan:
     tree against their depth, the base config against the heads' sizes, the tokenizer. The
     embedded default (or a .gguf) is converted here on first use."""
     from medusa.heads import io as head_io
-    from medusa.model import weights
     from medusa.runtime.backend import default_compute_dtype, use_device
-    from medusa.model.tokenizer import ChatTokenizer
-    from medusa.decoding.tree import AUTO, load_choices, resolve_auto
 
     device = use_device(margs.device)
     dtype = margs.dtype or default_compute_dtype()
@@ -158,7 +158,6 @@ def plan(margs, settings=None, heads="optional") -> Plan:
 def load(plan: Plan) -> Setup:
     """Load the planned model (and heads)."""
     from medusa.heads import io as head_io
-    from medusa.model import weights
 
     model = weights.load_model(plan.source, plan.dtype)
     heads = head_io.load_heads(plan.heads_path) if plan.heads_path is not None else None
@@ -176,8 +175,6 @@ def eos_ids_of(config, tokenizer) -> tuple:
 
 
 def model_name(margs, source) -> str:
-    from medusa.model.weights import DEFAULT_MODEL_NAME
-
     if margs.is_default_model:
         return DEFAULT_MODEL_NAME
     source = Path(source)

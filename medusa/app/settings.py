@@ -15,6 +15,8 @@ sampling) is the default way Medusa accepts drafts when sampling.
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medusa.decoding.sampling import Sampling
+from medusa.decoding.tree import check_spec  # pure python
 from medusa.runtime.errors import MissingFileError, UsageError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -94,8 +96,6 @@ class GenerationSettings:
         "full vocabulary and redo from the first wrong one, so the output is the full model's (0 = off)"))
 
     def __post_init__(self):
-        from medusa.decoding.tree import check_spec   # pure python
-
         if self.max_new_tokens < 1:
             raise UsageError(f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -117,8 +117,6 @@ class GenerationSettings:
 
     def sampling(self, seed=None):
         """The Sampling both plain and Medusa decoding receive (seed: this reply's own)."""
-        from medusa.decoding.sampling import Sampling
-
         if self.greedy:
             return Sampling("greedy", seed=self.seed if seed is None else seed, vocab_check=self.vocab_check)
         return Sampling(self.sampling_mode, temperature=self.temperature, top_p=self.top_p,

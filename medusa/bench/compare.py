@@ -10,8 +10,8 @@ shows numbers its file does not support.
 import json
 from pathlib import Path
 
-from medusa.runtime.errors import UsageError
 from medusa.app.results import STAGES, max_new_tokens, summarize
+from medusa.runtime.errors import UsageError
 
 # (label, getter of (config, summary, environment)) for every metric shown; a getter may
 # raise KeyError/TypeError when the run lacks it (base-only runs have no Medusa numbers).

@@ -32,12 +32,18 @@ from pathlib import Path
 import numpy as np
 
 from medusa.app import loading
-from medusa.data import samples as data
-from medusa.runtime.errors import UsageError
-from medusa.data.prompt_sets import DATA_FORMATS, load_prompt_set, spread_over_categories
 from medusa.app.results import dumps_compact
 from medusa.app.settings import GenerationSettings
+from medusa.data import samples as data
+from medusa.data.prompt_sets import (
+    DATA_FORMATS,
+    load_prompt_set,
+    spread_over_categories,
+)
+from medusa.decoding.sampling import Sampling
+from medusa.decoding.tree import PRESETS, load_choices
 from medusa.runtime import options
+from medusa.runtime.errors import UsageError
 from medusa.runtime.files import PACKAGE_DIR
 
 TUNE_PROMPTS = PACKAGE_DIR / "prompts" / "smollm2_prompts.jsonl"   # not the benchmark's (the first heads' training prompts)
@@ -145,7 +151,6 @@ def expected_accept(choices, acc):
 def step_time(model, heads, choices, context_ids, repeats):
     """Median seconds of one decoding step (propose + verify) with this tree, context cached."""
     from medusa.decoding.core import new_cache
-    from medusa.decoding.sampling import Sampling
     from medusa.decoding.steps import prefill, propose, tree_decode
     from medusa.decoding.tree_vars import resolve_tree
 
@@ -234,8 +239,6 @@ def step_time_base(model, context_ids, repeats):
 
 
 def _preset_expectations(acc, num_heads):
-    from medusa.decoding.tree import PRESETS, load_choices
-
     out = {}
     for name in PRESETS:
         try:

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 from medusa import cli
 from medusa.app import loading
-from medusa.runtime.errors import UsageError
 from medusa.app.settings import GenerationSettings, ModelArgs
+from medusa.data.samples import chat_prompt_ids
+from medusa.runtime.errors import UsageError
 
 
 @dataclass
@@ -28,8 +29,6 @@ class GenerateArgs:
 
 
 def encode_prompt(tokenizer, prompt, chat):
-    from medusa.data.samples import chat_prompt_ids
-
     if chat:
         return chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}])
     return list(tokenizer(prompt)["input_ids"])

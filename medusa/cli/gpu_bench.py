@@ -4,8 +4,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from medusa.runtime import options
 from medusa.bench.gpu.common import DRY_RUN, SHAPES, BenchConfig, write_json
+from medusa.runtime import options
 
 
 def parse_args(argv=None) -> BenchConfig:

@@ -1,4 +1,5 @@
 """`medusa heads IN.jtr OUT.jtr --dtype float16`: the same heads stored in another dtype (heads/io.py)."""
+import argparse
 from pathlib import Path
 
 from medusa import cli
@@ -8,9 +9,7 @@ from medusa.runtime.errors import UsageError
 
 def main(argv=None):
     """python -m medusa heads IN.jtr OUT.jtr --dtype float16: the same heads stored in another dtype."""
-    import argparse
-
-    p = argparse.ArgumentParser(description=main.io_doc)
+    p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("input")
     p.add_argument("output")
     p.add_argument("--dtype", choices=STORE_DTYPES, default="float16")

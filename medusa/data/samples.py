@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from jinja2 import TemplateError   # transformers renders chat templates with jinja2
+from jinja2 import TemplateError  # transformers renders chat templates with jinja2
 
 from medusa.runtime.errors import UsageError
 from medusa.runtime.files import atomic_write

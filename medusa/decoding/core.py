@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medusa.runtime.errors import UsageError
+from medusa.decoding.sampling import Sampling, choose_token
 from medusa.model.kvcache import KVCache
 from medusa.model.transformer import build_mask
 from medusa.runtime.backend import jt
-from medusa.decoding.sampling import Sampling, choose_token
+from medusa.runtime.errors import UsageError
 
 
 class GenerationError(UsageError):

@@ -22,9 +22,9 @@ import math
 
 import numpy as np
 
-from medusa.runtime.errors import UsageError
 from medusa.model.transformer import Linear, RMSNorm, attention, matmul
 from medusa.runtime.backend import jt
+from medusa.runtime.errors import UsageError
 
 HEAD_FAMILIES = {}
 

@@ -28,12 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from medusa.runtime.errors import MissingFileError, UsageError
-from medusa.runtime.files import atomic_write, load_tensors, tensor_bytes
 from medusa.heads.families import HeadConfig, build_heads
-from medusa.runtime.backend import jt
 from medusa.model.weights import check_state, transposed_names
-from medusa.runtime.files import PACKAGE_DIR
+from medusa.runtime.backend import jt
+from medusa.runtime.errors import MissingFileError, UsageError
+from medusa.runtime.files import PACKAGE_DIR, atomic_write, load_tensors, tensor_bytes
 
 CONFIG_SUFFIX = "_config.json"
 DEFAULT_HEADS = PACKAGE_DIR / "trained" / "smollm2_medusa.jtr"   # for the embedded default model

@@ -15,8 +15,8 @@ to transformers' ids and text.
 import json
 from datetime import datetime
 
-from medusa.runtime.errors import UsageError
 from medusa.model.weights import tokenizer_folder
+from medusa.runtime.errors import UsageError
 
 SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 

@@ -16,8 +16,8 @@ import math
 
 import numpy as np
 
-from medusa.kernels import cuda as cuda_kernels
 from medusa.kernels import cpu as kernels
+from medusa.kernels import cuda as cuda_kernels
 from medusa.model.config import ModelConfig, rope_inv_freq
 from medusa.runtime.backend import jt
 

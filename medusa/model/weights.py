@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medusa.model.config import ModelConfig
 from medusa.runtime.errors import MissingFileError, UsageError
 from medusa.runtime.files import json_default, load_tensors, medusa_home, tensor_bytes
 
@@ -52,8 +53,8 @@ def read_hf_folder(folder):
 
 
 def _read_safetensors(files):
-    from safetensors.numpy import load_file
     from safetensors import SafetensorError
+    from safetensors.numpy import load_file
 
     tensors = {}
     for f in files:
@@ -234,8 +235,6 @@ def convert(src, output, dtype="float16"):
     The unit is staged in a hidden folder and renamed into place, so a killed conversion leaves
     the old unit or nothing. A folder holding a different model (another config.json) is
     refused; tokenizer files are written only when the source has a tokenizer."""
-    from medusa.model.config import ModelConfig
-
     if dtype not in ("float16", "float32"):
         raise UsageError(f"dtype must be float16 or float32, got {dtype!r}")
     output = Path(output)
@@ -335,7 +334,9 @@ def save_tokenizer(src, out_dir) -> bool:
             return bool(present)
         if not present:
             return False
-    from transformers import AutoTokenizer  # conversion only; the runtime uses tokenizer files
+    from transformers import (
+        AutoTokenizer,  # conversion only; the runtime uses tokenizer files
+    )
 
     if src.suffix == ".gguf":
         tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
@@ -404,8 +405,6 @@ def content_id(path, chunk=1 << 24) -> str:
 def read_config(src):
     """The ModelConfig of a weights source without reading its tensors (cheap: checks before a
     model loads). src: a HF folder, a converted .pkl or its folder (a .gguf: resolve it first)."""
-    from medusa.model.config import ModelConfig
-
     src = Path(src)
     if not src.exists():
         raise MissingFileError(f"model path {src} does not exist")
@@ -423,7 +422,6 @@ def load_model(src, dtype=None, max_positions=None):
     """Build the Jittor model for `src` (HF folder, .gguf, converted .pkl or its folder) and load
     its weights strictly. dtype defaults to fp16 on a GPU, fp32 on the CPU. The base is frozen;
     on a GPU its q/k/v and gate/up weights are fused (Transformer.fuse_projections)."""
-    from medusa.model.config import ModelConfig
     from medusa.model.transformer import Transformer
     from medusa.runtime.backend import default_compute_dtype, jt
 

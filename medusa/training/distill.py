@@ -24,8 +24,9 @@ from dataclasses import field
 from pathlib import Path
 
 from medusa.app import loading
-from medusa.runtime.errors import Interrupted, UsageError
 from medusa.app.settings import GenerationSettings, ModelArgs
+from medusa.data.samples import chat_prompt_ids, load_prompts, read_located
+from medusa.runtime.errors import Interrupted, UsageError
 from medusa.runtime.files import PACKAGE_DIR
 
 DEFAULT_PROMPTS = PACKAGE_DIR / "prompts" / "smollm2_prompts.jsonl"
@@ -65,8 +66,6 @@ def repair_tail(path) -> int:
 
 def done_ids(path):
     """Ids already written to `path` (a partial last line from a crash is ignored)."""
-    from medusa.data.samples import read_located
-
     if not Path(path).is_file():
         return set()
     return {rec["id"] for _, rec in read_located(path, partial_tail="skip") if isinstance(rec, dict) and "id" in rec}
@@ -74,8 +73,6 @@ def done_ids(path):
 
 def user_prompt_ids(tok, prompt, system=""):
     """Chat-template token ids of one user prompt (after an optional system message)."""
-    from medusa.data.samples import chat_prompt_ids
-
     system_turn = [{"role": "system", "content": system}] if system else []
     return chat_prompt_ids(tok, system_turn + [{"role": "user", "content": prompt}])
 
@@ -85,8 +82,8 @@ def distill(args: DistillArgs, margs: ModelArgs = None, settings: GenerationSett
     is checked against the context before the model loads).
     Returns {"replies", "new_tokens", "seconds"} of this run."""
     from tqdm import tqdm
+
     from medusa.decoding.core import greedy_batch
-    from medusa.data.samples import load_prompts
 
     margs, settings = margs or ModelArgs(), settings or GenerationSettings()
     if not settings.greedy:

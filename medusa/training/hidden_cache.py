@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from medusa.data.samples import collate
+from medusa.decoding.core import hidden_states
+from medusa.model.weights import content_id
 from medusa.runtime.backend import jt
 
 
 def base_hidden(model, samples, pad_id):
     """Final-normed hidden states [B, T, H] of right-padded samples (no gradient)."""
-    from medusa.decoding.core import hidden_states
-    from medusa.data.samples import collate
-
     batch = collate(samples, pad_id)
     return hidden_states(model, batch["input_ids"], batch["attention_mask"])
 
@@ -45,8 +45,6 @@ def weights_identity(src) -> str:
     """What identifies a model's weights: the content of each weights file (weights.content_id),
     except safetensors shards, which are identified by their header (names, dtypes, shapes,
     offsets), size and 16 samples of their data. A folder is the sorted list of its weight files."""
-    from medusa.model.weights import content_id
-
     src = Path(src)
     files = [src] if src.is_file() else sorted(
         f for pattern in ("*.safetensors", "*.bin", "*.pkl", "*.gguf") for f in src.glob(pattern))

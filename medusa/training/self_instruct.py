@@ -40,8 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
+from medusa.app import loading
+from medusa.data.samples import DataError, load_prompts, read_located
+from medusa.model import weights
+from medusa.model.tokenizer import ChatTokenizer
+from medusa.model.weights import content_id
 from medusa.runtime.errors import UsageError
 from medusa.runtime.files import PACKAGE_DIR
+from medusa.training import distill
+from medusa.training.distill import repair_tail
 
 PROMPTS_DIR = PACKAGE_DIR / "prompts"
 DEFAULT_SEEDS = PROMPTS_DIR / "seed_instructions.jsonl"
@@ -54,8 +61,6 @@ LINE = "Request:"
 # ---------------------------------------------------------------- text only (tested without a model)
 def load_seeds(path):
     """{category: [prompt, ...]} of a JSONL of {"category", "prompt"}; one-line prompts only."""
-    from medusa.data.samples import DataError, read_located
-
     seeds = defaultdict(list)
     for where, r in read_located(path):
         if not isinstance(r, dict) or not isinstance(r.get("category"), str) or not isinstance(r.get("prompt"), str):
@@ -126,16 +131,12 @@ def clean(completion):
 # ---------------------------------------------------------------- the run
 def settings_key(args, seeds_path):
     """What a resumed run must share with the records already written."""
-    from medusa.model.weights import content_id
-
     return {"seed": args.seed, "temperature": args.temperature, "shots": args.shots, "near": args.near,
             "batch_size": args.batch_size, "seeds": content_id(seeds_path)}
 
 
 def read_done(path, key):
     """(records, last round) already in `path`; the records must have been made with `key`."""
-    from medusa.data.samples import read_located
-
     if not Path(path).is_file():
         return [], -1
     records = [r for _, r in read_located(path, partial_tail="skip")]
@@ -153,10 +154,7 @@ def stop_ids(tok):
 
 def load(args):
     """(model, tokenizer, eos ids) of --model / --tokenizer (the embedded default when empty)."""
-    from medusa.app import loading
-    from medusa.model import weights
     from medusa.runtime.backend import use_device
-    from medusa.model.tokenizer import ChatTokenizer
 
     use_device(args.device)
     src, tok_dir = (args.model, args.tokenizer or args.model) if args.model else weights.resolve_model(dtype=args.dtype)
@@ -168,11 +166,7 @@ def load(args):
 def run(args):
     from tqdm import tqdm
 
-    from medusa.app import loading
-    from medusa.training import distill
     from medusa.decoding.core import greedy_batch
-    from medusa.data.samples import load_prompts
-    from medusa.training.distill import repair_tail
     from medusa.runtime.backend import jt
 
     seeds = load_seeds(args.seeds)

@@ -48,12 +48,21 @@ import numpy as np
 import medusa.runtime.options as options
 from medusa.app.settings import BaseModelArgs
 from medusa.data import samples as data
-from medusa.training import hidden_cache
+from medusa.heads.families import HeadConfig, build_heads
+from medusa.heads.io import save_heads
+from medusa.model import weights
+from medusa.model.transformer import matmul
+from medusa.runtime.backend import (
+    collectives,
+    default_compute_dtype,
+    interrupts_deferred,
+    jt,
+    use_device,
+)
 from medusa.runtime.errors import Interrupted, UsageError
-from medusa.runtime.files import atomic_write
+from medusa.runtime.files import PACKAGE_DIR, atomic_write
+from medusa.training import hidden_cache
 from medusa.training.optim import AdamW, lr_at
-from medusa.runtime.backend import jt
-from medusa.runtime.files import PACKAGE_DIR
 
 MOE_ONLY = ("moe_num_experts", "moe_top_k", "aux_loss_weight")
 # flags that may differ between a run and its --resume (they do not change what is computed)
@@ -255,8 +264,6 @@ def teacher_positions(bi, ti, valid):
 def teacher_probs(model, hiddens, bi, ti, valid):
     """The base model's next-token distribution [K, N, V] fp32 for every head target (no gradient),
     from the same hidden states the heads read."""
-    from medusa.model.transformer import matmul
-
     rows, positions, index = teacher_positions(bi, ti, valid)
     if isinstance(hiddens, jt.Var):
         h = hiddens[jt.array(rows.astype(np.int32)), jt.array(positions.astype(np.int32))]
@@ -297,10 +304,6 @@ class Totals:
 # ---------------------------------------------------------------- the trainer
 class Trainer:
     def __init__(self, args: TrainArgs):
-        from medusa.model import weights
-        from medusa.heads.families import HeadConfig, build_heads
-        from medusa.runtime.backend import default_compute_dtype, use_device
-
         use_device(args.device)
         self.args, self.rank, self.world = args, jt.rank, jt.world_size
         jt.set_global_seed(args.seed, different_seed_for_mpi=False)
@@ -338,8 +341,6 @@ class Trainer:
     def _load_data(self, args, tok_dir):
         """The samples; sets pad_id, report, sampled (replies sampled at T > 0) and groups (the
         prompt of each sample, for the train/val split; None for chat data)."""
-        from medusa.model import weights
-
         if token_data(args):                            # token samples: no tokenizer needed
             token = data.load_token_samples(args.data_path, args.max_length)
             self.pad_id = int(token.meta.get("pad_id", 0))
@@ -448,8 +449,6 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
 
     def save(self, name):
-        from medusa.heads.io import save_heads
-
         if self.rank == 0:
             save_heads(self.heads, self.args.out_dir() / name)
 
@@ -510,7 +509,6 @@ class Trainer:
     def fit(self):
         from tqdm import tqdm
 
-        from medusa.runtime.backend import collectives, interrupts_deferred
 
         a, out = self.args, self.args.out_dir()
         if a.resume:
@@ -597,8 +595,6 @@ def base_source(args: TrainArgs, dtype):
     .gguf converted once, a .pkl with its tokenizer beside it). Token samples need no tokenizer:
     a given base is then read as it is (a .gguf directly, a .pkl without tokenizer files beside
     it) and nothing is converted; only the embedded default still is."""
-    from medusa.model import weights
-
     if token_data(args) and not args.is_default_model:
         return Path(args.jittor_base_weights or args.base_model_path), None
     return weights.resolve_model(args.base_model_path or None, args.jittor_base_weights or None, dtype)

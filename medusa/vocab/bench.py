@@ -31,8 +31,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from medusa.app import loading
+from medusa.app.results import environment
+from medusa.app.settings import GenerationSettings, ModelArgs
+from medusa.data.samples import chat_prompt_ids, load_prompts
+from medusa.decoding.sampling import Sampling
 from medusa.runtime.errors import UsageError
 from medusa.runtime.files import atomic_write, json_default
+from medusa.vocab.reduce import weight_bytes
 
 # side -> (base, Medusa, full-vocabulary check)
 SIDES = {"full": ("full", False, False), "reduced": ("reduced", False, False),
@@ -67,8 +72,6 @@ class VocabBenchArgs:
 
 
 def load(args):
-    from medusa.app.settings import GenerationSettings, ModelArgs
-
     device = "cpu"
     full = loading.load(loading.plan(ModelArgs(jittor_base_weights=args.full, device=device), heads="none"))
     settings = GenerationSettings(medusa_choices=args.medusa_choices)
@@ -83,7 +86,6 @@ def decode(side, full, reduced, ids, n, every):
     """-> record of one reply of `side`."""
     from medusa.decoding.core import generate
     from medusa.decoding.loop import medusa_generate
-    from medusa.decoding.sampling import Sampling
 
     base, medusa, checked = SIDES[side]
     setup = full if base == "full" else reduced
@@ -158,10 +160,6 @@ def plot(results, png):
 
 
 def run(args):
-    from medusa.data.samples import chat_prompt_ids, load_prompts
-    from medusa.app.results import environment
-    from medusa.vocab.reduce import weight_bytes
-
     prompts = load_prompts(args.data)[:args.num_samples]
     full, reduced = load(args)
     for p in prompts:

@@ -22,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from medusa.data.samples import chat_prompt_ids, load_samples, load_token_samples
+from medusa.model import weights
+from medusa.model.config import REDUCED_VOCAB_KEY, ModelConfig
 from medusa.runtime.errors import UsageError
 
 VOCAB_FILE = "vocab.json"
@@ -30,8 +33,6 @@ VOCAB_FILE = "vocab.json"
 # ---------------------------------------------------------------- build
 def count_tokens(path, tokenizer, max_length=4096):
     """(Counter of all token ids, Counter of reply ids, LoadReport) of one chat data file."""
-    from medusa.data.samples import load_samples
-
     samples, report = load_samples(path, tokenizer, max_length)
     every, replies = Counter(), Counter()
     for s in samples:
@@ -42,8 +43,6 @@ def count_tokens(path, tokenizer, max_length=4096):
 
 def always_kept(tokenizer, eos_ids):
     """Special tokens, EOS ids and the tokens the chat template writes around any message."""
-    from medusa.data.samples import chat_prompt_ids
-
     ids = set(tokenizer.all_special_ids) | set(int(e) for e in eos_ids)
     scaffold = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}, {"role": "user", "content": ""}]
     ids |= set(chat_prompt_ids(tokenizer, scaffold))
@@ -115,8 +114,6 @@ def slice_tensors(config: dict, tensors: dict, kept, slice_embedding=False) -> d
 
 
 def sliced_config(config: dict, vocab: dict, slice_embedding: bool, vocab_path) -> dict:
-    from medusa.model.config import REDUCED_VOCAB_KEY
-
     if vocab["original_vocab_size"] != config["vocab_size"]:
         raise UsageError(f"{vocab_path}: built for a vocabulary of {vocab['original_vocab_size']} tokens, "
                          f"the model has {config['vocab_size']}")
@@ -133,9 +130,6 @@ def sliced_config(config: dict, vocab: dict, slice_embedding: bool, vocab_path) 
 
 def slice_model(src, vocab_dir, output, slice_embedding=False):
     """Write the reduced model unit `output` (weights + config.json + tokenizer) from `src`."""
-    from medusa.model import weights
-    from medusa.model.config import ModelConfig
-
     vocab = read_vocab(vocab_dir)
     config, tensors = weights.read_checkpoint(src)
     cfg = ModelConfig.from_dict(config)
@@ -161,8 +155,6 @@ def weight_bytes(cfg, dtype_bytes=4) -> dict:
 
 def draft_counts(path):
     """Counter of the reply tokens (loss-masked) of a token-samples .npz (scripts/distill_ids.py)."""
-    from medusa.data.samples import load_token_samples
-
     samples = load_token_samples(path).samples
     replies = np.concatenate([s.input_ids[s.loss_mask == 1] for s in samples])
     return Counter({int(t): int(n) for t, n in enumerate(np.bincount(replies)) if n})

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medusa.decoding.tree import build_tree_buffers, load_choices
 from medusa.runtime.files import atomic_write, json_default
 
 # config.json dicts (Hugging Face keys) of the benchmarked shapes
@@ -94,8 +95,6 @@ def stats_ms(seconds) -> dict:
 
 def tree_plan(tree_name: str):
     """(TreeBuffers, flat index of every node into concat([root], topk(K x kmax).flatten()), kmax)."""
-    from medusa.decoding.tree import build_tree_buffers, load_choices
-
     buf = build_tree_buffers(load_choices(tree_name, HEADS["num_heads"]))
     kmax = max(buf.topk)
     flat = [0] + [1 + (len(p) - 1) * kmax + p[-1] for p in buf.choices]

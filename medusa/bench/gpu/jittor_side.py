@@ -6,15 +6,27 @@ from pathlib import Path
 
 import numpy as np
 
-from medusa.decoding import device_loop, steps as medusa_steps
-from medusa.model import weights
-from medusa.model.config import ModelConfig
+from medusa.bench.gpu.common import (
+    CHECKED_SHAPES,
+    HEADS,
+    SHAPES,
+    Recorder,
+    param_count,
+    run_shapes,
+    stats_ms,
+    time_decode,
+    time_medusa,
+    timed_loop,
+)
+from medusa.decoding import device_loop
+from medusa.decoding import steps as medusa_steps
 from medusa.decoding.core import decode_one, forced_logits, new_cache, prefill
 from medusa.decoding.sampling import Sampling
 from medusa.decoding.tree_vars import resolve_tree
-from medusa.bench.gpu.common import (CHECKED_SHAPES, HEADS, SHAPES, Recorder, param_count, run_shapes, stats_ms,
-                              time_decode, time_medusa, timed_loop)
 from medusa.heads.families import HeadConfig, build_heads
+from medusa.kernels import cuda as cuda_kernels
+from medusa.model import weights
+from medusa.model.config import ModelConfig
 from medusa.model.transformer import Transformer
 from medusa.runtime.backend import jt, use_device
 
@@ -72,8 +84,6 @@ def build_model(cfg, shape, fused=True):
 
 def plain_ops_timing(cfg, shape):
     """Decode with Jittor's own ops (kernels off, separate projections), for before/after in one call."""
-    from medusa.kernels import cuda as cuda_kernels
-
     cuda_kernels.use_kernels(False)
     try:
         model, _ = build_model(cfg, shape, fused=False)
@@ -281,7 +291,6 @@ def run(cfg) -> Recorder:
         if shape in CHECKED_SHAPES and (ref / "reference.npz").is_file():
             rec.put(shape, "check_vs_torch", check_reference(cfg, model, ref))
         rec.put(shape, "decode", decode_timing(cfg, model))
-        from medusa.kernels import cuda as cuda_kernels
 
         cuda_kernels.use_layer_op(False)             # the same kernels, one op each (six a layer)
         try:

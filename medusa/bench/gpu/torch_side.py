@@ -10,8 +10,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medusa.bench.gpu.common import (CHECKED_SHAPES, HEADS, REF_STEPS, SHAPES, Recorder, greedy_posterior,
-                              param_count, run_shapes, stats_ms, time_decode, time_medusa, timed_loop, tree_plan)
+from medusa.bench.gpu.common import (
+    CHECKED_SHAPES,
+    HEADS,
+    REF_STEPS,
+    SHAPES,
+    Recorder,
+    greedy_posterior,
+    param_count,
+    run_shapes,
+    stats_ms,
+    time_decode,
+    time_medusa,
+    timed_loop,
+    tree_plan,
+)
+from medusa.bench.gpu.torch_graphs import graph_timing
 
 
 class Side:
@@ -206,7 +220,6 @@ def run(cfg) -> Recorder:
         rec.put(shape, "matmul_probe", matmul_probe(side, model))
         for tree in cfg.trees:
             rec.put(shape, f"medusa_{tree}", medusa_timing(side, model, tree))
-        from medusa.bench.gpu.torch_graphs import graph_timing
 
         rec.put(shape, "torch_graphs", graph_timing(side, model, prompt_ids(cfg, model.config.vocab_size), cfg.trees))
 

@@ -3,7 +3,6 @@ from medusa.kernels.cuda.common import _COMMON
 from medusa.kernels.cuda.switches import use_kernels
 from medusa.runtime.backend import jt
 
-
 # ---------------------------------------------------------------- KV-cache compaction
 MAX_COMPACT_KEEP = 32          # positions one compaction moves (a tree path: depth + 1)
 MAX_COMPACT_BUFFERS = 256      # key and value buffers of up to 128 layers

@@ -17,6 +17,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from medusa.kernels.cuda import attention
+from medusa.kernels.cuda.switches import use_tree_attention
 from medusa.runtime.backend import jt
 
 _C_TYPES = {"float16": "__half", "float32": "float", "int32": "int", "int64": "long long"}
@@ -46,9 +48,6 @@ def recorded_ops():
 
 def _with_flash_tree(call):
     """call() with flash_tree taking any number of rows (its switch on, FLASH_MIN_ROWS 1)."""
-    from medusa.kernels.cuda import attention
-    from medusa.kernels.cuda.switches import use_tree_attention
-
     before, min_rows = use_tree_attention(), attention.FLASH_MIN_ROWS
     use_tree_attention(True)
     attention.FLASH_MIN_ROWS = 1

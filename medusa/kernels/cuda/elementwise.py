@@ -2,7 +2,6 @@
 from medusa.kernels.cuda.common import _COMMON, _rows
 from medusa.runtime.backend import jt
 
-
 # ---------------------------------------------------------------- RMSNorm
 _RMS_NORM_BODY = r"""
 namespace medusa_k {

@@ -6,7 +6,6 @@ from medusa.kernels.cuda.elementwise import reference_rms_norm, reference_silu_m
 from medusa.kernels.cuda.switches import use_gemv, use_kernels
 from medusa.runtime.backend import jt
 
-
 # ---------------------------------------------------------------- one row times a weight
 _GEMV_BODY = r"""
 namespace medusa_k {

@@ -5,7 +5,6 @@ from medusa.kernels.cuda.common import _COMMON
 from medusa.kernels.cuda.switches import use_kernels, use_mma
 from medusa.runtime.backend import jt
 
-
 # ---------------------------------------------------------------- a few rows times a weight (tensor cores)
 MMA_MAX_ROWS = 64              # rows of x one launch serves (four 16-row tiles)
 # 2-64 rows through mma_rows only against weights of at most this many elements: measured on the
