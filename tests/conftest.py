@@ -1,6 +1,6 @@
 """Session fixtures shared by the test files.
 
-    tiny_hf(family)    -> folder of a transformers-saved tiny random model (tests/tiny.py)
+    tiny_hf(family)    -> folder of a transformers-saved tiny random model (tests/support.py)
     tiny_pkl(family)   -> that model converted by weight_convert.py in fp32 (model.pkl + config + tokenizer)
     smollm2_pkl        -> the embedded default SmolLM2-135M-Instruct converted in fp32 (slow)
 
@@ -8,7 +8,7 @@ Models are built once per session under pytest's tmp dir; SmolLM2 is converted i
 $MEDUSA_JITTOR_HOME (default ~/.cache/medusa-jittor), where later sessions find it.
 """
 import pytest
-import tiny  # tests/ and the repo root (top-level scripts) are on pytest's pythonpath (pyproject.toml)
+import support
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +17,7 @@ def tiny_hf(tmp_path_factory):
 
     def get(family):
         if family not in built:
-            built[family] = tiny.make_hf_model(family, tmp_path_factory.mktemp(f"hf-{family}"))
+            built[family] = support.make_hf_model(family, tmp_path_factory.mktemp(f"hf-{family}"))
         return built[family]
     return get
 

@@ -1,18 +1,13 @@
 """Self-instruct prompts: what counts as a request, copies and near-copies, the shipped seeds kept
 apart from the evaluation sets, a run that resumes and refuses other settings, and the committed
 rounds whole and apart from each other."""
-import gzip
 import json
-from pathlib import Path
 
 import pytest
 
 from medusa.cli import self_instruct as si_cmd
-from medusa.data.samples import load_prompts
 from medusa.runtime.errors import UsageError
 from medusa.training import self_instruct as si
-
-ROOT = Path(__file__).parent.parent
 
 
 def test_clean_keeps_complete_one_line_requests():
@@ -31,24 +26,6 @@ def test_near_duplicates_catch_copies_not_new_requests():
     assert d.close("Write a short poem about the first snow of the winter.")      # a near copy
     assert not d.close("Write a short story about a dog who learns to swim.")
     assert not d.close("What is 12 times 7?")
-
-
-def evaluation_prompts():
-    """The bench and tuning prompts (self_instruct's default --exclude) in a NearDuplicates(0.6)."""
-    held_out = si.NearDuplicates(0.6)
-    for path in si.DEFAULT_EXCLUDE:
-        for p in load_prompts(path):
-            held_out.add(p["prompt"])
-    return held_out
-
-
-def test_shipped_seeds_are_balanced_and_apart_from_evaluation_prompts():
-    seeds = si.load_seeds(si.DEFAULT_SEEDS)
-    assert len(seeds) == 11 and all(len(v) == 12 for v in seeds.values())
-    held_out = evaluation_prompts()
-    assert not [s for v in seeds.values() for s in v if held_out.close(s)]
-    text = si.frame(["A?", "B."])
-    assert text.endswith("Request: A?\nRequest: B.\nRequest:")
 
 
 def run_args(tmp_path, **kw):
@@ -90,29 +67,3 @@ def test_bad_flags_are_usage_errors(tmp_path, argv, match):
         si_cmd.parse_args(["--output", str(tmp_path / "p.jsonl"), *argv])
 
 
-def _ids(path):
-    with gzip.open(path, "rt") as f:
-        return [json.loads(line)["id"] for line in f]
-
-
-def test_committed_rounds_are_whole_distinct_and_apart_from_evaluation_and_earlier_rounds():
-    """Every committed self-instruct round (data/selfdistill/prompts_si_*): its prompts, their ids
-    file (same order) and the greedy replies (one each) name the same prompts; no id is reused
-    across the prompt sets; no prompt is a near-copy of a bench or tuning prompt, or of a prompt
-    in an earlier round (each round was made with --exclude of the rounds before it)."""
-    folder = ROOT / "data" / "selfdistill"
-    rounds = sorted(((load_prompts(path), path) for path in folder.glob("prompts_si_*.jsonl.gz")),
-                    key=lambda r: r[0][0]["id"])                      # in the order they were made
-    assert len(rounds) >= 2
-    held_out = evaluation_prompts()
-    seen_ids = set(_ids(folder / "prompts_12k.jsonl.gz"))
-    for records, path in rounds:
-        name = path.name[len("prompts_"):-len(".jsonl.gz")]           # si_12k, si_18k_s1, ...
-        prompts, ids = [p["prompt"] for p in records], [p["id"] for p in records]
-        assert ids == _ids(folder / f"prompt_ids_{name}.jsonl.gz")
-        assert sorted(ids) == sorted(_ids(folder / f"smollm2_{name}_greedy_ids.jsonl.gz"))   # decoded by length
-        assert len(set(prompts)) == len(prompts) and not seen_ids & set(ids)
-        assert not [p for p in prompts if held_out.close(p)], path.name
-        seen_ids |= set(ids)
-        for p in prompts:
-            held_out.add(p)

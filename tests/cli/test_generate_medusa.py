@@ -13,7 +13,7 @@ from medusa.heads.families import HeadConfig, build_heads
 from medusa.model import weights
 from medusa.runtime.backend import jt
 
-H, V, K = 64, 320, 4   # the tiny models' sizes (tests/tiny.py)
+H, V, K = 64, 320, 4   # the tiny models' sizes (tests/support.py)
 
 
 def cli_json(capsys, argv):

@@ -9,10 +9,10 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from support import ROOT
 
 from medusa import cli
 from medusa.app import loading
@@ -24,7 +24,6 @@ from medusa.decoding import core
 from medusa.runtime.errors import UsageError
 from medusa.training import distill
 
-ROOT = Path(__file__).parent.parent
 PROMPT = "the cat sat on the mat"
 
 

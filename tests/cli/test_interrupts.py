@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_training import chat_file
+from support import ROOT, chat_file
 
-ROOT = Path(__file__).parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 

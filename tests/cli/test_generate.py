@@ -3,15 +3,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import tiny
+import support
 import torch
+from support import ROOT
 
 from medusa.cli import generate
 
-ROOT = Path(__file__).parent.parent
 PROMPT = "the cat sat on the mat"
 
 
@@ -23,18 +22,18 @@ def cli(capsys, *argv):
 
 def transformers_greedy(folder, prompt_ids, n):
     """transformers' greedy generate as a user would call it (stops at the model's EOS)."""
-    ref = tiny.load_reference(folder)
+    ref = support.load_reference(folder)
     with torch.no_grad():
         out = ref.generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False, pad_token_id=0)
     return out[0, len(prompt_ids):].tolist()
 
 
-@pytest.mark.parametrize("family", tiny.FAMILIES)
+@pytest.mark.parametrize("family", support.FAMILIES)
 def test_json_greedy_on_a_transformers_folder_equals_transformers(capsys, tiny_hf, family):
     folder = tiny_hf(family)
     record = cli(capsys, "--base_model_path", str(folder), "--prompt", PROMPT, "--greedy",
                  "--max_new_token", "32", "--json", "--dtype", "float32")
-    tok = tiny.make_tokenizer()
+    tok = support.make_tokenizer()
     assert record["prompt_ids"] == tok(PROMPT)["input_ids"]
     assert record["output_ids"] == transformers_greedy(folder, record["prompt_ids"], 32)
     assert record["text"] == tok.decode(record["output_ids"], skip_special_tokens=True)
@@ -43,7 +42,7 @@ def test_json_greedy_on_a_transformers_folder_equals_transformers(capsys, tiny_h
 def test_converted_weights_and_chat_template(capsys, tiny_hf, tiny_pkl):
     record = cli(capsys, "--jittor_base_weights", str(tiny_pkl("qwen2")), "--prompt", PROMPT, "--chat",
                  "--max_new_token", "12", "--json")
-    tok = tiny.make_tokenizer()
+    tok = support.make_tokenizer()
     expected_prompt = tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
                                               tokenize=True, return_dict=False)
     assert record["prompt_ids"] == list(expected_prompt)

@@ -1,15 +1,15 @@
 """Tests of medusa/data/samples.py with a real (tiny, trained-in-test) fast tokenizer, fully offline."""
 import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny import CHATML, make_tokenizer
+from support import CHATML, make_tokenizer
 
 from medusa.data import samples as data
+from medusa.runtime.files import PACKAGE_DIR
 
-PROMPTS_DIR = Path(data.__file__).parent / "prompts"
+PROMPTS_DIR = PACKAGE_DIR / "prompts"
 
 CONV = [("system", "you are kind"), ("user", "hello there"), ("assistant", "the cat sat"),
         ("user", "how are you"), ("assistant", "on the mat")]
@@ -296,20 +296,6 @@ def test_read_split_names_what_is_wrong(tmp_path):
         (tmp_path / name).write_text(text)
         with pytest.raises(data.DataError, match=why):
             data.read_split(tmp_path / name)
-
-
-def test_project_prompt_sets():
-    train = data.load_prompts(PROMPTS_DIR / "smollm2_prompts.jsonl")
-    bench = data.load_prompts(PROMPTS_DIR / "bench_prompts.jsonl")
-    assert 200 <= len(train) <= 300 and len(bench) == 20
-    categories = set(p["category"] for p in train)   # the sets' own labels, the same in both
-    assert len(categories) == 10
-    assert Counter(p["category"] for p in bench) == {c: 2 for c in categories}
-    assert min(Counter(p["category"] for p in train).values()) >= 15
-    norm = lambda p: " ".join(p["prompt"].lower().split())
-    assert len({norm(p) for p in train}) == len(train)
-    assert not {norm(p) for p in train} & {norm(p) for p in bench}
-    assert not {p["id"] for p in train} & {p["id"] for p in bench}
 
 
 def test_load_prompts_names_the_bad_line(tmp_path):

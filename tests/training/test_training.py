@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from support import chat_file, tiny_args
 
 from medusa.cli import train as train_cmd
 from medusa.data import samples as data
@@ -14,27 +15,6 @@ from medusa.model import weights
 from medusa.runtime.backend import jt
 from medusa.training import hidden_cache, optim
 from medusa.training import trainer as training
-
-WORDS = "hello there how are you the cat sat on mat one two three four five six sea".split()
-
-
-def chat_file(path, n=24, seed=0, extra=()):
-    rng = np.random.default_rng(seed)
-    lines = []
-    for i in range(n):
-        ask = " ".join(rng.choice(WORDS, 4))
-        reply = " ".join(rng.choice(WORDS[:8], int(rng.integers(6, 14))))   # a small, learnable language
-        lines.append({"conversations": [{"from": "human", "value": ask}, {"from": "gpt", "value": reply}]})
-    path.write_text("".join(json.dumps(x) + "\n" for x in list(lines) + list(extra)))
-    return path
-
-
-def tiny_args(tiny_pkl, tmp_path, family="medusa", **kw):
-    base = dict(jittor_base_weights=str(tiny_pkl("qwen2")), data_path=str(chat_file(tmp_path / "chat.jsonl")),
-                output_dir=str(tmp_path / f"out-{family}"), cache_dir=str(tmp_path / "cache"),
-                family=family, medusa_num_heads=3, epochs=2, batch_size=4, lr=1e-2, warmup_ratio=0.1,
-                max_length=64, val_ratio=0.2, device="cpu", moe_num_experts=3, moe_top_k=2)
-    return training.TrainArgs(**dict(base, **kw))
 
 
 def test_rows_align_head_k_at_t_with_token_t_plus_k_plus_2():

@@ -6,9 +6,8 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
-ROOT = Path(__file__).parent.parent
+from support import ROOT
 
 LOAD_DEFAULTS = """
 from pathlib import Path

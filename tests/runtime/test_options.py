@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from support import ROOT
 
 import medusa.runtime.options as options
 from medusa.runtime.errors import UsageError
 
-ROOT = Path(__file__).parent.parent
 SWITCHES = ("cuda_kernels", "gemv", "layer_op", "rows_layer", "mma", "tree_attention")
 
 
@@ -158,7 +158,7 @@ def test_results_files_record_the_options(tmp_path):
 
 
 def test_train_args_record_the_options(tiny_pkl, tmp_path):
-    from test_training import tiny_args
+    from support import tiny_args
 
     from medusa.training import trainer as training
 

@@ -6,7 +6,7 @@ to transformers. No torch here: on the GPU image transformers needs numpy 2, Jit
 """
 import numpy as np
 import pytest
-from oracle import OracleHeads, random_heads
+from support import OracleHeads, random_heads
 
 import medusa.runtime.options as options
 from medusa.decoding.core import forced_logits, generate

@@ -1,24 +1,21 @@
 """Files that cannot run code, cannot be half-written and cannot be silently replaced: tensor
 files read by a restricted unpickler or as safetensors, converted models as one unit."""
-import json
 import os
 import pickle
 import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from support import ROOT
 
 import medusa.runtime.options as options
 from medusa.heads import io as head_io
 from medusa.model import weights
 from medusa.runtime import files
 from medusa.runtime.errors import UsageError
-
-ROOT = Path(__file__).parent.parent
 
 
 class Payload:
@@ -213,7 +210,7 @@ def test_gguf_conversions_are_keyed_on_content(tmp_path, monkeypatch):
 
 
 def test_resume_without_a_saved_state_says_so(tiny_pkl, tmp_path):
-    from test_training import tiny_args
+    from support import tiny_args
 
     from medusa.training import trainer as training
 

@@ -3,7 +3,7 @@ heads (long accepted paths, KV compaction, non-zero branches), typical and sampl
 EOS and max_new_tokens stops."""
 import numpy as np
 import pytest
-from oracle import OracleHeads, random_heads
+from support import OracleHeads, random_heads
 
 import medusa.runtime.options as options
 from medusa.decoding import steps

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_training import chat_file
+from support import ROOT as REPO
+from support import chat_file
 
 from medusa.heads.io import load_heads
 
-REPO = Path(__file__).parent.parent
 needs_mpirun = pytest.mark.skipif(shutil.which("mpirun") is None,
                                 reason="mpirun not found (apt-get install -y openmpi-bin libopenmpi-dev)")
 

@@ -2,7 +2,7 @@
 at every cached decode step, greedy ids, padded batches, KV cache compaction."""
 import numpy as np
 import pytest
-import tiny
+import support
 import torch
 
 from medusa.decoding.core import generate
@@ -29,12 +29,12 @@ def pair(tiny_hf, tiny_pkl):
     def get(family):
         if family not in loaded:
             loaded[family] = (weights.load_model(tiny_pkl(family), "float32"),
-                              tiny.load_reference(tiny_hf(family)))
+                              support.load_reference(tiny_hf(family)))
         return loaded[family]
     return get
 
 
-@pytest.mark.parametrize("family", tiny.FAMILIES)
+@pytest.mark.parametrize("family", support.FAMILIES)
 def test_logits_match_transformers_at_prefill_and_each_cached_step(pair, family):
     model, ref = pair(family)
     steps = 8
@@ -54,10 +54,10 @@ def test_logits_match_transformers_at_prefill_and_each_cached_step(pair, family)
     assert cache.length == T + steps
 
 
-@pytest.mark.parametrize("family", tiny.FAMILIES)
+@pytest.mark.parametrize("family", support.FAMILIES)
 def test_greedy_ids_match_transformers_generate(pair, family):
     model, ref = pair(family)
-    expected = tiny.reference_greedy(ref, PROMPT, 32)
+    expected = support.reference_greedy(ref, PROMPT, 32)
     assert generate(model, PROMPT, 32).output_ids == expected
 
 
@@ -149,16 +149,16 @@ def test_smollm2_matches_transformers(smollm2_pkl):
             expected = ref(torch.tensor([ids])).logits[0].numpy()
         got = run(model, [ids], [np.arange(len(ids))], build_mask(1, len(ids)))[0]
         np.testing.assert_allclose(got, expected, atol=2e-3, rtol=0)
-        assert generate(model, ids, 16).output_ids == tiny.reference_greedy(ref, ids, 16)
+        assert generate(model, ids, 16).output_ids == support.reference_greedy(ref, ids, 16)
 
 
-@pytest.mark.parametrize("family", tiny.FAMILIES)
+@pytest.mark.parametrize("family", support.FAMILIES)
 def test_fused_projections_compute_the_same_model(tiny_pkl, family):
     """model.fuse_projections (the GPU's layout: q/k/v and gate/up as one weight each, split +
     RoPE and attention over the cache's whole buffers) through the kernels' Jittor references
     on the CPU: the same logits with a cache, without one (training's hidden states) and with a
     tree mask, and the same Medusa output. Qwen3 keeps separate q/k/v (its q/k norm)."""
-    from oracle import random_heads
+    from support import random_heads
 
     from medusa.decoding.core import forced_logits, hidden_states
     from medusa.decoding.loop import medusa_generate
@@ -183,7 +183,7 @@ def test_fused_projections_compute_the_same_model(tiny_pkl, family):
     assert medusa_generate(fused, heads, prompt, 16, "8_node").output_ids == want == generate(plain, prompt, 16).output_ids
 
 
-@pytest.mark.parametrize("family", tiny.FAMILIES)
+@pytest.mark.parametrize("family", support.FAMILIES)
 @pytest.mark.parametrize("fuse", [False, True])
 def test_pending_residual_form_computes_the_same_layers(tiny_pkl, family, fuse):
     """The GPU's form of the layer loop (DecoderLayer.execute_pending: each residual add inside

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_training import chat_file
+from support import ROOT, chat_file
 
 from medusa.cli import vocab as vocab_cmd
 from medusa.decoding import core
@@ -22,7 +22,6 @@ from medusa.runtime.backend import jt
 from medusa.runtime.errors import UsageError
 from medusa.vocab import reduce as vocab
 
-ROOT = Path(__file__).parent.parent
 PROMPT = [10, 11, 12, 13, 14]
 
 
@@ -110,7 +109,7 @@ def test_heads_for_the_wrong_vocabulary_are_refused(full, reduced, tmp_path):
 
 
 def test_training_on_a_reduced_base_maps_and_masks_labels(tiny_pkl, reduced, tmp_path):
-    from test_training import tiny_args
+    from support import tiny_args
 
     from medusa.training import trainer as training
 

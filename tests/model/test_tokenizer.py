@@ -1,7 +1,6 @@
 """medusa.model.tokenizer.ChatTokenizer (the inference path's tokenizer, no transformers) against
 transformers' own tokenizer on the same files: chat-template ids, text, decode, special tokens."""
 import pytest
-import tiny
 from transformers import AutoTokenizer
 
 from medusa.data.prompt_sets import DEFAULT_PROMPTS, load_prompt_set
