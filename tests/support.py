@@ -19,7 +19,7 @@ import numpy as np
 from medusa.heads.families import DraftHeads, HeadConfig, build_heads
 from medusa.model.transformer import build_mask
 from medusa.runtime.backend import jt
-from medusa.training.trainer import TrainArgs
+from medusa.training.args import TrainArgs
 
 ROOT = Path(__file__).resolve().parent.parent   # the repository
 

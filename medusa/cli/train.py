@@ -10,7 +10,8 @@ import sys
 
 from medusa import cli
 from medusa.runtime.errors import UsageError
-from medusa.training.trainer import MOE_ONLY, PRESETS, TrainArgs, Trainer
+from medusa.training.args import MOE_ONLY, PRESETS, TrainArgs
+from medusa.training.trainer import Trainer
 
 FAMILIES = ("medusa", "rnn", "moe")
 DESCRIPTION = """Train {family} draft heads on a frozen base model

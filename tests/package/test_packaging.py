@@ -12,7 +12,7 @@ from support import ROOT
 LOAD_DEFAULTS = """
 from pathlib import Path
 from medusa.heads import io as head_io
-from medusa.training import trainer as training
+from medusa.training import args as training
 from medusa.data.prompt_sets import DEFAULT_PROMPTS, load_prompt_set
 from medusa.decoding.tree import load_choices
 site = Path(head_io.__file__).resolve().parents[1]   # the installed medusa/

@@ -1,6 +1,6 @@
-"""Head training (medusa/training/trainer.py, medusa/cli/train.py) on the tiny random models: label
-alignment, loss masks, padding invariance, loss going down for every family, exact resume, bad
-data, and the flags (the base model ones shared with every command)."""
+"""Head training (medusa/training/: trainer, args, losses, state; medusa/cli/train.py) on the tiny
+random models: label alignment, loss masks, padding invariance, loss going down for every family,
+exact resume, bad data, and the flags (the base model ones shared with every command)."""
 import dataclasses
 import json
 
@@ -13,7 +13,9 @@ from medusa.data import samples as data
 from medusa.data.samples import Sample
 from medusa.model import weights
 from medusa.runtime.backend import jt
-from medusa.training import hidden_cache, optim
+from medusa.training import args as train_args
+from medusa.training import hidden_cache, losses, optim
+from medusa.training import state as run_state
 from medusa.training import trainer as training
 
 
@@ -21,7 +23,7 @@ def test_rows_align_head_k_at_t_with_token_t_plus_k_plus_2():
     ids = np.arange(100, 110, dtype=np.int32)
     mask = np.array([0, 0, 0, 1, 1, 1, 1, 1, 1, 1], np.int32)
     fake_hidden = [np.arange(10, dtype=np.float32)[:, None] * np.ones((1, 4), np.float32)]   # h[t] = t
-    h, drafted, targets, valid, _ = training.flat_rows([Sample(ids, mask)], fake_hidden, 3, pad_id=0)
+    h, drafted, targets, valid, _ = losses.flat_rows([Sample(ids, mask)], fake_hidden, 3, pad_id=0)
     t = h.numpy()[0, :, 0].astype(int)                      # the position of each row
     for k in range(3):
         rows = valid[k].astype(bool)
@@ -73,7 +75,7 @@ def test_a_few_steps_lower_the_loss(tiny_pkl, tmp_path, family, prefix):
 
 def saved_as_before_the_rename(run):
     """Rewrite a run folder as a run saved before --base_dtype became --dtype would have it."""
-    for name in (training.STATE_NAME, "train_args.json"):
+    for name in (run_state.STATE_NAME, "train_args.json"):
         path = run / name
         if name.endswith(".npz"):
             with np.load(path) as f:
@@ -163,11 +165,11 @@ def test_every_flag_has_help_and_is_listed_once(family, capsys):
     entries = [line.split()[0].rstrip(",") for line in options.splitlines() if line.startswith("  --")]
     assert len(entries) == len(set(entries)) and "--base_dtype" not in out
     text = "".join(out.split())   # argparse wraps lines (and after hyphens)
-    for f in dataclasses.fields(training.TrainArgs):
+    for f in dataclasses.fields(train_args.TrainArgs):
         if f.name == "family":
             continue
         listed = f"--{f.name}" in entries
-        assert listed == (family == "moe" or f.name not in training.MOE_ONLY), f.name
+        assert listed == (family == "moe" or f.name not in train_args.MOE_ONLY), f.name
         if listed:
             assert "".join(f.metadata["help"].split()) in text, f.name
 
@@ -181,11 +183,11 @@ def test_base_model_flags_parse_as_in_generate():
 
     shared = [f.name for f in dataclasses.fields(BaseModelArgs)]
     assert shared == ["base_model_path", "jittor_base_weights", "device", "dtype"]
-    for argv in ([], ["--device", "cpu", "--dtype", "float32", "--base_model_path", training.SHIPPED_DATA.as_posix()]):
+    for argv in ([], ["--device", "cpu", "--dtype", "float32", "--base_model_path", train_args.SHIPPED_DATA.as_posix()]):
         margs = cli.parse(argv + ["--prompt", "x"], (ModelArgs, GenerationSettings, GenerateArgs))[0]
         targs = train_cmd.parse_args(argv)
         assert {k: getattr(targs, k) for k in shared} == {k: getattr(margs, k) for k in shared}, argv
-    fields = {f.name: f for f in dataclasses.fields(training.TrainArgs)}
+    fields = {f.name: f for f in dataclasses.fields(train_args.TrainArgs)}
     assert all(fields[f.name].metadata == f.metadata and fields[f.name].default == f.default
                for f in dataclasses.fields(ModelArgs) if f.name in shared)
     with pytest.raises(SystemExit):       # the same choices
@@ -199,7 +201,7 @@ def test_old_base_dtype_warns_and_sets_dtype(capsys):
     assert train_cmd.parse_args(["--base_dtype=float16"]).dtype == "float16"
     old = train_cmd.parse_args(["--no-cache_hidden", "--no-share_lm_head", "--no-tf32"])    # argparse's old --no-X
     assert (old.cache_hidden, old.share_lm_head, old.tf32) == (False, False, False)
-    assert training.saved_args({"base_dtype": "float32", "lr": 0.1}) == {"dtype": "float32", "lr": 0.1}
+    assert train_args.saved_args({"base_dtype": "float32", "lr": 0.1}) == {"dtype": "float32", "lr": 0.1}
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -225,7 +227,7 @@ def test_teacher_positions_point_at_the_state_that_predicts_each_target():
     bi = np.array([0, 0, 1])
     ti = np.array([3, 4, 0])
     valid = np.array([[1, 1, 1], [1, 0, 1]])
-    rows, positions, index = training.teacher_positions(bi, ti, valid)
+    rows, positions, index = losses.teacher_positions(bi, ti, valid)
     for k in range(2):
         for n in range(3):
             if valid[k, n]:   # head k at t predicts t+k+2, which the base predicts from state t+k+1
@@ -245,11 +247,11 @@ def test_soft_loss_with_a_one_hot_teacher_is_the_hard_loss_and_its_gradient_is_p
     valid[1, 4] = 0
     logits = jt.array(z)
     one_hot = np.eye(V, dtype=np.float32)[targets]
-    nll, _, _, soft = training.head_losses(logits, targets, valid, jt.array(one_hot))
+    nll, _, _, soft = losses.head_losses(logits, targets, valid, jt.array(one_hot))
     np.testing.assert_allclose(soft.numpy(), nll.numpy(), rtol=1e-5)
     q = rng.dirichlet(np.ones(V), (K, N)).astype(np.float32)
     logits = jt.array(z)
-    _, _, _, soft = training.head_losses(logits, targets, valid, jt.array(q))
+    _, _, _, soft = losses.head_losses(logits, targets, valid, jt.array(q))
     grad = jt.grad(soft.sum(), logits).numpy()
     p = np.exp(z - z.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
@@ -268,7 +270,7 @@ def test_teacher_probs_are_the_base_models_next_token_distribution(tiny_pkl):
     mask[0, 4:] = 1
     targets, valid = data.head_targets(ids, mask, 3)
     bi, ti = np.nonzero(valid.any(0))
-    probs = training.teacher_probs(model, [hidden.numpy()[0]], bi, ti, valid[:, bi, ti]).numpy()
+    probs = losses.teacher_probs(model, [hidden.numpy()[0]], bi, ti, valid[:, bi, ti]).numpy()
     for k in range(3):
         for n in np.flatnonzero(valid[k, bi, ti]):
             np.testing.assert_allclose(probs[k, n], ref[ti[n] + k + 1], atol=1e-5)
@@ -276,7 +278,7 @@ def test_teacher_probs_are_the_base_models_next_token_distribution(tiny_pkl):
 
 
 def test_presets_fill_only_the_flags_not_given():
-    args = train_cmd.parse_args(["--preset", "seed_fair", "--data_path", training.SHIPPED_DATA.as_posix(), "--lr", "3e-4"])
+    args = train_cmd.parse_args(["--preset", "seed_fair", "--data_path", train_args.SHIPPED_DATA.as_posix(), "--lr", "3e-4"])
     assert (args.lr, args.batch_size, args.gradient_accumulation_steps, args.warmup_ratio, args.max_grad_norm,
             args.epochs) == (3e-4, 1, 4, 0.015, 0.5, 10)
     args = train_cmd.parse_args(["--preset", "medusa1"])
@@ -337,7 +339,7 @@ def test_split_from_a_previous_run_keeps_its_val_prompts_out_of_training(tiny_pk
     first = training.Trainer(tiny_args(tiny_pkl, tmp_path, data_path=str(path), output_dir=str(tmp_path / "a"),
                                        epochs=1, max_steps=1))
     first.fit()
-    kept = data.read_split(tmp_path / "a" / training.SPLIT_NAME)
+    kept = data.read_split(tmp_path / "a" / train_args.SPLIT_NAME)
     assert kept.val == {int(first.groups[i]) for i in first.val_set} and kept.val
     # the data grows by new prompts (ids above every old one), the split seed changes
     got = data.load_token_samples(path)
@@ -351,9 +353,9 @@ def test_split_from_a_previous_run_keeps_its_val_prompts_out_of_training(tiny_pk
     assert {int(tr.groups[i]) for i in tr.train_set if tr.groups[i] < 1000} == kept.train
     for bad, why in [(tmp_path / "nowhere", "no such file"), (tmp_path / "grown.npz", "not a split file")]:
         with pytest.raises(UsageError, match=why):
-            training.check_args(tiny_args(tiny_pkl, tmp_path, data_path=str(path), split_from=str(bad)))
+            train_args.check_args(tiny_args(tiny_pkl, tmp_path, data_path=str(path), split_from=str(bad)))
     with pytest.raises(UsageError, match="needs token samples"):
-        training.check_args(tiny_args(tiny_pkl, tmp_path, split_from=str(tmp_path / "a")))
+        train_args.check_args(tiny_args(tiny_pkl, tmp_path, split_from=str(tmp_path / "a")))
 
 
 def test_reply_sample_gets_an_end_token_unless_cut():
@@ -419,7 +421,7 @@ def test_cpu_training_hands_cached_memory_back_when_the_process_doubled(tiny_pkl
     monkeypatch.setattr(training.jt, "gc", lambda: calls.append(1))
     monkeypatch.setattr(training, "_rss_bytes", lambda: next(sizes) * 2 ** 30)
     monkeypatch.setitem(training._after_gc, "rss", None)
-    totals = training.Totals(tr.K)
+    totals = losses.Totals(tr.K)
     for _ in range(5):
         tr.train_step(totals)
     # rss read 1 (first: gc, after 1) | 1.5 | 2.5 (> 2: gc, after 1) | 1.9 | 2.1 (> 2: gc, after 1)
