@@ -31,22 +31,9 @@ import numpy as np
 from tqdm import tqdm
 
 from medusa.app import loading
-from medusa.app.results import (
-    SIDES,
-    STAGES,
-    environment,
-    plot_results,
-    start_results,
-    write_results,
-)
+from medusa.app.results import SIDES, STAGES, environment, plot_results, start_results, write_results
 from medusa.app.settings import GenerationSettings, ModelArgs
-from medusa.data.prompt_sets import (
-    DATA_FORMATS,
-    DEFAULT_PROMPTS,
-    BenchPrompt,
-    load_prompt_set,
-    spread_over_categories,
-)
+from medusa.data.prompt_sets import DATA_FORMATS, DEFAULT_PROMPTS, BenchPrompt, load_prompt_set, spread_over_categories
 from medusa.data.samples import chat_prompt_ids
 from medusa.runtime.errors import Interrupted, UsageError
 

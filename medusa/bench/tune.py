@@ -35,11 +35,7 @@ from medusa.app import loading
 from medusa.app.results import dumps_compact
 from medusa.app.settings import GenerationSettings
 from medusa.data import samples as data
-from medusa.data.prompt_sets import (
-    DATA_FORMATS,
-    load_prompt_set,
-    spread_over_categories,
-)
+from medusa.data.prompt_sets import DATA_FORMATS, load_prompt_set, spread_over_categories
 from medusa.decoding.sampling import Sampling
 from medusa.decoding.tree import PRESETS, load_choices
 from medusa.runtime import options

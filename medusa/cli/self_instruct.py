@@ -5,12 +5,7 @@ from pathlib import Path
 
 from medusa import cli
 from medusa.runtime.errors import UsageError
-from medusa.training.self_instruct import (
-    DEFAULT_EXCLUDE,
-    DEFAULT_SEEDS,
-    load_seeds,
-    run,
-)
+from medusa.training.self_instruct import DEFAULT_EXCLUDE, DEFAULT_SEEDS, load_seeds, run
 from medusa.training.self_instruct import __doc__ as self_instruct_doc
 
 

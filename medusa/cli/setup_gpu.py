@@ -6,14 +6,7 @@ import traceback
 from pathlib import Path
 
 from medusa import cli
-from medusa.runtime.cuda_setup import (
-    SetupError,
-    mpi_env,
-    nccl_env,
-    prepare,
-    self_check,
-    shell_exports,
-)
+from medusa.runtime.cuda_setup import SetupError, mpi_env, nccl_env, prepare, self_check, shell_exports
 from medusa.runtime.cuda_setup import __doc__ as cuda_setup_doc
 from medusa.runtime.files import medusa_home
 

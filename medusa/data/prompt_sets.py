@@ -9,13 +9,7 @@ record (JSON array). Pure python: no Jittor, cheap to import.
 """
 import dataclasses
 
-from medusa.data.samples import (
-    DataError,
-    SkipRecord,
-    load_prompts,
-    normalise_record,
-    read_located,
-)
+from medusa.data.samples import DataError, SkipRecord, load_prompts, normalise_record, read_located
 from medusa.runtime.files import PACKAGE_DIR
 
 DEFAULT_PROMPTS = PACKAGE_DIR / "prompts" / "bench_prompts.jsonl"

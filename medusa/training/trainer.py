@@ -37,23 +37,11 @@ from medusa.data import samples as data
 from medusa.heads.families import HeadConfig, build_heads
 from medusa.heads.io import save_heads, start_from
 from medusa.model import weights
-from medusa.runtime.backend import (
-    collectives,
-    default_compute_dtype,
-    interrupts_deferred,
-    jt,
-    use_device,
-)
+from medusa.runtime.backend import collectives, default_compute_dtype, interrupts_deferred, jt, use_device
 from medusa.runtime.errors import Interrupted, UsageError
 from medusa.runtime.files import atomic_write
 from medusa.training import hidden_cache, losses, state
-from medusa.training.args import (
-    SPLIT_NAME,
-    TrainArgs,
-    base_source,
-    split_file,
-    token_data,
-)
+from medusa.training.args import SPLIT_NAME, TrainArgs, base_source, split_file, token_data
 from medusa.training.optim import AdamW, lr_at
 
 

@@ -4,13 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from medusa.decoding.tree import (
-    PRESETS,
-    build_tree_buffers,
-    chain_tree,
-    load_choices,
-    validate_choices,
-)
+from medusa.decoding.tree import PRESETS, build_tree_buffers, chain_tree, load_choices, validate_choices
 
 ALL_TREES = {**PRESETS, "chain_1": chain_tree(1), "chain_5": chain_tree(5)}
 

@@ -6,12 +6,7 @@ import numpy as np
 import pytest
 
 from medusa.heads.families import HEAD_FAMILIES, HeadConfig, build_heads
-from medusa.heads.io import (
-    config_path,
-    import_fasterdecoding_heads,
-    load_heads,
-    save_heads,
-)
+from medusa.heads.io import config_path, import_fasterdecoding_heads, load_heads, save_heads
 from medusa.runtime.backend import jt
 
 H, V, K, B, T = 16, 40, 3, 2, 4

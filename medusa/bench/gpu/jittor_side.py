@@ -6,18 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medusa.bench.gpu.common import (
-    CHECKED_SHAPES,
-    HEADS,
-    SHAPES,
-    Recorder,
-    param_count,
-    run_shapes,
-    stats_ms,
-    time_decode,
-    time_medusa,
-    timed_loop,
-)
+from medusa.bench.gpu.common import (CHECKED_SHAPES, HEADS, SHAPES, Recorder, param_count, run_shapes, stats_ms,
+                                     time_decode, time_medusa, timed_loop)
 from medusa.decoding import device_loop
 from medusa.decoding import steps as medusa_steps
 from medusa.decoding.core import decode_one, forced_logits, new_cache, prefill

@@ -10,21 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medusa.bench.gpu.common import (
-    CHECKED_SHAPES,
-    HEADS,
-    REF_STEPS,
-    SHAPES,
-    Recorder,
-    greedy_posterior,
-    param_count,
-    run_shapes,
-    stats_ms,
-    time_decode,
-    time_medusa,
-    timed_loop,
-    tree_plan,
-)
+from medusa.bench.gpu.common import (CHECKED_SHAPES, HEADS, REF_STEPS, SHAPES, Recorder, greedy_posterior, param_count,
+                                     run_shapes, stats_ms, time_decode, time_medusa, timed_loop, tree_plan)
 from medusa.bench.gpu.torch_graphs import graph_timing
 
 

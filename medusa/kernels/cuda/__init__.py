@@ -34,57 +34,18 @@ block per query row for attention over the cache, a thread per key position).
 """
 # one module per kernel family (common <- elementwise <- gemv; attention, compact, mma; layers
 # composes them); the model and the tests use this package's names
-from medusa.kernels.cuda.attention import (
-                                             MAX_ATTENTION_KEYS,
-                                             MAX_HEAD_DIM,
-                                             cache_attention,
-                                             cache_attention_ok,
-)
-from medusa.kernels.cuda.compact import (
-                                             MAX_COMPACT_BUFFERS,
-                                             MAX_COMPACT_KEEP,
-                                             compact_cache,
-                                             compact_cache_at,
-                                             compact_ok,
-)
-from medusa.kernels.cuda.elementwise import (
-                                             add_rms_norm,
-                                             qkv_rope,
-                                             qkv_rope_into_cache,
-                                             reference_add_rms_norm,
-                                             reference_qkv_rope,
-                                             reference_rms_norm,
-                                             reference_silu_mul,
-                                             rms_norm,
-                                             rotate_half,
-                                             silu_mul,
-)
-from medusa.kernels.cuda.gemv import (
-                                             MAX_NORM_GEMV_K,
-                                             gemv,
-                                             gemv_ok,
-                                             norm_gemv,
-                                             norm_gemv_ok,
-                                             reference_norm_gemv,
-                                             reference_silu_gemv,
-                                             silu_gemv,
-                                             silu_gemv_ok,
-)
-from medusa.kernels.cuda.layers import (
-                                             decode_layer,
-                                             decode_layer_ok,
-                                             rows_layer,
-                                             rows_layer_ok,
-)
+from medusa.kernels.cuda.attention import MAX_ATTENTION_KEYS, MAX_HEAD_DIM, cache_attention, cache_attention_ok
+from medusa.kernels.cuda.compact import (MAX_COMPACT_BUFFERS, MAX_COMPACT_KEEP, compact_cache, compact_cache_at,
+                                         compact_ok)
+from medusa.kernels.cuda.elementwise import (add_rms_norm, qkv_rope, qkv_rope_into_cache, reference_add_rms_norm,
+                                             reference_qkv_rope, reference_rms_norm, reference_silu_mul, rms_norm,
+                                             rotate_half, silu_mul)
+from medusa.kernels.cuda.gemv import (MAX_NORM_GEMV_K, gemv, gemv_ok, norm_gemv, norm_gemv_ok, reference_norm_gemv,
+                                      reference_silu_gemv, silu_gemv, silu_gemv_ok)
+from medusa.kernels.cuda.layers import decode_layer, decode_layer_ok, rows_layer, rows_layer_ok
 from medusa.kernels.cuda.mma import MMA_MAX_ROWS, MMA_MAX_WEIGHT, mma_rows, mma_rows_ok
-from medusa.kernels.cuda.switches import (
-                                             use_gemv,
-                                             use_kernels,
-                                             use_layer_op,
-                                             use_mma,
-                                             use_rows_layer,
-                                             use_tree_attention,
-)
+from medusa.kernels.cuda.switches import (use_gemv, use_kernels, use_layer_op, use_mma, use_rows_layer,
+                                          use_tree_attention)
 
 __all__ = ["MAX_ATTENTION_KEYS", "MAX_HEAD_DIM", "cache_attention", "cache_attention_ok",
            "MAX_COMPACT_BUFFERS", "MAX_COMPACT_KEEP", "compact_cache", "compact_cache_at", "compact_ok",

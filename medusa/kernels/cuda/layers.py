@@ -3,19 +3,10 @@ import math
 
 from medusa.kernels.cuda.attention import _ATTENTION_BODY, cache_attention_ok
 from medusa.kernels.cuda.common import _COMMON
-from medusa.kernels.cuda.elementwise import (
-    _QKV_ROPE_BODY,
-    _RMS_NORM_BODY,
-    _SILU_MUL_BODY,
-)
+from medusa.kernels.cuda.elementwise import _QKV_ROPE_BODY, _RMS_NORM_BODY, _SILU_MUL_BODY
 from medusa.kernels.cuda.gemv import _GEMV_BODY, MAX_NORM_GEMV_K
 from medusa.kernels.cuda.mma import _MMA_BODY, mma_rows_ok
-from medusa.kernels.cuda.switches import (
-    use_gemv,
-    use_kernels,
-    use_layer_op,
-    use_rows_layer,
-)
+from medusa.kernels.cuda.switches import use_gemv, use_kernels, use_layer_op, use_rows_layer
 from medusa.runtime.backend import jt
 
 # the sizes both layer ops read from their operands' shapes and `data`
