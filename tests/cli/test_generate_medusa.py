@@ -85,6 +85,7 @@ def test_weight_convert_fasterdecoding_heads(tiny_pkl, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_smollm2_greedy_medusa_matches_plain(smollm2_pkl):
     model = weights.load_model(smollm2_pkl, "float32")
     cfg = model.config

@@ -17,6 +17,7 @@ import pytest
 from support import ROOT, chat_file
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+pytestmark = pytest.mark.e2e   # whole commands, signalled and resumed
 
 
 def start(*argv):

@@ -22,6 +22,7 @@ def test_rendering_records_every_op_and_restores_jt_code():
         assert len(ops) == 1 and "medusa_k::" in ops[0]["src"], name
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 def test_every_kernel_source_compiles():
     results = compile_check.compile_all(nvcc=NVCC)

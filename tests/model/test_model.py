@@ -134,6 +134,7 @@ def test_prompt_longer_than_cache_is_a_clear_error(pair):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_smollm2_matches_transformers(smollm2_pkl):
     """The real embedded default: logits and greedy ids against transformers reading the same GGUF."""
     import transformers

@@ -127,6 +127,7 @@ def test_a_failed_conversion_leaves_the_old_unit_or_nothing(tiny_hf, tmp_path, m
     assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".new.converting-*"))
 
 
+@pytest.mark.e2e
 def test_a_killed_conversion_subprocess_leaves_a_whole_unit_or_none(tiny_hf, tmp_path):
     """SIGKILL at several moments of `weight_convert.py`: the folder is absent or complete."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -37,6 +37,7 @@ def train(tiny_pkl, tmp_path, out, batch_size, mpi_ranks=0):
 
 
 @needs_mpirun
+@pytest.mark.e2e
 def test_two_ranks_match_one_process_on_the_same_global_batch(tiny_pkl, tmp_path):
     chat_file(tmp_path / "chat.jsonl", n=16)
     single, heads1 = train(tiny_pkl, tmp_path, "single", batch_size=4)
