@@ -11,11 +11,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from medusa.decoding.core import GenerationError, check_request
 from medusa.decoding.tree import AUTO, load_choices, resolve_auto
+from medusa.heads import io as head_io
 from medusa.heads.draft_vocab import DRAFT_FILE, DraftVocab
 from medusa.model import weights
 from medusa.model.tokenizer import ChatTokenizer
 from medusa.model.weights import DEFAULT_MODEL_NAME
+from medusa.runtime.backend import default_compute_dtype, use_device
 from medusa.runtime.errors import MissingFileError, UsageError
 
 
@@ -32,8 +35,6 @@ def check_writable(path, flag):
 
 def check_prompt_fits(plan, prompt_ids, max_new_tokens, where="the prompt"):
     """The prompt fits the context, and (sliced embedding) every token is in the vocabulary."""
-    from medusa.decoding.core import GenerationError, check_request
-
     try:
         check_request(plan.config, len(prompt_ids), max_new_tokens)
     except GenerationError as e:
@@ -94,8 +95,6 @@ class Setup:
 def resolve_heads(margs, heads):
     """The heads file of the flags. heads: "required", "optional" (only when --medusa_weights is
     given) or "none"."""
-    from medusa.heads.io import DEFAULT_HEADS
-
     if heads == "none" or (heads == "optional" and not margs.medusa_weights):
         return None
     if margs.medusa_weights:
@@ -103,9 +102,9 @@ def resolve_heads(margs, heads):
     if not margs.is_default_model:
         raise UsageError("a base model other than the embedded default needs --medusa_weights "
                          "(heads trained for it), or run without Medusa")
-    if not DEFAULT_HEADS.is_file():
-        raise MissingFileError(f"the shipped heads {DEFAULT_HEADS} are missing: reinstall, or pass --medusa_weights")
-    return DEFAULT_HEADS
+    if not head_io.DEFAULT_HEADS.is_file():
+        raise MissingFileError(f"the shipped heads {head_io.DEFAULT_HEADS} are missing: reinstall, or pass --medusa_weights")
+    return head_io.DEFAULT_HEADS
 
 
 def resolve_draft(margs, heads_path, head_config, device):
@@ -130,9 +129,6 @@ def plan(margs, settings=None, heads="optional") -> Plan:
     """Resolve and check the model flags before anything heavy loads: the heads' config, the
     tree against their depth, the base config against the heads' sizes, the tokenizer. The
     embedded default (or a .gguf) is converted here on first use."""
-    from medusa.heads import io as head_io
-    from medusa.runtime.backend import default_compute_dtype, use_device
-
     device = use_device(margs.device)
     dtype = margs.dtype or default_compute_dtype()
     heads_path = resolve_heads(margs, heads)
@@ -157,8 +153,6 @@ def plan(margs, settings=None, heads="optional") -> Plan:
 
 def load(plan: Plan) -> Setup:
     """Load the planned model (and heads)."""
-    from medusa.heads import io as head_io
-
     model = weights.load_model(plan.source, plan.dtype)
     heads = head_io.load_heads(plan.heads_path) if plan.heads_path is not None else None
     if heads is not None:
