@@ -186,10 +186,24 @@ def run_sample(setup, bench: Bench, prompt: BenchPrompt, index):
     return {"id": prompt.id, "category": prompt.category, "turns": turns}
 
 
+# A prompt of more than this many tokens runs its prefill on other kernels than a shorter one
+# (a small model's layer op takes at most 64 rows, kernels/cuda/mma.py MMA_MAX_ROWS); seen on a
+# fresh GPU machine: the first 68-token prompt spent 15 s compiling inside a timed sample
+LONG_PROMPT = 64
+
+
 def warm_up(setup, bench: Bench, prompt: BenchPrompt):
-    """Decode once per side, untimed, so kernel compilation stays out of the measurements."""
-    if bench.args.warmup_tokens > 0:
-        ids = chat_prompt_ids(setup.tokenizer, _history(prompt) + [{"role": "user", "content": prompt.turns[0]}])
+    """Decode untimed on each side, so that kernel compilation stays out of the measurements:
+    after the first prompt, and after a prompt longer than LONG_PROMPT tokens (the first one's
+    ids repeated: a later turn's history can pass that length even where no first turn does)."""
+    if bench.args.warmup_tokens <= 0:
+        return
+    ids = chat_prompt_ids(setup.tokenizer, _history(prompt) + [{"role": "user", "content": prompt.turns[0]}])
+    room = setup.model.config.max_position_embeddings - bench.args.warmup_tokens - 64   # the tree's nodes too
+    prompts = [ids]
+    if len(ids) <= LONG_PROMPT < room:
+        prompts.append((ids * (2 * LONG_PROMPT // len(ids) + 1))[:2 * LONG_PROMPT])
+    for ids in prompts:
         for side in bench.args.sides:
             decode_turn(side, setup, bench.generation, ids, bench.args.warmup_tokens, bench.generation.seed)
 

@@ -87,6 +87,7 @@ COMMANDS = {
     "cabin-prompts": ("cabin_prompts", "the in-cabin structured-output prompt set"),
     "setup-gpu": ("setup_gpu", "patch Jittor for CUDA 13 and check it on this GPU"),
     "gpu-bench": ("gpu_bench", "the GPU benchmark: Jittor against PyTorch with CUDA graphs"),
+    "step-profile": ("step_profile", "where a greedy Medusa step's time goes, stage by stage, on this machine"),
     "compile-check": ("compile_check", "compile every CUDA kernel source with nvcc (no GPU needed)"),
 }
 

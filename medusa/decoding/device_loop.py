@@ -122,15 +122,23 @@ def _propose_sequential_on_device(model, heads, tree, hidden_last, root):
     return seq[tables.node_pos].reshape(1, -1)
 
 
-def device_step(model, heads, cache, tree, tables, tokens, state=None):
-    """One greedy Medusa step built on the device (the module docstring; after a prefix layer
-    read the path's states: state from heads.prefix_state()). Nothing is fetched: returns
-    (fetch jt [depth + 2] int32 = [accepted length n, the path's tokens after the root..., bonus],
-    the next tokens, the cache move to sync with them)."""
-    depth = tree.buffers.depth
+def verify(model, cache, tree, tokens):
+    """The base model on the tree's nodes at positions cache.length + depth -> hidden [1, N, H]."""
     past = cache.length
-    hidden = core.forward(model, tokens, tree.positions + past, tree.mask(past), cache)   # [1, N, H]
-    argmax = jt.argmax(model.logits(hidden)[0], 1)[0].int32()                            # [N]
+    return core.forward(model, tokens, tree.positions + past, tree.mask(past), cache)
+
+
+def node_argmax(model, hidden):
+    """Every node's greedy next token: jt [N] int32."""
+    return jt.argmax(model.logits(hidden)[0], 1)[0].int32()
+
+
+def accept(tree, tables, tokens, argmax):
+    """The longest accepted path (evaluate_posterior's greedy rule, first path on ties) ->
+    (n jt [1]: its length, root included; path jt [depth + 1]: its node ids, padded; nodes:
+    the path with the padding repeating its last node; last jt [1]: that node; bonus jt [1]:
+    the token after it)."""
+    depth = tree.buffers.depth
     ok = jt.concat([jt.ones((1,), "int32"), (tokens[0, 1:] == argmax[tables.parent]).int32()])   # the root: always
     accepted = ok[tables.rows] * tables.valid
     lengths = (jt.cumsum(1 - accepted, dim=1) == 0).int32().sum(1)                       # leading ones, [P]
@@ -140,11 +148,30 @@ def device_step(model, heads, cache, tree, tables, tokens, state=None):
     index = jt.arange(depth + 1).int32()
     last = path[n - 1]
     nodes = jt.where(index < n, path, last.broadcast(path.shape))                        # past the path: repeats
+    return n, path, nodes, last, argmax[last]
+
+
+def path_state(heads, state, hidden, nodes, last, n):
+    """What the heads draft the next tree from: the path's last state [1, 1, H], or after a
+    prefix layer (state) its output there, having read the path's states."""
+    if state is None:
+        return hidden[:, last].reshape(1, 1, -1)
+    return heads.read_prefix_row(state, hidden[:, nodes], n - 1)
+
+
+def device_step(model, heads, cache, tree, tables, tokens, state=None):
+    """One greedy Medusa step built on the device (the module docstring; after a prefix layer
+    read the path's states: state from heads.prefix_state()). Nothing is fetched: returns
+    (fetch jt [depth + 2] int32 = [accepted length n, the path's tokens after the root..., bonus],
+    the next tokens, the cache move to sync with them). Its stages, in order: verify,
+    node_argmax, accept, the cache move, path_state and propose_on_device (bench/step_profile.py
+    times each)."""
+    past = cache.length
+    hidden = verify(model, cache, tree, tokens)                                           # [1, N, H]
+    n, path, nodes, last, bonus = accept(tree, tables, tokens, node_argmax(model, hidden))
     moved = cache.move(past, nodes + past)
-    bonus = argmax[last]
     fetch = jt.concat([n.int32(), tokens[0][path[1:]], bonus.reshape(1)])
-    hidden_last = (hidden[:, last].reshape(1, 1, -1) if state is None
-                   else heads.read_prefix_row(state, hidden[:, nodes], n - 1))
+    hidden_last = path_state(heads, state, hidden, nodes, last, n)
     return fetch, propose_on_device(model, heads, tree, tables, hidden_last, bonus.reshape(1)), moved
 
 

@@ -266,14 +266,21 @@ class DecoderLayer(jt.nn.Module):
             weights = attn._qkv[0], attn.o_proj.weight, mlp._gate_up, mlp.down_proj.weight
             args = (self.input_layernorm.weight, *attn._qkv, rope.cos_table, rope.sin_table, rope.positions)
             tail = (self.input_layernorm.eps, attn.head_dim ** -0.5)
-            if mask is None and cuda_kernels.decode_layer_ok(x, cache, attn.head_dim):   # (it applies no mask)
-                return cuda_kernels.decode_layer(x, pending, *args, *cache.buffers(layer), cache.length,
-                                                 attn.o_proj.weight, self.post_attention_layernorm.weight,
-                                                 mlp._gate_up, mlp.down_proj.weight, *tail)
-            if cuda_kernels.rows_layer_ok(x, cache, mask, weights, attn.head_dim):
+            rest = (attn.o_proj.weight, self.post_attention_layernorm.weight, mlp._gate_up, mlp.down_proj.weight)
+            exact, d = cuda_kernels.exact_mode(), attn.head_dim
+            # one token: decode_layer, or in the exact option's `tree` mode the tree's rows_layer;
+            # a tree (or a short prompt): rows_layer, or in `decode` mode decode_layer over its rows
+            if mask is None and exact == "tree" and cuda_kernels.rows_layer_ok(x, cache, None, weights, d):
+                return cuda_kernels.rows_layer(x, pending, *args, *cache.buffers(layer), cache.length, None,
+                                               *rest, *tail)
+            if mask is None and cuda_kernels.decode_layer_ok(x, cache, d):
+                return cuda_kernels.decode_layer(x, pending, *args, *cache.buffers(layer), cache.length, *rest, *tail)
+            if mask is not None and exact == "decode" and cuda_kernels.decode_layer_ok(x, cache, d, mask, weights):
+                return cuda_kernels.decode_layer(x, pending, *args, *cache.buffers(layer), cache.length, *rest, *tail,
+                                                 mask=mask)
+            if mask is not None and cuda_kernels.rows_layer_ok(x, cache, mask, weights, d):
                 return cuda_kernels.rows_layer(x, pending, *args, *cache.buffers(layer), cache.length, mask,
-                                               attn.o_proj.weight, self.post_attention_layernorm.weight,
-                                               mlp._gate_up, mlp.down_proj.weight, *tail)
+                                               *rest, *tail)
         if attn._qkv is not None:
             x, qkv = norm_matmul(x, pending, self.input_layernorm, *attn._qkv)
             out = attn.attend(qkv, rope, mask, cache, layer)
@@ -398,8 +405,29 @@ class Transformer(jt.nn.Module):
         return self.model.embed_tokens.weight
 
     def logits(self, hidden):
-        """hidden [B, T, H] -> fp32 logits [B, T, V]."""
-        return matmul(hidden, self.lm_head_t()).float32()
+        """hidden [B, T, H] -> fp32 logits [B, T, V]. Under the exact option (exact_mode) each
+        row through the kernel a one-token step uses, however many rows there are."""
+        weight, exact = self.lm_head_t(), self.exact_mode()
+        if exact != "off" and math.prod(hidden.shape[:-1]) <= cuda_kernels.MMA_MAX_ROWS:
+            if exact == "decode" and cuda_kernels.gemv_rows_ok(hidden, weight):
+                return cuda_kernels.gemv(hidden, weight).float32()
+            if exact == "tree" and cuda_kernels.mma_rows_ok(hidden, weight, exact=True):
+                return cuda_kernels.mma_rows(hidden, weight).float32()
+        return matmul(hidden, weight).float32()
+
+    def exact_mode(self) -> str:
+        """The exact option ($MEDUSA_EXACT: decode, tree, off) where it applies to this model: the
+        fused kernels on a GPU and a small model (every layer weight one mma_rows takes, whose
+        layers have one-op forms for a token and for a tree); "off" elsewhere."""
+        if not (self.fused and gpu_kernels_ok()):
+            return "off"
+        first = self.model.layers[0]
+        if first.self_attn._qkv is None or first.mlp._gate_up is None:
+            return "off"
+        weights = (first.self_attn._qkv[0], first.self_attn.o_proj.weight, first.mlp._gate_up,
+                   first.mlp.down_proj.weight)
+        small = all(w.shape[0] * w.shape[1] <= cuda_kernels.MMA_MAX_WEIGHT for w in weights)
+        return cuda_kernels.exact_mode() if small else "off"
 
     @property
     def has_full_head(self) -> bool:

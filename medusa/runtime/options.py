@@ -50,6 +50,8 @@ MATMUL = _Grammar("blas or jittor", lambda t, d: t if t in ("blas", "jittor") el
                   lambda v: v in ("blas", "jittor"))
 COUNT = _Grammar("a whole number >= 1 (unset: every core this process may run on)", _count,
                  lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1))
+EXACT = _Grammar("decode, tree or off", lambda t, d: t if t in ("decode", "tree", "off") else None,
+                 lambda v: v in ("decode", "tree", "off"))
 PATH = _Grammar("a folder (unset: ~/.cache/medusa-jittor)", lambda t, d: t,
                 lambda v: v is None or isinstance(v, str))
 
@@ -80,6 +82,10 @@ class Options:
     mma: bool = _kernel("MEDUSA_MMA", "a tree's projections on the tensor cores, mma_rows (off: cuBLAS)")
     tree_attention: bool = _kernel("MEDUSA_TREE_ATTENTION", "a tree's fp16 attention as flash_tree (off: one block "
                                                             "per query row)")
+    exact: str = _switch("MEDUSA_EXACT", EXACT, "decode", "GPU",
+                         "a small model's tree rows and one-token steps computed alike, so greedy Medusa equals "
+                         "plain greedy bit for bit: decode (a tree's rows through the decode step's gemv kernels), "
+                         "tree (a decode step through the tree's mma kernels) or off (each its fastest kernels)")
     device_loop: str = _switch("MEDUSA_DEVICE_LOOP", MODE, "auto", "CPU and GPU",
                                "greedy Medusa steps kept on the device, one fetch a step (auto: on a GPU)")
     jittor_home: Optional[str] = _switch("MEDUSA_JITTOR_HOME", PATH, None, "CPU and GPU",

@@ -333,7 +333,7 @@ def test_fused_model_runs_the_kernels(cpu_reference, cuda, monkeypatch, layer_op
     for name in names:
         real = getattr(ck, name)
         monkeypatch.setattr(ck, name, lambda *a, _r=real, _n=name, **k: calls.update({_n: calls.get(_n, 0) + 1}) or _r(*a, **k))
-    with options.override(layer_op=layer_op, rows_layer=layer_op):
+    with options.override(layer_op=layer_op, rows_layer=layer_op, exact="off"):   # (exact: the prompt on decode_layer)
         forced_logits(build("llama", state, "float16", fused=True), PROMPT, tokens[:3])
     calls = {name: calls.get(name, 0) for name in names}
     L = CONFIGS["llama"]["num_hidden_layers"]
@@ -358,7 +358,7 @@ def test_layer_op_equals_its_six_kernels(cpu_reference, cuda, monkeypatch, dtype
     state, tokens, _ = cpu_reference["llama"]
     got = {}
     for layer_op in (True, False):
-        with options.override(layer_op=layer_op):
+        with options.override(layer_op=layer_op, exact="off"):
             got[layer_op] = forced_logits(build("llama", state, dtype, fused=True), PROMPT, tokens[:6])
     np.testing.assert_array_equal(got[True], got[False])
 
@@ -374,7 +374,7 @@ def test_rows_layer_equals_its_kernels(cpu_reference, cuda, monkeypatch):
     real = ck.rows_layer
     monkeypatch.setattr(ck, "rows_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
     # rows_layer keeps the per-row attention
-    with options.override(rows_layer=True, tree_attention=False, layer_op=True):
+    with options.override(rows_layer=True, tree_attention=False, layer_op=True, exact="off"):
         for layer_op in (True, False):
             with options.override(layer_op=layer_op):
                 got[layer_op] = forced_logits(build("llama", state, "float16", fused=True), PROMPT, tokens[:4])
@@ -395,7 +395,7 @@ def test_flash_tree_attention_in_medusa_is_lossless(cpu_reference, cuda, monkeyp
     from medusa.kernels.cuda import attention as attention_kernels
 
     state, tokens, _ = cpu_reference["llama"]
-    with options.override(rows_layer=False):
+    with options.override(rows_layer=False, exact="off"):
         model = build("llama", state, "float16", fused=True)
         plain = generate(model, PROMPT, STEPS).output_ids
         plain_margins = margins(forced_logits(model, PROMPT, plain[:-1]))
@@ -428,3 +428,122 @@ def test_device_loop_on_cuda(cpu_reference, cuda, monkeypatch, tree):
     with options.override(device_loop="on"):
         device = medusa_generate(model, rnn, PROMPT, STEPS, tree)
     assert device.output_ids == host.output_ids == tokens and device.accept_lengths == host.accept_lengths
+
+
+# ---------------------------------------------------------------- the exact option: the same bits on every path
+def same_bits(got, want):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.parametrize("M,K,N", [(9, 576, 960), (64, 1536, 576), (33, 576, 49152)])
+def test_mma_rows_is_deterministic_and_row_invariant(cuda, M, K, N):
+    """No atomics: the same product twice gives the same bits, and a row's result does not
+    depend on the rows beside it (a lone row, any subset) nor on the weight's size rule."""
+    x, w = rand((1, M, K), "float16", 40), rand((K, N), "float16", 41, 0.05)
+    full = ck.mma_rows(x, w).numpy()
+    same_bits(ck.mma_rows(x, w).numpy(), full)
+    for r in (0, M // 2, M - 1):
+        assert ck.mma_rows_ok(x[:, r:r + 1], w, exact=True)
+        same_bits(ck.mma_rows(x[:, r:r + 1], w).numpy()[0, 0], full[0, r])
+    same_bits(ck.mma_rows(x[:, 1:M - 1], w).numpy(), full[:, 1:M - 1])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("K,N", [(576, 960), (1536, 576), (576, 49152)])
+def test_gemv_rows_equal_lone_rows(cuda, dtype, K, N):
+    """gemv, norm_gemv and silu_gemv over several rows: each row's bits are those of the row
+    alone (the exact option's `decode` mode), and close to the reference."""
+    T = 9
+    x, d, w = rand((1, T, K), dtype, 42), rand((1, T, K), dtype, 43), rand((K, N), dtype, 44, 0.05)
+    nw, gu = rand((K,), dtype, 45, 0.1) + 1, rand((1, T, 2 * K), dtype, 46)
+    many = {"plain": ck.gemv(x, w).numpy(), "norm": [a.numpy() for a in ck.norm_gemv(x, d, nw, 1e-6, w)],
+            "silu": ck.silu_gemv(gu, w).numpy()}
+    close(ck.gemv(x, w), jt.matmul(x.float32(), w.float32()).cast(dtype), dtype)
+    for r in (0, 4, T - 1):
+        one = slice(r, r + 1)
+        same_bits(ck.gemv(x[:, one], w).numpy()[0, 0], many["plain"][0, r])
+        h, y = ck.norm_gemv(x[:, one], d[:, one], nw, 1e-6, w)
+        same_bits(h.numpy()[0, 0], many["norm"][0][0, r])
+        same_bits(y.numpy()[0, 0], many["norm"][1][0, r])
+        same_bits(ck.silu_gemv(gu[:, one], w).numpy()[0, 0], many["silu"][0, r])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_tree_attention_row_equals_the_decode_step_of_its_path(cuda, dtype):
+    """cache_attention visits a row's visible keys in logical order: a tree node's row (its
+    ancestors scattered among the tree's other nodes) gives the bits of a one-token step whose
+    cache holds the same prefix and then the ancestors, in order."""
+    H, G, D, past = 2, 3, 64, 37
+    tree = [[0], [1], [0, 0], [0, 1], [1, 0], [0, 0, 0], [1, 0, 0], [1, 0, 0, 0]]
+    parents = {(): 0}
+    for n, p in enumerate(tree, start=1):
+        parents[tuple(p)] = n
+    T = len(tree) + 1
+    ancestry = [[0]] + [[parents[tuple(p[:k])] for k in range(len(p) + 1)] for p in tree]   # root..node
+    block = np.zeros((T, T), bool)
+    for n, chain in enumerate(ancestry):
+        block[n, chain] = True
+    L, S = past + T + 5, past + T
+    keys, values = rand((1, H, L, D), dtype, 47), rand((1, H, L, D), dtype, 48)
+    q = rand((1, H, G * T, D), dtype, 49)                           # row g * T + t
+    m = np.zeros((1, 1, T, S), np.float32)
+    m[0, 0, :, past:] = np.where(block, 0.0, -1e9)
+    with options.override(tree_attention=False):
+        rows = ck.cache_attention(q, keys, values, S, jt.array(m), D ** -0.5).numpy()
+    k_np, v_np, q_np = keys.numpy(), values.numpy(), q.numpy()
+    for node in (len(tree), 6, 3):
+        chain = ancestry[node]
+        order = list(range(past)) + [past + a for a in chain]
+        k1 = np.zeros_like(k_np)
+        v1 = np.zeros_like(v_np)
+        k1[:, :, :len(order)], v1[:, :, :len(order)] = k_np[:, :, order], v_np[:, :, order]
+        q1 = q_np[:, :, [g * T + node for g in range(G)]]
+        one = ck.cache_attention(jt.array(q1), jt.array(k1), jt.array(v1), len(order), None, D ** -0.5).numpy()
+        same_bits(one, rows[:, :, [g * T + node for g in range(G)]])
+
+
+@pytest.mark.parametrize("exact", ["decode", "tree"])
+@pytest.mark.parametrize("tree", ["chain", "8_node", "mc_sim_7b_63"])
+def test_exact_tree_rows_equal_decode_steps_bit_for_bit(cpu_reference, cuda, exact, tree):
+    """Under the exact option the fp16 logits of a tree's nodes along a path (the last leaf's:
+    its nodes sit far from their depths) are bit for bit those of plain greedy's one-token
+    steps over the same tokens: the tree's rows and the decode steps take the same kernels."""
+    from medusa.decoding.core import forward, new_cache, prefill
+    from medusa.decoding.tree_vars import resolve_tree
+
+    state, _, _ = cpu_reference["llama"]
+    with options.override(exact=exact, tree_attention=False):
+        model = build("llama", state, "float16", fused=True)
+        assert model.exact_mode() == exact
+        plain = generate(model, PROMPT, STEPS).output_ids
+        t = resolve_tree(tree, 4)
+        path = t.buffers.retrieve_indices[-1]
+        path = path[path >= 0]
+        tokens = np.random.default_rng(3).integers(6, 320, t.num_nodes)
+        tokens[path] = plain[:len(path)]
+        want = forced_logits(model, PROMPT, plain[:len(path)])
+        cache = new_cache(model, 1, len(PROMPT) + t.num_nodes)
+        prefill(model, cache, PROMPT)
+        hidden = forward(model, jt.array(tokens.astype(np.int32)[None]), t.positions + cache.length,
+                         t.mask(cache.length), cache)
+        got = model.logits(hidden)[0].numpy()[path]
+    same_bits(got.astype(np.float64), want[1:len(path) + 1])
+
+
+@pytest.mark.parametrize("exact", ["decode", "tree"])
+@pytest.mark.parametrize("device_loop", ["on", "off"])
+def test_exact_medusa_greedy_equals_plain_greedy_in_fp16(cpu_reference, cuda, exact, device_loop):
+    """fp16, near-ties included: Medusa's greedy tokens are plain greedy's exactly (no near-tie
+    allowance), for heads that draft the continuation (oracle: every step accepts full depth)
+    and random heads, on the host loop and the device loop; plain greedy twice is the same."""
+    state, _, _ = cpu_reference["llama"]
+    flat = {k: v * 0.3 for k, v in state.items()}            # flatter logits: many near-ties
+    with options.override(exact=exact, device_loop=device_loop, tree_attention=False):
+        model = build("llama", flat, "float16", fused=True)
+        plain = generate(model, PROMPT, STEPS).output_ids
+        assert generate(build("llama", flat, "float16", fused=True), PROMPT, STEPS).output_ids == plain
+        oracle = medusa_generate(model, OracleHeads(model, PROMPT + plain), PROMPT, 21, "8_node")
+        assert oracle.output_ids == plain[:21] and max(oracle.accept_lengths) == 5
+        for tree in ("8_node", "mc_sim_7b_63"):
+            out = medusa_generate(model, random_heads(model, "medusa", share=True), PROMPT, STEPS, tree)
+            assert out.output_ids == plain, tree

@@ -22,7 +22,8 @@ def test_defaults_without_any_variable():
     assert options.from_environ({}) == options.Options()
     assert options.Options().as_dict() == {
         "matmul": "blas", "blas_threads": None, "cuda_kernels": True, "gemv": True, "layer_op": True,
-        "rows_layer": True, "mma": True, "tree_attention": True, "device_loop": "auto", "jittor_home": None}
+        "rows_layer": True, "mma": True, "tree_attention": True, "exact": "decode", "device_loop": "auto",
+        "jittor_home": None}
 
 
 @pytest.mark.parametrize("name", SWITCHES)
@@ -175,3 +176,13 @@ def test_the_docs_table_is_the_options_table():
     assert options.markdown_table() in text
     for f in dataclasses.fields(options.Options):
         assert f"`{f.metadata['env']}`" in text
+
+
+@pytest.mark.parametrize("text,value", [("decode", "decode"), ("", "decode"), ("TREE", "tree"), ("off", "off")])
+def test_exact_is_decode_tree_or_off(text, value):
+    assert options.from_environ({"MEDUSA_EXACT": text}).exact == value
+
+
+def test_exact_refuses_other_values():
+    with pytest.raises(UsageError, match=r"\$MEDUSA_EXACT must be decode, tree or off, got 'on'"):
+        options.from_environ({"MEDUSA_EXACT": "on"})

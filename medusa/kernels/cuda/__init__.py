@@ -27,7 +27,8 @@ lengths they read come through `data`, so a growing cache never recompiles them.
 compute the same with Jittor's ops: they are the path everywhere else and what tests/test_gpu.py
 compares against on the device. `model.gpu_kernels_ok` and the `*_ok` functions say when a
 kernel applies (CUDA, no gradient, the shapes it was written for). Switches: use_kernels,
-use_gemv, use_layer_op, use_rows_layer, use_mma, use_tree_attention (runtime options: $MEDUSA_* for each).
+use_gemv, use_layer_op, use_rows_layer, use_mma, use_tree_attention, exact_mode (runtime options: $MEDUSA_*
+for each).
 
 Reference: the kernels of gpt-fast / vLLM-style decoding (one block per row for the norm, one
 block per query row for attention over the cache, a thread per key position).
@@ -40,18 +41,18 @@ from medusa.kernels.cuda.compact import (MAX_COMPACT_BUFFERS, MAX_COMPACT_KEEP, 
 from medusa.kernels.cuda.elementwise import (add_rms_norm, qkv_rope, qkv_rope_into_cache, reference_add_rms_norm,
                                              reference_qkv_rope, reference_rms_norm, reference_silu_mul, rms_norm,
                                              rotate_half, silu_mul)
-from medusa.kernels.cuda.gemv import (MAX_NORM_GEMV_K, gemv, gemv_ok, norm_gemv, norm_gemv_ok, reference_norm_gemv,
-                                      reference_silu_gemv, silu_gemv, silu_gemv_ok)
+from medusa.kernels.cuda.gemv import (MAX_NORM_GEMV_K, gemv, gemv_ok, gemv_rows_ok, norm_gemv, norm_gemv_ok,
+                                      reference_norm_gemv, reference_silu_gemv, silu_gemv, silu_gemv_ok)
 from medusa.kernels.cuda.layers import decode_layer, decode_layer_ok, rows_layer, rows_layer_ok
-from medusa.kernels.cuda.mma import MMA_MAX_ROWS, MMA_MAX_WEIGHT, mma_rows, mma_rows_ok
-from medusa.kernels.cuda.switches import (use_gemv, use_kernels, use_layer_op, use_mma, use_rows_layer,
-                                          use_tree_attention)
+from medusa.kernels.cuda.mma import MMA_MAX_ROWS, MMA_MAX_WEIGHT, mma_rows, mma_rows_ok, mma_workspace
+from medusa.kernels.cuda.switches import (exact_mode, use_gemv, use_kernels, use_layer_op, use_mma,
+                                          use_rows_layer, use_tree_attention)
 
 __all__ = ["MAX_ATTENTION_KEYS", "MAX_HEAD_DIM", "cache_attention", "cache_attention_ok",
            "MAX_COMPACT_BUFFERS", "MAX_COMPACT_KEEP", "compact_cache", "compact_cache_at", "compact_ok",
            "add_rms_norm", "qkv_rope", "qkv_rope_into_cache", "reference_add_rms_norm", "reference_qkv_rope",
            "reference_rms_norm", "reference_silu_mul", "rms_norm", "rotate_half", "silu_mul",
-           "MAX_NORM_GEMV_K", "gemv", "gemv_ok", "norm_gemv", "norm_gemv_ok", "reference_norm_gemv",
+           "MAX_NORM_GEMV_K", "gemv", "gemv_ok", "gemv_rows_ok", "norm_gemv", "norm_gemv_ok", "reference_norm_gemv",
            "reference_silu_gemv", "silu_gemv", "silu_gemv_ok", "decode_layer", "decode_layer_ok", "rows_layer",
-           "rows_layer_ok", "MMA_MAX_ROWS", "MMA_MAX_WEIGHT", "mma_rows", "mma_rows_ok", "use_gemv",
+           "rows_layer_ok", "MMA_MAX_ROWS", "MMA_MAX_WEIGHT", "mma_rows", "mma_rows_ok", "mma_workspace", "exact_mode", "use_gemv",
            "use_kernels", "use_layer_op", "use_mma", "use_rows_layer", "use_tree_attention"]

@@ -17,18 +17,50 @@ namespace medusa_k {
 // Scores: a thread per key position, 16-byte loads over D; fp32 softmax in shared memory; the
 // value sum: D / N threads per key (N elements each, 16-byte loads), blockDim / (D / N) keys at
 // once, partial sums combined in shared memory. D must be a multiple of 8.
+// Keys are visited in logical order: the cache's first S - Tn positions, then those of the Tn
+// new ones the row's mask leaves visible (mask > MASKED), in order. A masked key adds exactly 0
+// to every sum, so this is the same attention; but the reduction order then depends only on the
+// keys the row sees, not on where they sit in the cache, and a tree node's row is computed with
+// the same order as the one-token decode step of the same token after its accepted ancestors
+// (the exact option, medusa/runtime/options.py).
 // tokens_major: out is [B, T, Hq * D] (query head = kv head * G + g), ready for o_proj; else
 // it has q's layout.
+// A mask value at or below this hides its key: exp(score + mask - max) is exactly 0 in fp32
+// (the masks of this project write -1e9 there, medusa/model/transformer.py NEG_INF)
+constexpr float MASKED = -1e8f;
+// The positions (0..n-1) of the entries of mask[0..n) above MASKED, in order, into visible[];
+// returns how many. The whole block calls it (blockDim a multiple of 32); counts: >= 32 ints.
+__device__ int visible_keys(const float* mask, int n, int* visible, int* counts) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    int found = 0;
+    for (int j0 = 0; j0 < n; j0 += blockDim.x) {
+        const int j = j0 + threadIdx.x;
+        const bool keep = j < n && mask[j] > MASKED;
+        const unsigned ballot = __ballot_sync(0xffffffffu, keep);
+        __syncthreads();                            // counts is free again
+        if (lane == 0) counts[warp] = __popc(ballot);
+        __syncthreads();
+        int before = found, total = found;
+        for (int w = 0; w < warps; w++) {
+            if (w < warp) before += counts[w];
+            total += counts[w];
+        }
+        if (keep) visible[before + __popc(ballot & ((1u << lane) - 1u))] = j;
+        found = total;
+    }
+    return found;
+}
 template <class T>
 __global__ void cache_attention(const T* q, const T* keys, const T* values, const float* mask, T* out,
                                 int Hkv, int R, int L, int D, int S, int Tn, int has_mask, float scale,
                                 int tokens_major) {
     constexpr int N = Vec<T>::N;
-    extern __shared__ float smem[];                 // [D] query | [S] scores | [32] scratch | [blockDim * N] partials
+    extern __shared__ float smem[];   // [D] query | [S] scores | [32] scratch | [blockDim * N] partials | [Tn] new keys
     float* qs = smem;
     float* sc = qs + D;
     float* scratch = sc + S;
     float* part = scratch + 32;
+    int* visible = reinterpret_cast<int*>(part + blockDim.x * N);
     const int row = blockIdx.x % R, bh = blockIdx.x / R, b = bh / Hkv;
     const int t = row % Tn;
     const T* qrow = q + (size_t)blockIdx.x * D;
@@ -38,23 +70,28 @@ __global__ void cache_attention(const T* q, const T* keys, const T* values, cons
     const int G = R / Tn, head = (bh % Hkv) * G + row / Tn;
     T* orow = out + (tokens_major ? (((size_t)b * Tn + t) * Hkv * G + head) * D : (size_t)blockIdx.x * D);
     for (int i = threadIdx.x; i < D; i += blockDim.x) qs[i] = f32(qrow[i]) * scale;
+    const int start = S - Tn;                       // keys before the new ones: always in order
+    const int seen = mrow ? start + visible_keys(mrow + start, Tn, visible, reinterpret_cast<int*>(scratch)) : S;
     __syncthreads();
+    // logical key s -> its cache position
+    auto at = [&](int s) { return s < start || !mrow ? s : start + visible[s - start]; };
     float m = -INFINITY;
-    for (int s = threadIdx.x; s < S; s += blockDim.x) {
-        const T* krow = kbase + (size_t)s * D;
+    for (int s = threadIdx.x; s < seen; s += blockDim.x) {
+        const int pos = at(s);
+        const T* krow = kbase + (size_t)pos * D;
         float acc = 0.0f, k8[N];
         for (int i = 0; i < D; i += N) {
             Vec<T>::load(krow + i, k8);
             #pragma unroll
             for (int j = 0; j < N; j++) acc += qs[i + j] * k8[j];
         }
-        acc += mrow ? mrow[s] : 0.0f;
+        acc += mrow ? mrow[pos] : 0.0f;
         sc[s] = acc;
         m = fmaxf(m, acc);
     }
     m = block_reduce(m, scratch, true);
     float z = 0.0f;
-    for (int s = threadIdx.x; s < S; s += blockDim.x) { const float e = __expf(sc[s] - m); sc[s] = e; z += e; }
+    for (int s = threadIdx.x; s < seen; s += blockDim.x) { const float e = __expf(sc[s] - m); sc[s] = e; z += e; }
     z = block_reduce(z, scratch, false);
     __syncthreads();                                // every e in sc is written
     const int chunks = D / N, groups = blockDim.x / chunks;
@@ -63,8 +100,8 @@ __global__ void cache_attention(const T* q, const T* keys, const T* values, cons
         float acc[N], v8[N];
         #pragma unroll
         for (int j = 0; j < N; j++) acc[j] = 0.0f;
-        for (int s = g; s < S; s += groups) {
-            Vec<T>::load(vbase + (size_t)s * D + c * N, v8);
+        for (int s = g; s < seen; s += groups) {
+            Vec<T>::load(vbase + (size_t)at(s) * D + c * N, v8);
             const float p = sc[s];
             #pragma unroll
             for (int j = 0; j < N; j++) acc[j] += p * v8[j];
@@ -243,7 +280,7 @@ inline void launch_cache_attention(const T* q, const T* keys, const T* values, c
     if (try_flash_tree(q, keys, values, mask, out, blocks / R, Hkv, R, L, D, S, Tn, scale, tokens_major, flash_ws))
         return;
     const int threads = 256;
-    const int shared = 4 * (D + S + 32 + threads * 8);
+    const int shared = 4 * (D + S + 32 + threads * 8 + (mask ? Tn : 0));
     if (shared > 48 * 1024)
         cudaFuncSetAttribute(cache_attention<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, shared);
     cache_attention<<<blocks, threads, shared>>>(q, keys, values, mask, out, Hkv, R, L, D, S, Tn, mask != nullptr,

@@ -85,6 +85,10 @@ def render_ops() -> dict:
             "decode_layer": lambda: ck["layers"].decode_layer(
                 h(1, 1, H), h(1, 1, H), h(H), qkv_w, None, cos, sin, i32(1, 1), keys, values, start, o_w, h(H),
                 gu_w, down_w, 1e-6, d ** -0.5),
+            "decode_layer_rows": lambda: ck["layers"].decode_layer(      # the exact option's decode mode
+                h(1, T, H), h(1, T, H), h(H), qkv_w, None, cos, sin, i32(1, T), keys, values, start, o_w, h(H),
+                gu_w, down_w, 1e-6, d ** -0.5, mask=f(1, 1, T, start + T)),
+            "gemv_rows": lambda: ck["gemv"].gemv(h(1, T, H), qkv_w),
         }
         if dtype == "float16":        # the tensor-core kernels take fp16 only
             calls["cache_attention_flash"] = lambda: _with_flash_tree(lambda: ck["attention"].cache_attention(
@@ -93,6 +97,9 @@ def render_ops() -> dict:
             calls["rows_layer"] = lambda: ck["layers"].rows_layer(
                 h(1, T, H), h(1, T, H), h(H), qkv_w, None, cos, sin, i32(1, T), keys, values, start,
                 f(1, 1, T, start + T), o_w, h(H), gu_w, down_w, 1e-6, d ** -0.5)
+            calls["rows_layer_one"] = lambda: ck["layers"].rows_layer(   # the exact option's tree mode
+                h(1, 1, H), h(1, 1, H), h(H), qkv_w, None, cos, sin, i32(1, 1), keys, values, start, None, o_w,
+                h(H), gu_w, down_w, 1e-6, d ** -0.5)
         for name, call in calls.items():
             with recorded_ops() as ops:
                 call()

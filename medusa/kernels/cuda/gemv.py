@@ -1,7 +1,7 @@
 """One row times a weight: gemv, with the norm (norm_gemv) or SiLU * up (silu_gemv) fused in."""
 import math
 
-from medusa.kernels.cuda.common import _COMMON
+from medusa.kernels.cuda.common import _COMMON, _rows
 from medusa.kernels.cuda.elementwise import reference_rms_norm, reference_silu_mul
 from medusa.kernels.cuda.switches import use_gemv, use_kernels
 from medusa.runtime.backend import jt
@@ -22,6 +22,9 @@ namespace medusa_k {
 // 64 slices a 4096-column weight was 128 blocks of 8 warps, one block an SM, which read the
 // Vicuna-7B o_proj/down weights at ~1.0 TB/s. At batch 1 this is the whole matmul cost of a
 // decode step. NORM keeps the normed row in dynamic shared memory (K floats).
+// Several rows: gridDim.y rows, one a block row, each computed exactly as a lone row (the block
+// shape depends on K and N only), so a tree's row and a decode step's row give the same bits
+// (the exact option's `decode` mode); the weight is read once a row (from L2 for small ones).
 enum { PLAIN = 0, NORM = 1, SILU = 2 };
 template <class T, int MODE, int SLICES>
 __global__ void __launch_bounds__(SLICES * 4) gemv(const T* x, const T* d, const T* nw, const T* w,
@@ -29,6 +32,11 @@ __global__ void __launch_bounds__(SLICES * 4) gemv(const T* x, const T* d, const
     constexpr int V = Vec<T>::N, GROUPS = 4, WARPS = SLICES * GROUPS / 32;   // blockDim = GROUPS * SLICES
     __shared__ float part[WARPS][GROUPS * V];
     extern __shared__ float xs[];
+    const size_t row = blockIdx.y;
+    x += row * (MODE == SILU ? 2 * K : K);
+    if (d) d += row * K;
+    if (sum) sum += row * K;
+    y += row * N;
     if (MODE == NORM) {
         __shared__ float scratch[32];
         float ss = 0.0f;
@@ -84,18 +92,19 @@ __global__ void __launch_bounds__(SLICES * 4) gemv(const T* x, const T* d, const
     }
 }
 template <class T, int MODE, int SLICES>
-inline void launch_gemv_with(int blocks, const T* x, const T* d, const T* nw, const T* w, const T* bias, T* y,
-                             T* sum, int K, int N, float eps) {
+inline void launch_gemv_with(int blocks, int rows, const T* x, const T* d, const T* nw, const T* w, const T* bias,
+                             T* y, T* sum, int K, int N, float eps) {
     const int shared = MODE == NORM ? 4 * K : 0;
     if (shared > 48 * 1024)
         cudaFuncSetAttribute(gemv<T, MODE, SLICES>, cudaFuncAttributeMaxDynamicSharedMemorySize, shared);
-    gemv<T, MODE, SLICES><<<blocks, SLICES * 4, shared>>>(x, d, nw, w, bias, y, sum, K, N, eps);
+    gemv<T, MODE, SLICES><<<dim3(blocks, rows), SLICES * 4, shared>>>(x, d, nw, w, bias, y, sum, K, N, eps);
 }
 // host-side launch, shared by the gemv ops and decode_layer: (4 x 16-byte column groups) per
-// block, and as many slices of K as keep the whole grid resident at once (2048 threads an SM)
+// block, and as many slices of K as keep one row's grid resident at once (2048 threads an SM);
+// `rows` rows of x, each as if alone
 template <class T, int MODE>
 inline void launch_gemv(const T* x, const T* d, const T* nw, const T* w, const T* bias, T* y, T* sum,
-                        int K, int N, float eps) {
+                        int K, int N, float eps, int rows = 1) {
     static int sms = 0;
     if (!sms) {
         int dev = 0;
@@ -106,9 +115,11 @@ inline void launch_gemv(const T* x, const T* d, const T* nw, const T* w, const T
     constexpr int COLS = 4 * Vec<T>::N;
     const int blocks = (N + COLS - 1) / COLS;
     const long resident = 2048L * sms;
-    if ((long)blocks * 1024 <= resident) launch_gemv_with<T, MODE, 256>(blocks, x, d, nw, w, bias, y, sum, K, N, eps);
-    else if ((long)blocks * 512 <= resident) launch_gemv_with<T, MODE, 128>(blocks, x, d, nw, w, bias, y, sum, K, N, eps);
-    else launch_gemv_with<T, MODE, 64>(blocks, x, d, nw, w, bias, y, sum, K, N, eps);
+    if ((long)blocks * 1024 <= resident)
+        launch_gemv_with<T, MODE, 256>(blocks, rows, x, d, nw, w, bias, y, sum, K, N, eps);
+    else if ((long)blocks * 512 <= resident)
+        launch_gemv_with<T, MODE, 128>(blocks, rows, x, d, nw, w, bias, y, sum, K, N, eps);
+    else launch_gemv_with<T, MODE, 64>(blocks, rows, x, d, nw, w, bias, y, sum, K, N, eps);
 }
 }  // namespace medusa_k
 """
@@ -150,13 +161,20 @@ def _gemv(mode, operands, out_shape, sum_shape=None, eps=0.0):
                   data={"eps": float(eps)}, cuda_src=f"""
         medusa_k::launch_gemv<in0_type, medusa_k::{mode}>({ptr("x")}, {ptr("d")}, {ptr("nw")}, {ptr("w")},
             {ptr("bias")}, out0_p, {"out1_p" if sum_shape else "(in0_type*)nullptr"}, in{w}_shape0, in{w}_shape1,
-            (float)data["eps"]);
+            (float)data["eps"], {_rows("in0", x.ndim)});
     """)
     return out if sum_shape else out[0]
 
 
+def gemv_rows_ok(a, b) -> bool:
+    """gemv serves a with several rows (the exact option's `decode` mode: each row as if alone)."""
+    return (bool(jt.flags.use_cuda and jt.flags.no_grad) and use_kernels() and use_gemv() and b.ndim == 2
+            and b.shape[1] % 8 == 0 and str(a.dtype) == str(b.dtype) and str(a.dtype) in ("float16", "float32"))
+
+
 def gemv(a, b, trans_b=False):
-    """a [..., K] with one row in all, b [K, N] -> a @ b [..., N] (gemv_ok says when)."""
+    """a [..., K], b [K, N] -> a @ b [..., N]: one row (gemv_ok says when), or several rows,
+    each computed as a lone row would be (gemv_rows_ok)."""
     assert not trans_b
     return _gemv("PLAIN", {"x": a, "w": b}, (*a.shape[:-1], b.shape[1]))
 

@@ -24,3 +24,12 @@ use_mma = _switch("mma")                       # mma_rows (off: a tree's project
 # a tree's attention as flash_tree (64 rows x 64 keys a block on the tensor cores, chunks merged
 # after); off: one block per query row (cache_attention)
 use_tree_attention = _switch("tree_attention")
+
+
+def exact_mode(mode: str = None) -> str:
+    """How a small model's tree rows and its one-token steps are computed alike ($MEDUSA_EXACT):
+    "decode" (a tree's rows through decode_layer's gemv kernels), "tree" (a one-token step through
+    rows_layer's mma kernels) or "off". A mode sets it; None only asks. Returns the setting."""
+    if mode is not None:
+        options.replace(exact=mode)
+    return options.current().exact
