@@ -214,7 +214,8 @@ def run(bench: Bench, setup=None, progress=True):
     prompts = spread_over_categories(load_prompt_set(args.data_path, args.data_format), args.num_samples)
     setup = setup or load_setup(bench, prompts)
     out = Path(args.output) if args.output else default_output(bench, setup)
-    config = {**bench.config(), **setup.plan.resolved(), "output": str(out)}
+    # exact: whether greedy Medusa is plain greedy bit for bit here ($MEDUSA_EXACT where it applies)
+    config = {**bench.config(), **setup.plan.resolved(), "exact": setup.model.exact_mode(), "output": str(out)}
     results = start_results(out, config, args.resume)
     done = {str(s["id"]) for s in results["samples"]}
     todo = [(i, p) for i, p in enumerate(prompts) if str(p.id) not in done]

@@ -160,7 +160,9 @@ class PrefixLayer(jt.nn.Module):
 class DraftHeads(jt.nn.Module):
     """Base of every family: owns the vocab projections (unless shared) and the call contract.
 
-    Subclasses implement `features(h, tokens, embed_weight) -> ([K x [B, T, H]], aux_loss)`.
+    Subclasses implement `features(h, tokens, embed_weight, wanted) -> ([K x [B, T, H]], aux_loss)`,
+    where only the heads in `wanted` (a set of head indices) need their features (None elsewhere):
+    decoding asks for the heads its tree uses, rnn heads for one depth at a time.
     """
 
     sequential = False  # True when head k reads tokens[..., k] (candidates go depth by depth)
@@ -202,8 +204,8 @@ class DraftHeads(jt.nn.Module):
         hidden = hidden.float32()
         if self.prefix is not None and not prefixed:
             hidden = self.prefix(hidden)[0]
-        feats, aux = self.features(hidden, tokens, embed_weight)
         project = range(cfg.num_heads) if project is None else list(project)
+        feats, aux = self.features(hidden, tokens, embed_weight, set(project))
         if self.lm_heads is None:  # one matmul for all wanted heads: the shared [H, V] is read once
             return _shared_projection(jt.stack([feats[k] for k in project], dim=0), lm_head_t), aux
         return jt.stack([self.lm_heads[k](feats[k]) for k in project], dim=0), aux  # [K', B, T, V]
@@ -253,7 +255,7 @@ class DraftHeads(jt.nn.Module):
         """Trainable parameters of the heads (the shared base weights are not counted)."""
         return sum(math.prod(p.shape) for p in self.parameters())
 
-    def features(self, h, tokens, embed_weight):
+    def features(self, h, tokens, embed_weight, wanted):
         raise NotImplementedError
 
 
@@ -287,11 +289,11 @@ class MedusaHeads(DraftHeads):
         self.blocks = jt.nn.ModuleList(
             [resblocks(cfg.hidden_size, cfg.num_layers) for _ in range(cfg.num_heads)])
 
-    def features(self, h, tokens, embed_weight):
+    def features(self, h, tokens, embed_weight, wanted):
         feats = []
-        for layers in self.blocks:
-            x = h
-            for block in layers:
+        for k, layers in enumerate(self.blocks):
+            x = h if k in wanted else None
+            for block in layers if k in wanted else ():
                 x = block(x)
             feats.append(x)
         return feats, _zero_aux()
@@ -345,20 +347,24 @@ class RNNHeads(DraftHeads):
         self.blocks = jt.nn.ModuleList(
             [resblocks(cfg.hidden_size, cfg.num_layers) for _ in range(cfg.num_heads)])
 
-    def features(self, h, tokens, embed_weight):
+    def features(self, h, tokens, embed_weight, wanted):
+        """The cell runs up to the deepest wanted head (head k needs steps 0..k), the readout
+        blocks of the wanted heads only; the embedding rows are gathered before the fp32 cast
+        (casting the whole [V, H] matrix cost more than the cell)."""
         K = self.config.num_heads
         if tokens is None or embed_weight is None:
             raise ValueError("rnn heads read the drafted tokens: pass tokens [B, T, K] and embed_weight [V, H]")
         if tuple(tokens.shape) != (*h.shape[:2], K):
             raise ValueError(f"tokens must be [B, T, K] = {[*h.shape[:2], K]}, got {list(tokens.shape)}")
-        emb = embed_weight.float32().detach()
-        s, feats = h, []
-        for k in range(K):
-            s = self.cell(s, emb[tokens[:, :, k]])
-            x = s
-            for block in self.blocks[k]:
-                x = block(x)
-            feats.append(x)
+        emb = embed_weight.detach()
+        s, feats = h, [None] * K
+        for k in range(max(wanted) + 1 if wanted else 0):
+            s = self.cell(s, emb[tokens[:, :, k]].float32())
+            if k in wanted:
+                x = s
+                for block in self.blocks[k]:
+                    x = block(x)
+                feats[k] = x
         return feats, _zero_aux()
 
 
@@ -417,11 +423,11 @@ class MoEHeads(DraftHeads):
             [jt.nn.ModuleList([MoEBlock(H, E, k) for _ in range(cfg.num_layers)])
              for _ in range(cfg.num_heads)])
 
-    def features(self, h, tokens, embed_weight):
+    def features(self, h, tokens, embed_weight, wanted):
         feats, aux = [], []
-        for layers in self.blocks:
-            x = h
-            for block in layers:
+        for k, layers in enumerate(self.blocks):
+            x = h if k in wanted else None
+            for block in layers if k in wanted else ():
                 x, a = block(x)
                 aux.append(a)
             feats.append(x)
