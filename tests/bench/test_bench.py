@@ -289,3 +289,24 @@ def test_results_written_before_a_setting_resume_as_its_old_behaviour(tmp_path):
     assert results.start_results(path, {"greedy": True, "draft_vocab": "none"}, resume=True)["config"]["draft_vocab"] == "none"
     with pytest.raises(UsageError, match="draft_vocab 'none' -> 'auto'"):
         results.start_results(path, {"greedy": True, "draft_vocab": "auto"}, resume=True)
+
+
+def test_warm_up_covers_a_prompt_past_the_short_prompt_kernels(tiny_run, monkeypatch):
+    """The untimed warm-up decodes the first prompt and one longer than LONG_PROMPT tokens on
+    each side (a first 68-token prompt once spent 15 s compiling inside a timed GPU sample)."""
+    make_config, setup = tiny_run
+    cfg = make_config("warm")
+    seen = []
+    monkeypatch.setattr(bench, "decode_turn", lambda side, s, g, ids, n, seed: seen.append((side, len(ids), n)))
+    prompt = bench.spread_over_categories(bench.load_prompt_set(cfg.args.data_path, cfg.args.data_format), 1)[0]
+    bench.warm_up(setup, cfg, prompt)
+    first = seen[0][1]
+    assert first <= bench.LONG_PROMPT
+    assert seen == [(side, length, 4) for length in (first, 2 * bench.LONG_PROMPT) for side in cfg.args.sides]
+
+
+def test_results_record_whether_greedy_is_exact(tiny_run):
+    make_config, setup = tiny_run
+    cfg = make_config("exact_recorded", num_samples=1, max_new_tokens=2)
+    bench.run(cfg, setup, progress=False)
+    assert json.loads(bench.Path(cfg.args.output).read_text())["config"]["exact"] == "off"   # (the CPU: no fused kernels)
