@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medusa.decoding.core import GenerationError, check_request
+from medusa.decoding.retrieval import RetrievalConfig, RetrievalDrafter
 from medusa.decoding.tree import AUTO, load_choices, resolve_auto
 from medusa.heads import io as head_io
 from medusa.heads.draft_vocab import DRAFT_FILE, DraftVocab
@@ -65,6 +66,7 @@ class Plan:
     choices: list = None      # the tree's validated paths, when heads are used
     tree_spec: str = None     # the preset or file they came from (`auto` resolved)
     draft_vocab: object = None  # draft_vocab.DraftVocab the heads draft from (--draft_vocab), None = all tokens
+    retrieval: object = None  # retrieval.RetrievalConfig with --draft retrieval (no heads then)
 
     @property
     def tree_name(self) -> str:
@@ -78,6 +80,8 @@ class Plan:
                        tree_spec=self.tree_spec, tree=self.choices)
         if self.draft_vocab is not None:
             out.update(draft_vocab=str(self.draft_vocab.path), draft_vocab_size=len(self.draft_vocab))
+        if self.retrieval is not None:
+            out.update(draft="retrieval", retrieval=self.retrieval.to_dict(), tree_spec=self.tree_spec)
         return out
 
 
@@ -131,8 +135,11 @@ def plan(margs, settings=None, heads="optional") -> Plan:
     embedded default (or a .gguf) is converted here on first use."""
     device = use_device(margs.device)
     dtype = margs.dtype or default_compute_dtype()
-    heads_path = resolve_heads(margs, heads)
+    retrieval = RetrievalConfig() if getattr(margs, "draft", "heads") == "retrieval" and heads != "none" else None
+    heads_path = None if retrieval is not None else resolve_heads(margs, heads)
     head_config = choices = tree_spec = None
+    if retrieval is not None:
+        tree_spec = "retrieval"          # a tree of its own every step
     if heads_path is not None:
         head_config = head_io.read_config(heads_path)
         tree_spec = settings.medusa_choices if settings else "chain"
@@ -148,7 +155,7 @@ def plan(margs, settings=None, heads="optional") -> Plan:
         draft.check(config.vocab_size)
     tokenizer = ChatTokenizer.from_folder(tok_dir)   # no transformers on the inference path
     return Plan(source, config, tokenizer, eos_ids_of(config, tokenizer), device, dtype,
-                model_name(margs, source), heads_path, head_config, choices, tree_spec, draft)
+                model_name(margs, source), heads_path, head_config, choices, tree_spec, draft, retrieval)
 
 
 def load(plan: Plan) -> Setup:
@@ -157,6 +164,8 @@ def load(plan: Plan) -> Setup:
     heads = head_io.load_heads(plan.heads_path) if plan.heads_path is not None else None
     if heads is not None:
         heads.propose_from(plan.draft_vocab)
+    if plan.retrieval is not None:
+        heads = RetrievalDrafter(plan.retrieval)
     return Setup(model, plan.tokenizer, plan.eos_ids, heads, plan.choices, plan)
 
 

@@ -23,6 +23,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("", "float16", "float32")
 SAMPLING_MODES = ("sample", "typical")
 DRAFT_WORDS = ("auto", "none", "")   # --draft_vocab values that name no file
+DRAFT_SOURCES = ("heads", "retrieval")
 
 
 def _help(text, **extra):
@@ -68,8 +69,16 @@ class ModelArgs(BaseModelArgs):
         "auto = the draft_vocab.json beside the heads on a CPU, if there is one (a GPU projects the "
         "whole vocabulary at little cost); none = the whole vocabulary"))
 
+    draft: str = field(default="heads", metadata=_help(
+        "what drafts the tokens the base model verifies: heads (the Medusa heads of --medusa_weights) or "
+        "retrieval (continuations of the text so far found in the prompt and the reply: no heads, no "
+        "training; decoding/retrieval.py)", choices=DRAFT_SOURCES))
+
     def __post_init__(self):
         super().__post_init__()
+        if self.draft == "retrieval" and self.medusa_weights:
+            raise UsageError("--draft retrieval drafts without heads: drop --medusa_weights "
+                             f"{self.medusa_weights}, or use --draft heads")
         self._check_paths("medusa_weights", *(() if self.draft_vocab in DRAFT_WORDS else ("draft_vocab",)))
 
 

@@ -7,7 +7,9 @@ medusa_generate in medusa/model/medusa_model.py).
 
 One loop serves every way of decoding; what differs is handed to it as objects, chosen once:
 the Stepper (stepper.HostStepper: steps.py on the host, every acceptance mode; or
-device_loop.DeviceStepper: the greedy step as one graph on the device) and the vocabulary check
+device_loop.DeviceStepper: the greedy step as one graph on the device; or
+retrieval.RetrievalStepper: the host step on a tree drafted from the text so far, no heads) and
+the vocabulary check
 (vocab_check.NoCheck or VocabCheck), which the loop calls after the prefill and after each step.
 """
 import time
@@ -17,6 +19,7 @@ import numpy as np
 
 from medusa.decoding import core
 from medusa.decoding.device_loop import DeviceStepper, device_loop_ok
+from medusa.decoding.retrieval import RetrievalStepper
 from medusa.decoding.sampling import Sampling
 from medusa.decoding.stepper import HostStepper, Laps, Stepper
 from medusa.decoding.steps import prefill
@@ -42,8 +45,11 @@ class MedusaResult:
         return sum(self.times.values())
 
 
-def choose_stepper(model, heads, tree, cache, sampling, rng, state, check) -> Stepper:
-    """The device loop where it serves the call (device_loop_ok), else the host loop."""
+def choose_stepper(model, heads, tree, cache, sampling, rng, state, check, prompt_ids=()) -> Stepper:
+    """The retrieval drafter's stepper for it (its tree changes every step), else the device
+    loop where it serves the call (device_loop_ok), else the host loop."""
+    if getattr(heads, "retrieval", False):
+        return RetrievalStepper(model, heads, cache, sampling, rng, prompt_ids, keep_rows=check.active)
     if device_loop_ok(model, heads, sampling, check.active):
         return DeviceStepper(model, heads, tree, cache, state)
     return HostStepper(model, heads, tree, cache, sampling, rng, state, keep_rows=check.active)
@@ -58,12 +64,14 @@ def medusa_stream(model, heads, prompt_ids, max_new_tokens, choices="8_node", eo
     (Sampling.vocab_check) steps are yielded once checked, a dropped one with no tokens, and the
     check's time counts as "posterior"."""
     sampling = sampling or Sampling()
-    tree = resolve_tree(choices, heads.config.num_heads)
+    # heads draft on the tree `choices`; the retrieval drafter makes its own tree every step
+    tree = None if getattr(heads, "retrieval", False) else resolve_tree(choices, heads.config.num_heads)
+    nodes = heads.max_tree_nodes if tree is None else tree.num_nodes
     eos_ids, rng = set(eos_ids), np.random.default_rng(sampling.seed)
     core.check_request(model.config, len(prompt_ids), max_new_tokens)
     core.check_tokens(model, prompt_ids)
     # room for the last tree beyond the output: its extra nodes are verified, never emitted
-    cache = core.new_cache(model, 1, max_len or len(prompt_ids) + max_new_tokens + tree.num_nodes)
+    cache = core.new_cache(model, 1, max_len or len(prompt_ids) + max_new_tokens + nodes)
     start = time.perf_counter()
     state = heads.prefix_state()
     check = vocab_check(model, sampling, state)
@@ -71,7 +79,7 @@ def medusa_stream(model, heads, prompt_ids, max_new_tokens, choices="8_node", eo
         prompt_hidden, root = prefill(model, cache, prompt_ids, sampling, rng)
         hidden_last = heads.read_prefix(state, prompt_hidden)
         root = check.first_token(root, prompt_hidden)
-    stepper = choose_stepper(model, heads, tree, cache, sampling, rng, state, check)
+    stepper = choose_stepper(model, heads, tree, cache, sampling, rng, state, check, prompt_ids)
     done = root in eos_ids or max_new_tokens == 1
     if not done:
         with jt.no_grad():

@@ -1,0 +1,188 @@
+"""A draft source that needs no training: continuations of the text so far, found in the text so far.
+
+Structured output repeats itself: a JSON record's keys, quotes and punctuation come back on every
+line, and an answer quotes its prompt. Prompt lookup decoding (Saxena 2023) drafts from that: take
+the last n tokens of the prompt plus what was generated, find where they occurred before, and
+propose the tokens that followed there. Here the n-grams of n = max_ngram down to min_ngram are
+tried, most specific first and most recent first, until `branches` different continuations of up
+to `depth` tokens are found; they are merged into one token tree (a trie: continuations sharing a
+prefix share its nodes) of at most `max_nodes` nodes, which the base model verifies in one call as
+it verifies the heads' trees. So the tree changes from step to step; the acceptance rules are the
+heads' (greedy: lossless; typical; speculative sampling, exact for a deterministic draft).
+
+    medusa generate --draft retrieval --prompt "..."          # no heads file needed
+    python test_medusa_benchmark.py --draft retrieval --greedy
+
+RetrievalDrafter offers the part of the heads' interface the Medusa loop reads (config.family,
+config.num_heads, prefix_state, read_prefix), so the loop takes it where it takes heads;
+RetrievalStepper is the host loop's step with a per-step tree (decoding/stepper.py).
+"""
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from medusa.decoding.stepper import HostStepper
+from medusa.decoding.tree_vars import resolve_tree
+from medusa.runtime.errors import UsageError
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    max_ngram: int = 4          # the longest suffix looked up
+    min_ngram: int = 1          # the shortest one tried when no longer one occurred before
+    depth: int = 8              # tokens in one continuation
+    branches: int = 4           # continuations merged into one tree
+    max_nodes: int = 24         # tree nodes after the root
+    family: str = "retrieval"   # what results files record where heads record their family
+
+    def __post_init__(self):
+        if not 1 <= self.min_ngram <= self.max_ngram:
+            raise UsageError(f"retrieval drafting needs 1 <= min_ngram <= max_ngram, got {self.min_ngram}, "
+                             f"{self.max_ngram}")
+        for name in ("depth", "branches", "max_nodes"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"retrieval drafting: {name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def num_heads(self) -> int:
+        """The deepest node a tree may have (the heads' count plays that role for heads)."""
+        return self.depth
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class NgramIndex:
+    """A growing token list and, for every n-gram of it (min_n <= n <= max_n), the positions just
+    after its occurrences, in order. extend() and truncate() keep both in step."""
+
+    def __init__(self, min_n: int, max_n: int):
+        self.min_n, self.max_n = min_n, max_n
+        self.ids, self.after = [], {}
+
+    def __len__(self):
+        return len(self.ids)
+
+    def extend(self, tokens):
+        for t in tokens:
+            self.ids.append(int(t))
+            end = len(self.ids)
+            for n in range(self.min_n, min(self.max_n, end) + 1):
+                self.after.setdefault(tuple(self.ids[end - n:]), []).append(end)
+
+    def truncate(self, length: int):
+        """Forget the tokens from `length` on (a vocabulary check took them back)."""
+        while len(self.ids) > length:
+            end = len(self.ids)
+            for n in range(self.min_n, min(self.max_n, end) + 1):
+                key = tuple(self.ids[end - n:])
+                self.after[key].pop()
+                if not self.after[key]:
+                    del self.after[key]
+            self.ids.pop()
+
+    def continuations(self, depth: int, branches: int) -> list:
+        """Up to `branches` different continuations (tuples of <= depth tokens) of the list's
+        end: what followed earlier occurrences of its last n tokens, longest n first, the most
+        recent occurrence first."""
+        ids, end, found = self.ids, len(self.ids), []
+        for n in range(min(self.max_n, end), self.min_n - 1, -1):
+            for start in reversed(self.after.get(tuple(ids[end - n:]), ())):
+                if start >= end:                        # the end itself
+                    continue
+                cont = tuple(ids[start:start + depth])
+                if cont not in found:
+                    found.append(cont)
+                    if len(found) == branches:
+                        return found
+        return found
+
+
+def draft_tree(continuations, max_nodes: int):
+    """The continuations merged into a trie of at most max_nodes nodes (earlier ones first) ->
+    (paths: the tree as sibling-rank paths, as tree presets are written; token of each path)."""
+    children = {(): []}                                 # token prefix -> its children's tokens, in rank order
+    nodes = 0
+    for cont in continuations:
+        prefix = ()
+        for t in cont:
+            key = prefix + (t,)
+            if key not in children:
+                if nodes == max_nodes:
+                    break
+                children[prefix].append(t)
+                children[key] = []
+                nodes += 1
+            prefix = key
+    paths, tokens = [], {}
+
+    def walk(prefix, ranks):
+        for rank, t in enumerate(children[prefix]):
+            path = ranks + (rank,)
+            paths.append(list(path))
+            tokens[path] = t
+            walk(prefix + (t,), path)
+
+    walk((), ())
+    return paths, tokens
+
+
+class RetrievalDrafter:
+    """The draft source of `--draft retrieval` (the module docstring)."""
+
+    retrieval = True
+    sequential = False
+    draft_vocab = None
+
+    def __init__(self, config: RetrievalConfig = None):
+        self.config = config or RetrievalConfig()
+
+    @property
+    def max_tree_nodes(self) -> int:
+        return self.config.max_nodes + 1
+
+    def prefix_state(self):
+        return None
+
+    def read_prefix(self, state, hidden_new):
+        return hidden_new[:, -1:]
+
+    def index(self, ids) -> NgramIndex:
+        index = NgramIndex(self.config.min_ngram, self.config.max_ngram)
+        index.extend(ids)
+        return index
+
+    def propose(self, index: NgramIndex):
+        """The next tree after the index's tokens (its last one is the root) -> (Tree, tokens [N]
+        int64, node 0 the root). Without any match: one node guessing the root repeats (a decode
+        step and one row more)."""
+        cfg, root = self.config, index.ids[-1]
+        paths, tokens_of = draft_tree(index.continuations(cfg.depth, cfg.branches), cfg.max_nodes)
+        if not paths:
+            paths, tokens_of = [[0]], {(0,): root}
+        tree = resolve_tree(paths, cfg.depth)
+        order = sorted(paths, key=lambda p: (len(p), p))      # build_tree_buffers' node order
+        tokens = np.array([root] + [tokens_of[tuple(p)] for p in order], dtype=np.int64)
+        return tree, tokens
+
+
+class RetrievalStepper(HostStepper):
+    """The host loop's step (HostStepper) on the tree the drafter proposes after the tokens so
+    far: the prompt, then every token emitted, kept in step with the cache (which holds all but
+    the root)."""
+
+    def __init__(self, model, drafter, cache, sampling, rng, prompt_ids, keep_rows=False):
+        super().__init__(model, drafter, None, cache, sampling, rng, None, keep_rows)
+        self.drafter, self.context = drafter, drafter.index(prompt_ids)
+
+    def draft(self, root, hidden_last, laps=None):
+        self.context.truncate(self.cache.length)           # a vocabulary check may have taken tokens back
+        self.context.extend([root])
+        self.tree, self.tokens = self.drafter.propose(self.context)
+        if laps is not None:
+            laps("medusa")
+
+    def step(self, room, eos_ids, laps):
+        out = super().step(room, eos_ids, laps)
+        self.context.extend(out.new[:-1])                  # the accepted drafts; the last is the next root
+        return out
