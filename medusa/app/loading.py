@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medusa.decoding.core import GenerationError, check_request
-from medusa.decoding.retrieval import RetrievalConfig, RetrievalDrafter
+from medusa.decoding.retrieval import MergedDraft, RetrievalConfig, RetrievalDrafter
 from medusa.decoding.tree import AUTO, load_choices, resolve_auto
 from medusa.heads import io as head_io
 from medusa.heads.draft_vocab import DRAFT_FILE, DraftVocab
@@ -81,7 +81,8 @@ class Plan:
         if self.draft_vocab is not None:
             out.update(draft_vocab=str(self.draft_vocab.path), draft_vocab_size=len(self.draft_vocab))
         if self.retrieval is not None:
-            out.update(draft="retrieval", retrieval=self.retrieval.to_dict(), tree_spec=self.tree_spec)
+            out.update(draft="heads+retrieval" if self.heads_path else "retrieval", retrieval=self.retrieval.to_dict(),
+                       tree_spec=self.tree_spec)
         return out
 
 
@@ -135,10 +136,12 @@ def plan(margs, settings=None, heads="optional") -> Plan:
     embedded default (or a .gguf) is converted here on first use."""
     device = use_device(margs.device)
     dtype = margs.dtype or default_compute_dtype()
-    retrieval = RetrievalConfig() if getattr(margs, "draft", "heads") == "retrieval" and heads != "none" else None
-    heads_path = None if retrieval is not None else resolve_heads(margs, heads)
+    source_flag = getattr(margs, "draft", "heads")
+    retrieval = RetrievalConfig() if source_flag != "heads" and heads != "none" else None
+    alone = source_flag == "retrieval"
+    heads_path = None if retrieval is not None and alone else resolve_heads(margs, "required" if retrieval else heads)
     head_config = choices = tree_spec = None
-    if retrieval is not None:
+    if retrieval is not None and alone:
         tree_spec = "retrieval"          # a tree of its own every step
     if heads_path is not None:
         head_config = head_io.read_config(heads_path)
@@ -146,6 +149,8 @@ def plan(margs, settings=None, heads="optional") -> Plan:
         if tree_spec == AUTO:
             tree_spec = resolve_auto(heads_path, device)
         choices = load_choices(tree_spec, head_config.num_heads)
+        if retrieval is not None:        # the heads' tree, the retrieved continuations merged in every step
+            tree_spec = f"{tree_spec}+retrieval"
     source, tok_dir = weights.resolve_model(margs.base_model_path or None, margs.jittor_base_weights or None, dtype)
     config = weights.read_config(source)
     if head_config is not None:
@@ -165,7 +170,8 @@ def load(plan: Plan) -> Setup:
     if heads is not None:
         heads.propose_from(plan.draft_vocab)
     if plan.retrieval is not None:
-        heads = RetrievalDrafter(plan.retrieval)
+        drafter = RetrievalDrafter(plan.retrieval)
+        heads = drafter if heads is None else MergedDraft(heads, drafter)
     return Setup(model, plan.tokenizer, plan.eos_ids, heads, plan.choices, plan)
 
 

@@ -23,7 +23,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("", "float16", "float32")
 SAMPLING_MODES = ("sample", "typical")
 DRAFT_WORDS = ("auto", "none", "")   # --draft_vocab values that name no file
-DRAFT_SOURCES = ("heads", "retrieval")
+DRAFT_SOURCES = ("heads", "retrieval", "heads+retrieval")
 
 
 def _help(text, **extra):
@@ -72,7 +72,8 @@ class ModelArgs(BaseModelArgs):
     draft: str = field(default="heads", metadata=_help(
         "what drafts the tokens the base model verifies: heads (the Medusa heads of --medusa_weights) or "
         "retrieval (continuations of the text so far found in the prompt and the reply: no heads, no "
-        "training; decoding/retrieval.py)", choices=DRAFT_SOURCES))
+        "training; decoding/retrieval.py) or heads+retrieval (both, merged into one tree a step)",
+        choices=DRAFT_SOURCES))
 
     def __post_init__(self):
         super().__post_init__()

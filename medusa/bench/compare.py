@@ -17,7 +17,8 @@ from medusa.runtime.errors import UsageError
 # raise KeyError/TypeError when the run lacks it (base-only runs have no Medusa numbers).
 METRICS = [
     ("heads", lambda c, s, e: c["head_config"]["family"] if c.get("head_config") else "-"),
-    ("tree", lambda c, s, e: f"{Path(c.get('tree_spec') or c['medusa_choices']).stem} ({len(c['tree'])} nodes)"),
+    ("tree", lambda c, s, e: f"{Path(c.get('tree_spec') or c['medusa_choices']).stem} "
+                             + (f"({len(c['tree'])} nodes)" if c.get("tree") else "(a tree a step)")),
     ("mode", lambda c, s, e: "greedy" if c["greedy"] else f"{c['sampling_mode']} T={c['temperature']:g}"),
     ("samples", lambda c, s, e: f"{s['num_samples']} x {max_new_tokens(c)}"),
     ("base tokens/s", lambda c, s, e: f"{s['base']['tokens_per_second']:.2f}"),

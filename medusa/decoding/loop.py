@@ -19,7 +19,7 @@ import numpy as np
 
 from medusa.decoding import core
 from medusa.decoding.device_loop import DeviceStepper, device_loop_ok
-from medusa.decoding.retrieval import RetrievalStepper
+from medusa.decoding.retrieval import MergedStepper, RetrievalStepper
 from medusa.decoding.sampling import Sampling
 from medusa.decoding.stepper import HostStepper, Laps, Stepper
 from medusa.decoding.steps import prefill
@@ -50,6 +50,9 @@ def choose_stepper(model, heads, tree, cache, sampling, rng, state, check, promp
     loop where it serves the call (device_loop_ok), else the host loop."""
     if getattr(heads, "retrieval", False):
         return RetrievalStepper(model, heads, cache, sampling, rng, prompt_ids, keep_rows=check.active)
+    if getattr(heads, "merged", False):
+        return MergedStepper(model, heads.heads, heads.drafter, tree, cache, sampling, rng, prompt_ids, state,
+                             keep_rows=check.active)
     if device_loop_ok(model, heads, sampling, check.active):
         return DeviceStepper(model, heads, tree, cache, state)
     return HostStepper(model, heads, tree, cache, sampling, rng, state, keep_rows=check.active)
@@ -67,6 +70,8 @@ def medusa_stream(model, heads, prompt_ids, max_new_tokens, choices="8_node", eo
     # heads draft on the tree `choices`; the retrieval drafter makes its own tree every step
     tree = None if getattr(heads, "retrieval", False) else resolve_tree(choices, heads.config.num_heads)
     nodes = heads.max_tree_nodes if tree is None else tree.num_nodes
+    if getattr(heads, "merged", False):
+        nodes += heads.drafter.config.max_nodes
     eos_ids, rng = set(eos_ids), np.random.default_rng(sampling.seed)
     core.check_request(model.config, len(prompt_ids), max_new_tokens)
     core.check_tokens(model, prompt_ids)

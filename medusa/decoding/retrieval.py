@@ -12,15 +12,19 @@ heads' (greedy: lossless; typical; speculative sampling, exact for a determinist
 
     medusa generate --draft retrieval --prompt "..."          # no heads file needed
     python test_medusa_benchmark.py --draft retrieval --greedy
+    medusa generate --draft heads+retrieval --prompt "..."    # both: merged into one tree a step
 
 RetrievalDrafter offers the part of the heads' interface the Medusa loop reads (config.family,
 config.num_heads, prefix_state, read_prefix), so the loop takes it where it takes heads;
-RetrievalStepper is the host loop's step with a per-step tree (decoding/stepper.py).
+RetrievalStepper is the host loop's step with a per-step tree (decoding/stepper.py). With heads
+too (MergedDraft, MergedStepper) the continuations are merged into the heads' tree, sharing its
+nodes where they agree, on a node budget of their own.
 """
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from medusa.decoding import steps
 from medusa.decoding.stepper import HostStepper
 from medusa.decoding.tree_vars import resolve_tree
 from medusa.runtime.errors import UsageError
@@ -98,33 +102,59 @@ class NgramIndex:
         return found
 
 
+class TokenTrie:
+    """Token sequences merged by common prefix, in the order they were added (a node's children
+    are ranked by when they first appeared)."""
+
+    def __init__(self):
+        self.children, self.nodes = {(): []}, 0          # token prefix -> its children's tokens
+
+    def add(self, seq, budget: int):
+        """Add seq's tokens until `budget` new nodes were made in this call."""
+        prefix, made = (), 0
+        for t in seq:
+            key = prefix + (int(t),)
+            if key not in self.children:
+                if made == budget:
+                    return
+                self.children[prefix].append(int(t))
+                self.children[key] = []
+                self.nodes, made = self.nodes + 1, made + 1
+            prefix = key
+
+    def paths(self):
+        """(the tree as sibling-rank paths, as tree presets are written; the token of each path)."""
+        paths, tokens = [], {}
+
+        def walk(prefix, ranks):
+            for rank, t in enumerate(self.children[prefix]):
+                path = ranks + (rank,)
+                paths.append(list(path))
+                tokens[path] = t
+                walk(prefix + (t,), path)
+
+        walk((), ())
+        return paths, tokens
+
+
 def draft_tree(continuations, max_nodes: int):
     """The continuations merged into a trie of at most max_nodes nodes (earlier ones first) ->
-    (paths: the tree as sibling-rank paths, as tree presets are written; token of each path)."""
-    children = {(): []}                                 # token prefix -> its children's tokens, in rank order
-    nodes = 0
+    (paths, token of each path): TokenTrie.paths."""
+    trie = TokenTrie()
     for cont in continuations:
-        prefix = ()
-        for t in cont:
-            key = prefix + (t,)
-            if key not in children:
-                if nodes == max_nodes:
-                    break
-                children[prefix].append(t)
-                children[key] = []
-                nodes += 1
-            prefix = key
-    paths, tokens = [], {}
+        trie.add(cont, max_nodes - trie.nodes)
+    return trie.paths()
 
-    def walk(prefix, ranks):
-        for rank, t in enumerate(children[prefix]):
-            path = ranks + (rank,)
-            paths.append(list(path))
-            tokens[path] = t
-            walk(prefix + (t,), path)
 
-    walk((), ())
-    return paths, tokens
+def tree_of(trie: TokenTrie, root: int, max_depth: int):
+    """(Tree, tokens [N] int64, node 0 the root) of a trie; an empty one becomes one node
+    guessing the root repeats (a decode step and one row more)."""
+    paths, tokens_of = trie.paths()
+    if not paths:
+        paths, tokens_of = [[0]], {(0,): root}
+    tree = resolve_tree(paths, max(max_depth, max(len(p) for p in paths)))
+    order = sorted(paths, key=lambda p: (len(p), p))       # build_tree_buffers' node order
+    return tree, np.array([root] + [tokens_of[tuple(p)] for p in order], dtype=np.int64)
 
 
 class RetrievalDrafter:
@@ -152,18 +182,39 @@ class RetrievalDrafter:
         index.extend(ids)
         return index
 
-    def propose(self, index: NgramIndex):
+    def propose(self, index: NgramIndex, trie: TokenTrie = None):
         """The next tree after the index's tokens (its last one is the root) -> (Tree, tokens [N]
-        int64, node 0 the root). Without any match: one node guessing the root repeats (a decode
-        step and one row more)."""
-        cfg, root = self.config, index.ids[-1]
-        paths, tokens_of = draft_tree(index.continuations(cfg.depth, cfg.branches), cfg.max_nodes)
-        if not paths:
-            paths, tokens_of = [[0]], {(0,): root}
-        tree = resolve_tree(paths, cfg.depth)
-        order = sorted(paths, key=lambda p: (len(p), p))      # build_tree_buffers' node order
-        tokens = np.array([root] + [tokens_of[tuple(p)] for p in order], dtype=np.int64)
-        return tree, tokens
+        int64, node 0 the root): the continuations found, added to `trie` (the heads' tree, when
+        both draft) with a budget of max_nodes nodes of their own."""
+        cfg, trie = self.config, trie or TokenTrie()
+        start = trie.nodes
+        for cont in index.continuations(cfg.depth, cfg.branches):
+            trie.add(cont, cfg.max_nodes - (trie.nodes - start))
+        return tree_of(trie, index.ids[-1], cfg.depth)
+
+
+class MergedDraft:
+    """`--draft heads+retrieval`: the heads and the retrieval drafter together, in the heads'
+    place in the loop (which then takes MergedStepper); the rest of the heads' interface is theirs."""
+
+    merged = True
+
+    def __init__(self, heads, drafter: RetrievalDrafter):
+        self.heads, self.drafter = heads, drafter
+
+    @property
+    def config(self):
+        return self.heads.config
+
+    @property
+    def draft_vocab(self):
+        return self.heads.draft_vocab
+
+    def prefix_state(self):
+        return self.heads.prefix_state()
+
+    def read_prefix(self, state, hidden_new):
+        return self.heads.read_prefix(state, hidden_new)
 
 
 class RetrievalStepper(HostStepper):
@@ -186,3 +237,25 @@ class RetrievalStepper(HostStepper):
         out = super().step(room, eos_ids, laps)
         self.context.extend(out.new[:-1])                  # the accepted drafts; the last is the next root
         return out
+
+
+class MergedStepper(RetrievalStepper):
+    """`--draft heads+retrieval`: each step's tree is the heads' tree (their tokens on the tree
+    `choices`), with the retrieved continuations merged into it (sharing the nodes where they
+    agree with the heads) on a budget of their own; the host loop's step verifies it."""
+
+    def __init__(self, model, heads, drafter, heads_tree, cache, sampling, rng, prompt_ids, state=None,
+                 keep_rows=False):
+        super().__init__(model, drafter, cache, sampling, rng, prompt_ids, keep_rows)
+        self.heads, self.state, self.heads_tree = heads, state, heads_tree
+
+    def draft(self, root, hidden_last, laps=None):
+        self.context.truncate(self.cache.length)
+        self.context.extend([root])
+        drafted = steps.propose(self.model, self.heads, self.heads_tree, hidden_last, root)
+        trie = TokenTrie()
+        for row in self.heads_tree.buffers.retrieve_indices:   # its paths: a leaf each, in the tree's order
+            trie.add(drafted[row[1:][row[1:] >= 0]], self.heads_tree.num_nodes)
+        self.tree, self.tokens = self.drafter.propose(self.context, trie)
+        if laps is not None:
+            laps("medusa")

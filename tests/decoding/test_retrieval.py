@@ -98,3 +98,22 @@ def test_command_line_draft_retrieval(tiny_pkl, capsys):
     with pytest.raises(UsageError, match="--draft retrieval drafts without heads"):
         generate_command.main(["--jittor_base_weights", str(tiny_pkl("llama")), "--draft", "retrieval",
                                "--medusa_weights", str(tiny_pkl("llama")), "--prompt", "x"])
+
+
+@pytest.mark.parametrize("head_family", ["medusa", "rnn"])
+@pytest.mark.parametrize("preset", ["chain", "8_node"])
+def test_heads_and_retrieval_merged_are_plain_greedy(model, head_family, preset):
+    """--draft heads+retrieval: the heads' tree with the continuations merged into it; greedy is
+    plain greedy, and more is accepted than with the heads alone (random heads accept little)."""
+    from support import random_heads
+
+    from medusa.decoding.retrieval import MergedDraft
+
+    pattern = [11, 12, 13, 14, 15, 16, 17, 18]
+    prompt = pattern * 4 + pattern[:3]
+    heads = random_heads(model, head_family)
+    want = generate(model, prompt, 40).output_ids
+    alone = medusa_generate(model, heads, prompt, 40, preset)
+    both = medusa_generate(model, MergedDraft(heads, RetrievalDrafter()), prompt, 40, preset)
+    assert alone.output_ids == both.output_ids == want
+    assert max(both.accept_lengths) >= 4 and len(both.accept_lengths) < len(alone.accept_lengths)
