@@ -426,8 +426,17 @@ class Transformer(jt.nn.Module):
             return "off"
         weights = (first.self_attn._qkv[0], first.self_attn.o_proj.weight, first.mlp._gate_up,
                    first.mlp.down_proj.weight)
+        mode = cuda_kernels.exact_mode()
         small = all(w.shape[0] * w.shape[1] <= cuda_kernels.MMA_MAX_WEIGHT for w in weights)
-        return cuda_kernels.exact_mode() if small else "off"
+        layer_ops = cuda_kernels.use_layer_op() and cuda_kernels.use_gemv() and first.self_attn.o_proj.bias is None
+        V = self.lm_head_t().shape[1]
+        if mode == "decode":
+            fits = V % 8 == 0
+        else:       # the tree's kernels: fp16 tensor cores
+            fits = (self.dtype == "float16" and cuda_kernels.use_rows_layer() and cuda_kernels.use_mma()
+                    and V % 16 == 0)
+        # (trees of more than MMA_MAX_ROWS nodes and contexts past MAX_ATTENTION_KEYS leave it too)
+        return mode if small and layer_ops and fits else "off"
 
     @property
     def has_full_head(self) -> bool:

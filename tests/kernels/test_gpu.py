@@ -547,3 +547,19 @@ def test_exact_medusa_greedy_equals_plain_greedy_in_fp16(cpu_reference, cuda, ex
         for tree in ("8_node", "mc_sim_7b_63"):
             out = medusa_generate(model, random_heads(model, "medusa", share=True), PROMPT, STEPS, tree)
             assert out.output_ids == plain, tree
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_cache_attention_row_that_sees_no_key_stays_finite(cuda, dtype):
+    """A left-padded prompt's pad rows see no key at all (start 0, every new key masked): the
+    kernel reads every key, all masked, as before its logical key order (not 0 / 0)."""
+    from medusa.model.transformer import attention
+
+    H, G, T, D = 2, 2, 5, 64
+    q, keys, values = rand((1, H, G * T, D), dtype, 50), rand((1, H, T, D), dtype, 51), rand((1, H, T, D), dtype, 52)
+    m = np.where(np.tril(np.ones((T, T), bool)), 0.0, -1e9).astype(np.float32)
+    m[:2] = -1e9                                                   # rows 0 and 1: pads
+    mask = jt.array(m[None, None])
+    got = ck.cache_attention(q, keys, values, T, mask, D ** -0.5)
+    assert np.isfinite(got.numpy()).all()
+    close(got, attention(q, keys, values, mask, D ** -0.5), dtype)

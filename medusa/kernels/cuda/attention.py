@@ -3,7 +3,7 @@ from medusa.kernels.cuda.common import _COMMON
 from medusa.kernels.cuda.switches import use_tree_attention
 from medusa.runtime.backend import jt
 
-MAX_ATTENTION_KEYS = 8192      # the scores of one query row live in shared memory (32 KB of 48)
+MAX_ATTENTION_KEYS = 8192      # the scores of one query row live in shared memory (with the rest up to 75 KB)
 MAX_HEAD_DIM = 256
 
 
@@ -71,10 +71,14 @@ __global__ void cache_attention(const T* q, const T* keys, const T* values, cons
     T* orow = out + (tokens_major ? (((size_t)b * Tn + t) * Hkv * G + head) * D : (size_t)blockIdx.x * D);
     for (int i = threadIdx.x; i < D; i += blockDim.x) qs[i] = f32(qrow[i]) * scale;
     const int start = S - Tn;                       // keys before the new ones: always in order
-    const int seen = mrow ? start + visible_keys(mrow + start, Tn, visible, reinterpret_cast<int*>(scratch)) : S;
+    const int shown = mrow ? visible_keys(mrow + start, Tn, visible, reinterpret_cast<int*>(scratch)) : 0;
+    // a row that sees no key at all (a left-padded prompt's pad rows) keeps the old reading of
+    // every key, all masked: a finite uniform mix instead of 0 / 0
+    const bool compact = mrow && start + shown > 0;
+    const int seen = compact ? start + shown : S;
     __syncthreads();
     // logical key s -> its cache position
-    auto at = [&](int s) { return s < start || !mrow ? s : start + visible[s - start]; };
+    auto at = [&](int s) { return s < start || !compact ? s : start + visible[s - start]; };
     float m = -INFINITY;
     for (int s = threadIdx.x; s < seen; s += blockDim.x) {
         const int pos = at(s);
