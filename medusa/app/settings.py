@@ -74,9 +74,14 @@ class ModelArgs(BaseModelArgs):
         "retrieval (continuations of the text so far found in the prompt and the reply: no heads, no "
         "training; decoding/retrieval.py) or heads+retrieval (both, merged into one tree a step)",
         choices=DRAFT_SOURCES))
+    retrieval_nodes: int = field(default=0, metadata=_help(
+        "--draft retrieval: tree nodes the retrieved continuations may take a step; 0 = the device's "
+        "default (decoding/retrieval.py DEFAULT_NODES)"))
 
     def __post_init__(self):
         super().__post_init__()
+        if self.retrieval_nodes < 0:
+            raise UsageError(f"--retrieval_nodes must be >= 0 (0 = the device's default), got {self.retrieval_nodes}")
         if self.draft == "retrieval" and self.medusa_weights:
             raise UsageError("--draft retrieval drafts without heads: drop --medusa_weights "
                              f"{self.medusa_weights}, or use --draft heads")

@@ -30,6 +30,11 @@ from medusa.decoding.tree_vars import resolve_tree
 from medusa.runtime.errors import UsageError
 
 
+# tree nodes a step's continuations may take, by device (--retrieval_nodes): a CPU pays for every
+# verified row (measured below), a GPU hardly (not yet measured there)
+DEFAULT_NODES = {"cpu": 24, "cuda": 24}
+
+
 @dataclass(frozen=True)
 class RetrievalConfig:
     max_ngram: int = 4          # the longest suffix looked up
