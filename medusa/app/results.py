@@ -167,7 +167,7 @@ def start_results(path, config, resume):
     """A fresh results dict, or the one at `path` when resuming (its config must match)."""
     if not (resume and Path(path).is_file()):
         return {"config": config, "environment": environment(), "samples": [], "summary": {}}
-    results = json.loads(Path(path).read_text())
+    results = read_results(path)
     old = {**BEFORE_THE_SETTING, **results["config"]}
     old = {k: v for k, v in old.items() if k not in RESUMABLE_KEYS}
     new = {k: v for k, v in config.items() if k not in RESUMABLE_KEYS}
@@ -177,6 +177,20 @@ def start_results(path, config, resume):
                          + ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
                          + "): run with the same flags, or give another --output to measure again")
     results["config"] = config
+    return results
+
+
+def read_results(path) -> dict:
+    """The results file at `path`; a UsageError when it is damaged or not a results file."""
+    try:
+        results = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:    # truncated by a full disk, or another file
+        raise UsageError(f"{path}: not a readable results file ({e}): give another --output, or --overwrite "
+                         "to measure again into it") from e
+    if not isinstance(results, dict) or not isinstance(results.get("config"), dict) \
+            or not isinstance(results.get("samples"), list):
+        raise UsageError(f"{path}: not a results file (no config and samples): give another --output, or "
+                         "--overwrite to measure again into it")
     return results
 
 

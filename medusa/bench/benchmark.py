@@ -35,6 +35,7 @@ from medusa.app.results import SIDES, STAGES, environment, plot_results, start_r
 from medusa.app.settings import GenerationSettings, ModelArgs
 from medusa.data.prompt_sets import DATA_FORMATS, DEFAULT_PROMPTS, BenchPrompt, load_prompt_set, spread_over_categories
 from medusa.data.samples import chat_prompt_ids
+from medusa.runtime import locks
 from medusa.runtime.errors import Interrupted, UsageError
 
 RESULTS_DIR = Path("results")
@@ -209,11 +210,15 @@ def warm_up(setup, bench: Bench, prompt: BenchPrompt):
 
 
 def run(bench: Bench, setup=None, progress=True):
-    """Run the benchmark; returns (results dict, output path). Writes after every sample."""
+    """Run the benchmark; returns (results dict, output path). Writes after every sample, holding
+    the results file's lock."""
     args = bench.args
+    # one writer per results file (runtime/locks.py): a second is refused before the model loads
+    lock = locks.hold_file(args.output, "--output") if args.output else None
     prompts = spread_over_categories(load_prompt_set(args.data_path, args.data_format), args.num_samples)
     setup = setup or load_setup(bench, prompts)
     out = Path(args.output) if args.output else default_output(bench, setup)
+    lock = lock or locks.hold_file(out, "--output")
     # exact: whether greedy Medusa is plain greedy bit for bit here ($MEDUSA_EXACT where it applies)
     config = {**bench.config(), **setup.plan.resolved(), "exact": setup.model.exact_mode(), "output": str(out)}
     results = start_results(out, config, args.resume)
@@ -242,6 +247,7 @@ def run(bench: Bench, setup=None, progress=True):
         write_results(out, results)
     if args.plot:
         plot_results(results, out.with_suffix(".png"))
+    lock.release()
     return results, out
 
 

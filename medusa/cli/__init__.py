@@ -4,13 +4,19 @@ module per command in this package, and the error boundary every command shares.
     args = cli.parse(argv, (ModelArgs, GenerationSettings, MyArgs), __doc__)   # validated dataclasses
     cli.start(main)                                                            # user errors: one line, exit 2
 
-A `UsageError` (runtime/errors.py) anywhere becomes one line on stderr and exit status 2; `--debug`
-shows its traceback instead. What a command loads is resolved and checked first by
-app/loading.py (`loading.plan`, then `loading.load`).
+A `UsageError` (runtime/errors.py) anywhere, an OSError of the machine (a full or read-only disk,
+a missing folder) and a file that cannot be decoded become one line on stderr and exit status 2
+(`run`); `--debug` shows the traceback instead, and every other exception, a bug, keeps it.
+What a command loads is resolved and checked first by app/loading.py (`loading.plan`, then
+`loading.load`).
 """
 import argparse
+import errno
 import importlib
+import json
+import pickle
 import sys
+import zipfile
 
 from medusa.runtime import options
 from medusa.runtime.errors import Interrupted, UsageError
@@ -46,20 +52,55 @@ def parse(argv, types, description=None):
 
 
 def run(main, argv=None):
-    """Call main(argv); a UsageError prints `error: ...` as one line and exits 2, an Interrupted
-    run prints how to continue and exits 130."""
+    """Call main(argv) inside the error boundary every command shares: what a user can fix (our
+    UsageError, an OSError such as a full or read-only disk, a file that cannot be decoded)
+    prints `error: ...` as one line and exits 2; `--debug` shows the traceback instead, and any
+    other exception (a bug) keeps it. An Interrupted run prints how to continue and exits 130."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         options.current()           # a bad $MEDUSA_* value is an error before anything loads
         return main(argv)
-    except UsageError as e:
-        if "--debug" in argv:
-            raise
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
     except Interrupted as e:
         print(e, file=sys.stderr)
         sys.exit(130)
+    except Exception as e:
+        message = user_error(e)
+        if message is None or "--debug" in argv:
+            raise
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)
+        sys.exit(2)
+
+
+# errno -> what to do about it
+OS_ADVICE = {
+    errno.ENOSPC: "free space on that disk or write somewhere else, then run again",
+    errno.EDQUOT: "free space within your quota or write somewhere else, then run again",
+    errno.EROFS: "that file system is read-only: write to a folder on a writable disk",
+    errno.EACCES: "you may not write or read there: change its permissions or choose another path",
+    errno.EPERM: "you may not write or read there: change its permissions or choose another path",
+    errno.ENOENT: "check the path (was a folder removed while the command ran?)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+    errno.EISDIR: "that path is a folder: give a file name",
+    errno.EEXIST: "a file of that name is in the way of a folder: move it or choose another path",
+    errno.EIO: "the disk failed to read or write: check the disk (dmesg) and run again",
+    errno.ENAMETOOLONG: "give a shorter path",
+    errno.EMFILE: "too many open files: raise `ulimit -n` and run again",
+}
+# what a damaged or foreign file raises while it is read
+DECODE_ERRORS = (json.JSONDecodeError, UnicodeDecodeError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError)
+
+
+def user_error(e: Exception):
+    """The one-line message of an error the user can fix, None for a bug."""
+    if isinstance(e, UsageError):
+        return str(e)
+    if isinstance(e, OSError) and e.errno in OS_ADVICE:
+        where = e.filename2 or e.filename       # os.replace(tmp, path): the path is the second
+        return f"{where or 'a file this command reads or writes'}: {e.strerror}: {OS_ADVICE[e.errno]}"
+    if isinstance(e, DECODE_ERRORS):
+        return (f"a file this command reads is damaged or not what it should be ({type(e).__name__}: {e}): "
+                "check or rebuild it (--debug shows which file)")
+    return None
 
 
 def start(main):

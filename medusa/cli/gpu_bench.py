@@ -1,9 +1,9 @@
 """`medusa gpu-bench`: runs one side (or the report) of the GPU benchmark (bench/gpu/)."""
 import argparse
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from medusa import cli
 from medusa.bench.gpu.common import DRY_RUN, SHAPES, BenchConfig, write_json
 from medusa.runtime import options
 
@@ -53,4 +53,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.start(main)

@@ -8,6 +8,7 @@ from medusa import cli
 from medusa.data.prompt_gen import __doc__ as prompt_gen_doc
 from medusa.data.prompt_gen import generate
 from medusa.runtime.errors import UsageError
+from medusa.runtime.files import atomic_write
 
 
 def main(argv=None):
@@ -20,8 +21,7 @@ def main(argv=None):
     if out.exists():
         raise UsageError(f"--output {out} exists: choose another")
     records = generate(args.num, args.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r) + "\n" for r in records))
+    atomic_write(out, "".join(json.dumps(r) + "\n" for r in records))
     print(f"wrote {len(records)} prompts to {out}", file=sys.stderr)
 
 

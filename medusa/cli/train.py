@@ -23,6 +23,8 @@ NOT_FLAGS = ("family",)
 NOT_FOR_TRAINING = {
     "medusa_weights": "training makes heads; to start from saved ones pass --init_heads",
     "draft_vocab": "the draft vocabulary is chosen where the trained heads decode: generate, bench",
+    "draft": "the draft source is chosen where the trained heads decode: generate, bench",
+    "retrieval_nodes": "retrieval drafting needs no training: pass it to generate or bench",
 }
 
 
@@ -96,9 +98,9 @@ def main(argv=None, family=None):
         family, argv = take_family(argv)
     args = parse_args(argv, family)
     trainer = Trainer(args)
-    best = trainer.fit()
-    if trainer.rank == 0:
-        print(f"best val loss {best:.4f}; heads in {args.out_dir() / 'best.jtr'}")
+    best, best_file = trainer.fit(), args.out_dir() / "best.jtr"
+    if trainer.rank == 0 and best_file.is_file():        # a run that ends by an error saves no best
+        print(f"best val loss {best:.4f}; heads in {best_file}" if trainer.val_set else f"heads in {best_file}")
     return trainer
 
 

@@ -18,3 +18,8 @@ class MissingFileError(UsageError, FileNotFoundError):
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM during a long run, after it saved what it finished; the message says
     where and how to continue (cli.run prints it and exits 130)."""
+
+
+class NonFiniteError(UsageError):
+    """A NaN or inf where a number must be finite (a training loss, a metric); the message says
+    where it appeared and what to look at."""

@@ -6,6 +6,7 @@ and `.jtr` files (pickled {name: numpy array} dicts, the format Jittor's jt.save
 with `SafeUnpickler`, which rebuilds only dicts, lists, strings, numbers and numpy arrays and
 refuses every other global by name. safetensors files (`--format safetensors`) hold no code at all.
 """
+import contextlib
 import io
 import os
 import pickle
@@ -88,17 +89,35 @@ def tensor_bytes(tensors: dict, suffix: str, metadata: dict = None) -> bytes:
     return pickle.dumps(tensors, protocol=4)
 
 
+@contextlib.contextmanager
+def naming(path):
+    """Inside, an OSError that names no file (a failed write(): disk full) names `path`."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+
+
 def atomic_write(path, data) -> Path:
     """Write `data` (bytes or str) to a temporary file beside `path`, then rename it over `path`
-    (os.replace is atomic on one filesystem). Creates the parent folder."""
+    (os.replace is atomic on one filesystem). Creates the parent folder. The temporary name is
+    this process's own (`<name>.<pid>.tmp`: two writers never share one) and is deleted when the
+    write fails; the OSError of a failure (disk full, read-only) names `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OSError(e.errno, e.strerror, str(path)) from e      # the path, not the temporary name
     return path
 
 

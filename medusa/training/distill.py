@@ -26,8 +26,9 @@ from pathlib import Path
 from medusa.app import loading
 from medusa.app.settings import GenerationSettings, ModelArgs
 from medusa.data.samples import chat_prompt_ids, load_prompts, read_located
+from medusa.runtime import locks
 from medusa.runtime.errors import Interrupted, UsageError
-from medusa.runtime.files import PACKAGE_DIR
+from medusa.runtime.files import PACKAGE_DIR, naming
 
 DEFAULT_PROMPTS = PACKAGE_DIR / "prompts" / "smollm2_prompts.jsonl"
 DEFAULT_OUTPUT = Path("data") / "smollm2_selfdistill.jsonl"
@@ -79,19 +80,24 @@ def user_prompt_ids(tok, prompt, system=""):
 
 def distill(args: DistillArgs, margs: ModelArgs = None, settings: GenerationSettings = None):
     """Generate the missing replies of `args.prompts` into `args.output` (greedy; every prompt
-    is checked against the context before the model loads).
+    is checked against the context before the model loads), holding the output's lock.
     Returns {"replies", "new_tokens", "seconds"} of this run."""
+    margs, settings = margs or ModelArgs(), settings or GenerationSettings()
+    if not settings.greedy:
+        raise UsageError("distillation decodes greedily: drop --temperature")
+    out = Path(args.output)
+    with locks.hold_file(out, "--output"):        # one writer: a second is refused before the model loads
+        return _distill(args, margs, settings, out)
+
+
+def _distill(args, margs, settings, out):
+    """distill() once the output is locked."""
     from tqdm import tqdm
 
     from medusa.decoding.core import greedy_batch
 
-    margs, settings = margs or ModelArgs(), settings or GenerationSettings()
-    if not settings.greedy:
-        raise UsageError("distillation decodes greedily: drop --temperature")
     plan = loading.plan(margs, settings, heads="none")
     tok = plan.tokenizer
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if cut := repair_tail(out):
         print(f"{out}: removed a partial last line ({cut} bytes) left by an interrupted run", file=sys.stderr)
     seen = done_ids(out)
@@ -105,7 +111,7 @@ def distill(args: DistillArgs, margs: ModelArgs = None, settings: GenerationSett
     bar = tqdm(total=len(encoded), desc="distill", unit="prompt")
     written = 0
     try:
-        with open(out, "a", encoding="utf-8") as f:
+        with naming(out), open(out, "a", encoding="utf-8") as f:
             for i in range(0, len(encoded), args.batch_size):
                 chunk = encoded[i:i + args.batch_size]
                 replies = greedy_batch(model, [ids for ids, _ in chunk], settings.max_new_tokens, eos_ids, pad_id)

@@ -8,6 +8,7 @@ args.RESUME_FREE) or the heads it holds do not fit the base model.
 import dataclasses
 import io
 import json
+import zipfile
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from medusa.runtime.files import atomic_write
 from medusa.training.args import RESUME_FREE, saved_args
 
 STATE_NAME = "last_state.npz"        # in the run's output_dir
+META_KEYS = {"args", "step", "best", "optimizer_steps", "head_config"}   # what write_state's meta holds
 
 
 def write_state(path, heads, opt, progress: dict, args):
@@ -43,8 +45,13 @@ def read_state(path, args, heads, opt):
         with np.load(path, allow_pickle=False) as f:   # object arrays (pickles) are refused
             arrays = {k: f[k] for k in f.files}
         meta = json.loads(str(arrays.pop("meta")))
-    except (OSError, ValueError, KeyError) as e:
-        raise UsageError(f"--resume: cannot read {path}: {e}") from e
+        missing = META_KEYS - set(meta if isinstance(meta, dict) else ())
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:   # truncated, foreign
+        raise UsageError(f"--resume: cannot read {path} ({type(e).__name__}: {e}): it is damaged; "
+                         "start a new --output_dir, or delete it to start this one again") from e
+    if missing:
+        raise UsageError(f"--resume: {path} is not a training state (no {', '.join(sorted(missing))}): start a new "
+                         "--output_dir, or delete it to start this one again")
     saved, now = saved_args(meta["args"]), dataclasses.asdict(args)
     changed = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE and saved.get(k) != now.get(k))
     if changed:

@@ -37,9 +37,10 @@ from medusa.data import samples as data
 from medusa.heads.families import HeadConfig, build_heads
 from medusa.heads.io import save_heads, start_from
 from medusa.model import weights
+from medusa.runtime import locks
 from medusa.runtime.backend import collectives, default_compute_dtype, interrupts_deferred, jt, use_device
-from medusa.runtime.errors import Interrupted, UsageError
-from medusa.runtime.files import atomic_write
+from medusa.runtime.errors import Interrupted, NonFiniteError, UsageError
+from medusa.runtime.files import atomic_write, naming
 from medusa.training import hidden_cache, losses, state
 from medusa.training.args import SPLIT_NAME, TrainArgs, base_source, split_file, token_data
 from medusa.training.optim import AdamW, lr_at
@@ -79,9 +80,12 @@ class Trainer:
     def __init__(self, args: TrainArgs):
         use_device(args.device)
         self.args, self.rank, self.world = args, jt.rank, jt.world_size
+        # one writer per run folder, refused before anything loads (released at the end of fit)
+        self.lock = locks.hold_folder(args.out_dir(), "--output_dir") if self.rank == 0 else None
         jt.set_global_seed(args.seed, different_seed_for_mpi=False)
         dtype = args.dtype or default_compute_dtype()
         src, tok_dir = base_source(args, dtype)
+        self.base_src = src
         self.model = weights.load_model(src, dtype)
         self.samples = samples = self._load_data(args, tok_dir)
         kept = data.read_split(split_file(args.split_from)) if args.split_from else None
@@ -96,7 +100,8 @@ class Trainer:
         if args.init_heads:
             start_from(self.heads, args.init_heads)
         self.opt = AdamW(self.heads.parameters(), args.lr, weight_decay=args.weight_decay)
-        self.hidden = (hidden_cache.load_or_build(self.model, samples, self._cache_file(src), self.pad_id)
+        self.cache_path = self._cache_file(src) if args.cache_hidden else None
+        self.hidden = (hidden_cache.load_or_build(self.model, samples, self.cache_path, self.pad_id)
                        if args.cache_hidden else None)
         self.K = args.medusa_num_heads
         self.lambdas = args.loss_decay ** np.arange(self.K)
@@ -177,9 +182,12 @@ class Trainer:
         for idx in self.micro_batches(self.step):
             objective, aux, hit1, hit5, n, nll = self.forward(idx, soft=a.loss == "soft")
             loss = (objective * scale).sum() + aux.sum() * (a.aux_loss_weight * self.world / a.gradient_accumulation_steps)
+            nll, aux_sum = nll.numpy(), float(aux.sum().item())
+            if not np.isfinite([*nll, aux_sum]).all():       # before the optimizer step: the heads stay as they were
+                raise self.nonfinite("training loss", nll, idx, self.step + 1)
             self.opt.backward(loss)
-            totals.add(nll.numpy(), hit1, hit5, n)
-            totals.aux += float(aux.sum().item()) / a.gradient_accumulation_steps
+            totals.add(nll, hit1, hit5, n)
+            totals.aux += aux_sum / a.gradient_accumulation_steps
         totals.steps += 1
         if a.max_grad_norm > 0:
             self.opt.clip_grad_norm(a.max_grad_norm)
@@ -207,13 +215,18 @@ class Trainer:
 
     # -- files (rank 0 only)
     def log(self, record):
+        path = self.args.out_dir() / "metrics.jsonl"
         if self.rank == 0:
-            with open(self.args.out_dir() / "metrics.jsonl", "a", encoding="utf-8") as f:
+            with naming(path), open(path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
     def save(self, name):
-        if self.rank == 0:
-            save_heads(self.heads, self.args.out_dir() / name)
+        if self.rank != 0:
+            return
+        for param, p in self.heads.named_parameters():       # never save heads a NaN reached
+            if not np.isfinite(p.numpy()).all():
+                raise self.nonfinite(f"head parameter {param}", [np.nan], [], self.step)
+        save_heads(self.heads, self.args.out_dir() / name)
 
     def save_state(self):
         """The run's resumable state (state.write_state), last.jtr beside it; rank 0 only."""
@@ -233,6 +246,14 @@ class Trainer:
 
     # -- the loop
     def fit(self):
+        """Train to the end (or the early stop); -> the best score. Releases the run folder's lock."""
+        try:
+            return self._fit()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _fit(self):
         a, out = self.args, self.args.out_dir()
         if a.resume:
             self.load_state()
@@ -251,7 +272,7 @@ class Trainer:
         self.use_tf32()
         bar = tqdm(total=self.stop_at, initial=self.step, desc=f"train {a.family}", disable=self.rank != 0)
         totals, t0 = losses.Totals(self.K), time.time()
-        with interrupts_deferred() as stop:
+        with interrupts_deferred() as stop, bar:          # the bar ends its line before an error prints
             while self.step < self.stop_at and not self.early_stopped():
                 self.train_step(totals)
                 bar.update(1)
@@ -267,11 +288,9 @@ class Trainer:
                 elif stop.requested or (a.save_every and self.step % a.save_every == 0):
                     self.save_state()
                 if stop.requested:
-                    bar.close()
                     raise Interrupted(f"interrupted ({stop.requested}) after optimizer step {self.step}: the state "
                                       f"is saved in {out / state.STATE_NAME}; run the same command with --resume "
                                       "to continue")
-        bar.close()
         return self.best
 
     def use_tf32(self) -> bool:
@@ -288,6 +307,8 @@ class Trainer:
 
     def end_of_epoch(self):
         val = self.evaluate() if self.val_set else None
+        if val is not None and not np.isfinite(list(val.values())).all():
+            raise self.nonfinite("validation loss", [val["loss"]], self.val_set, self.step)
         if val is not None:
             self.log(dict(split="val", step=self.step, epoch=self.step / self.steps_per_epoch, **val))
         score = val["loss"] if val is not None else -self.step
@@ -300,3 +321,34 @@ class Trainer:
             self.log(dict(split="early_stop", step=self.step, best=self.best, evaluations_without_best=self.since_best))
         self.save_state()
 
+    # -- non-finite values
+    def nonfinite(self, what, values, indices, step) -> NonFiniteError:
+        """The error of a NaN/inf `what` (its `values`) at optimizer step `step` (1-based), on the
+        samples `indices`: where it happened, whether the base's states or the heads caused it,
+        and that nothing was saved from it."""
+        a, kept = self.args, self.args.out_dir() / state.STATE_NAME
+        value = next(float(v) for v in values if not np.isfinite(v))
+        sample = self.nonfinite_input(indices)
+        if sample is not None:
+            where = (f"the hidden-state cache {self.cache_path} (delete that folder to rebuild it) or "
+                     if self.hidden is not None else "")
+            cause = (f"the base model's hidden states of sample {sample} are not finite: check {where}the base "
+                     f"weights {self.base_src}")
+        else:
+            cause = (f"the heads diverged on finite inputs: lower --lr (now {a.lr:g}) or --max_grad_norm "
+                     f"(now {a.max_grad_norm:g})")
+        saved = f"the last good state {kept} is kept" if kept.is_file() else "no state was saved before"
+        epoch = (max(step, 1) - 1) // self.steps_per_epoch + 1
+        return NonFiniteError(f"{what} is {value} at step {step} of {self.stop_at} (epoch {epoch} of {a.epochs}): "
+                              f"{cause}; training stopped and saved nothing from it ({saved})")
+
+    def nonfinite_input(self, indices):
+        """The first sample of `indices` whose base hidden states hold NaN or inf, or None."""
+        for i in indices:
+            if self.hidden is not None:
+                h = self.hidden[i]
+            else:
+                h = hidden_cache.base_hidden(self.model, [self.samples[i]], self.pad_id).numpy()[0]
+            if not np.isfinite(h).all():
+                return int(i)
+        return None
