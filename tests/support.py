@@ -122,12 +122,23 @@ class OracleHeads:
 
     The position is found as the reference hidden state nearest to the given one; head k puts
     the true token t+k+2 at rank `rank` (rank 1: a wrong token first). Sequential oracles also
-    check the drafted tokens they are fed and propose garbage for a wrong path."""
+    check the drafted tokens they are fed and propose garbage for a wrong path.
 
-    def __init__(self, model, ref, rank=0, sequential=False, num_heads=4):
+    Heads right part of the time: `rank` may be a tuple, the rank of the true token ref[j] being
+    rank[j % len(rank)]; with `wrong_every` m > 0 the tokens ref[j] with j % m == 0 are never
+    proposed (every head drafts a wrong token in their place). `family` ("medusa", "rnn", "moe")
+    runs random_heads of that family under the oracle: their logits are added to the oracle's
+    (scaled above them), so the family's forward and its sequential flag are the ones decoding
+    meets."""
+
+    def __init__(self, model, ref, rank=0, sequential=False, num_heads=4, wrong_every=0, family=None):
         self.config = HeadConfig(num_heads=num_heads, hidden_size=model.config.hidden_size,
                                  vocab_size=model.config.vocab_size)
-        self.ref, self.rank, self.sequential = list(ref), rank, sequential
+        self.ref, self.sequential, self.wrong_every = list(ref), sequential, wrong_every
+        self.ranks = tuple(rank) if isinstance(rank, (tuple, list)) else (rank,)
+        self.base = None if family is None else random_heads(model, family, num_heads=num_heads)
+        if self.base is not None:
+            self.sequential = self.base.sequential
         T = len(ref)
         tokens = jt.array(np.asarray(ref, dtype=np.int32)[None])
         positions = jt.array(np.arange(T, dtype=np.int32)[None])
@@ -138,6 +149,12 @@ class OracleHeads:
     prefix_state = DraftHeads.prefix_state
     read_prefix = DraftHeads.read_prefix
 
+    def rank_of(self, j):
+        """The rank at which ref[j] is proposed, None when it is not proposed at all."""
+        if self.wrong_every and j % self.wrong_every == 0:
+            return None
+        return self.ranks[j % len(self.ranks)]
+
     def __call__(self, hidden, tokens, lm_head_t, embed_weight, project=None, prefixed=False):
         self.calls += 1
         h = hidden.numpy()[0]                                                  # [T, H]
@@ -147,13 +164,22 @@ class OracleHeads:
         for t, state in enumerate(h):
             i = int(np.argmin(((self.states - state) ** 2).sum(-1)))
             for k in range(K):
-                target = self.ref[i + k + 2] if i + k + 2 < len(self.ref) else 0
-                if self.sequential and list(drafted[t, :k + 1]) != self.ref[i + 1:i + k + 2]:
-                    target = (target + 7) % V  # wrong path fed: propose a wrong token
-                out[k, 0, t, (target + 1) % V] = 9.0 if self.rank == 1 else 1.0
-                out[k, 0, t, target] = 10.0 if self.rank == 0 else 5.0
+                j = i + k + 2
+                target = self.ref[j] if j < len(self.ref) else 0
+                rank = self.rank_of(j)
+                if rank is None:                     # not proposed, at any rank: a wrong token first
+                    out[k, 0, t, target] = -10.0
+                    target, rank = (target + 7) % V, 0
+                elif self.sequential and list(drafted[t, :k + 1]) != self.ref[i + 1:j]:
+                    target = (target + 7) % V        # wrong path fed: propose a wrong token
+                out[k, 0, t, (target + 1) % V] = 9.0 if rank == 1 else 1.0
+                out[k, 0, t, target] = 10.0 if rank == 0 else 5.0
         project = range(K) if project is None else list(project)
-        return jt.array(out[list(project)]), jt.zeros((1,))
+        logits = jt.array(out[list(project)])
+        if self.base is None:
+            return logits, jt.zeros((1,))
+        real, aux = self.base(hidden, tokens, lm_head_t, embed_weight, project=project, prefixed=prefixed)
+        return logits * 1000.0 + real, aux
 
 
 # ---------------------------------------------------------------- training runs on the tiny models
