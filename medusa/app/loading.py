@@ -150,7 +150,7 @@ def plan(margs, settings=None, heads="optional") -> Plan:
         tree_spec = settings.medusa_choices if settings else "chain"
         if tree_spec == AUTO:
             tree_spec = resolve_auto(heads_path, device)
-        choices = load_choices(tree_spec, head_config.num_heads)
+        choices = load_choices(tree_spec, head_config.num_heads, vocab_size=head_config.vocab_size)
         if retrieval is not None:        # the heads' tree, the retrieved continuations merged in every step
             tree_spec = f"{tree_spec}+retrieval"
     source, tok_dir = weights.resolve_model(margs.base_model_path or None, margs.jittor_base_weights or None, dtype)

@@ -48,6 +48,11 @@ VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence a
 
 TEMPLATES = ("tokenizer", "vicuna")
 
+# Size limits, checked before anything is tokenized (a 50 MB record took 9.75 GB to tokenize):
+MAX_RECORD_BYTES = 1 << 20      # one JSONL line or one record of a JSON array (docs/training.md)
+MAX_PROMPT_CHARS = 1 << 18      # one prompt of a prompt set (256 K characters, far past any context)
+MAX_TEMPLATE_CHARS = 1 << 16    # a chat template (the largest known ones are ~10 K)
+
 
 class DataError(UsageError):
     """A whole file is unusable: malformed JSON, or no record survives."""
@@ -107,21 +112,74 @@ def read_located(path, partial_tail="error"):
         raise DataError(f"{path}: cannot read it ({e})") from e
     if text.lstrip().startswith("["):
         try:
-            return [(f"record {i}", r) for i, r in enumerate(json.loads(text))]
+            records = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: line {e.lineno} column {e.colno}: malformed JSON: {e.msg}") from e
+        except RecursionError:
+            raise DataError(f"{path}: JSON nested too deeply to be records") from None
+        located = [(f"record {i}", r) for i, r in enumerate(records)]
+        for where, record in located:
+            _check_size(path, where, text_bytes(record))
+        return located
     lines = text.split("\n")
     located = []
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
+        _check_size(path, f"line {lineno}", len(line.encode("utf-8", "surrogatepass")))
         try:
             located.append((f"line {lineno}", json.loads(line)))
+        except RecursionError:
+            raise DataError(f"{path}: line {lineno}: JSON nested too deeply to be a record") from None
         except json.JSONDecodeError as e:
             if partial_tail == "skip" and lineno == len(lines):
                 break            # the unterminated last line of an interrupted append
             raise DataError(f"{path}: line {lineno} (record {len(located)}): malformed JSON: {e.msg}") from e
     return located
+
+
+def _check_size(path, where, size):
+    if size > MAX_RECORD_BYTES:
+        raise DataError(f"{path}: {where} is {size / 2 ** 20:.1f} MiB, over the limit of {MAX_RECORD_BYTES >> 20} MiB for "
+                        "one record (MAX_RECORD_BYTES): split it or drop it")
+
+
+def text_bytes(value, depth=0) -> int:
+    """About the bytes of JSON `value`: its strings' lengths plus a few per item (nesting
+    beyond 64 levels counts as too big)."""
+    if depth > 64:
+        return MAX_RECORD_BYTES + 1
+    if isinstance(value, str):
+        return len(value) + 2
+    if isinstance(value, dict):
+        return sum(text_bytes(k, depth + 1) + text_bytes(v, depth + 1) + 2 for k, v in value.items())
+    if isinstance(value, list):
+        return sum(text_bytes(v, depth + 1) + 1 for v in value)
+    return 8
+
+
+def check_line_sizes(path, chunk=1 << 22):
+    """DataError naming the first line of a JSONL file longer than MAX_RECORD_BYTES, found by
+    streaming the file (nothing is parsed or held): what Arrow and the tokenizer would
+    otherwise load whole. JSON array files are checked record by record when parsed."""
+    import gzip
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            lineno, length, first = 1, 0, True
+            while block := f.read(chunk):
+                if first and block.lstrip()[:1] == b"[":
+                    return
+                first = first and not block.strip()
+                parts = block.split(b"\n")
+                for part in parts[:-1]:
+                    _check_size(path, f"line {lineno}", length + len(part))
+                    lineno, length = lineno + 1, 0
+                length += len(parts[-1])
+                _check_size(path, f"line {lineno}", length)
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read it ({e})") from e
 
 
 def read_records(path):
@@ -172,10 +230,20 @@ def render(messages, tokenizer, template="tokenizer", add_generation_prompt=Fals
                                          add_generation_prompt=add_generation_prompt)
 
 
+def check_template(tokenizer):
+    """A chat template longer than MAX_TEMPLATE_CHARS is a UsageError (a template is code that
+    renders every record)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str) and len(template) > MAX_TEMPLATE_CHARS:
+        raise UsageError(f"the tokenizer's chat template is {len(template)} characters, over the limit of "
+                         f"{MAX_TEMPLATE_CHARS} (MAX_TEMPLATE_CHARS): fix chat_template in tokenizer_config.json")
+
+
 def chat_prompt_ids(tokenizer, messages):
     """Token ids of `messages` in the tokenizer's chat template, ending with the assistant header:
     what a model is given to generate the next reply. A template that refuses the conversation
     (raise_exception, e.g. a system message it does not take) is a one-line UsageError."""
+    check_template(tokenizer)
     try:
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
     except TemplateError as e:
@@ -253,6 +321,9 @@ def load_samples(path, tokenizer, max_length, template="tokenizer", cache_dir=No
         raise ValueError("tokenizer has no chat template; pass template='vicuna' for Vicuna models")
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("load_samples needs a fast tokenizer (it uses offset mappings)")
+    check_template(tokenizer)
+    if not str(path).endswith(".parquet"):
+        check_line_sizes(path)
     encoded = _encode_with_datasets(path, tokenizer, max_length, template, cache_dir) if cache_dir else None
     if encoded is not None:
         results = [SkipRecord(str(row["skip"]), str(row["detail"])) if row["skip"]
@@ -455,18 +526,73 @@ def save_token_samples(path, samples, groups, temperature, meta):
     atomic_write(path, buf.getvalue())
 
 
-def load_token_samples(path, max_length=None) -> TokenSamples:
-    """TokenSamples of a .npz written by save_token_samples, each cut to max_length tokens
-    (a sample left without a loss token is dropped). Raises DataError naming the file."""
+def read_npz(path, keys, what, fix):
+    """{key: array} of the `keys` of an .npz file, read without pickles and only after each
+    member's header is checked against the file: a member may not claim more bytes than its
+    zip entry holds, nor its zip entry more than its compressed bytes can inflate to (deflate
+    expands at most MAX_INFLATE times). Any fault is a DataError naming the file; `fix` says what to do."""
+    import zipfile
+    import zlib
+
     try:
+        with zipfile.ZipFile(path) as z:
+            for key in keys:
+                _check_npz_member(z, key, path)
         with np.load(path, allow_pickle=False) as f:
-            ids, mask, lengths = f["input_ids"], f["loss_mask"], f["lengths"]
-            groups, temperature, meta = f["groups"], f["temperature"], json.loads(str(f["meta"]))
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not a token-samples file ({e}); write one with "
-                        "scripts/distill_ids.py samples") from e
+            return {key: f[key] for key in keys}
+    except DataError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
+        raise DataError(f"{path}: not a {what} ({type(e).__name__}: {e}); {fix}") from e
+
+
+MAX_INFLATE = 1032              # deflate's largest expansion ratio
+
+
+def _check_npz_member(z, key, path):
+    info = z.getinfo(f"{key}.npy")
+    if info.compress_type == 0 and info.file_size != info.compress_size or \
+            info.file_size > MAX_INFLATE * info.compress_size + 1024:
+        raise DataError(f"{path}: member {key} claims {info.file_size} bytes from {info.compress_size} stored: "
+                        "the file is corrupt")
+    with z.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        shape, _, dtype = np.lib.format._read_array_header(f, version, max_header_size=1 << 16)
+        need = int(np.prod(shape, dtype=object)) * dtype.itemsize + f.tell()
+    if dtype.hasobject or need > info.file_size:
+        raise DataError(f"{path}: member {key} claims shape {shape} of {dtype} ({need} bytes), more than its "
+                        f"{info.file_size} bytes: the file is truncated or corrupt")
+
+
+TOKEN_KEYS = ("input_ids", "loss_mask", "lengths", "groups", "temperature", "meta")
+
+
+def load_token_samples(path, max_length=None, vocab_size=None) -> TokenSamples:
+    """TokenSamples of a .npz written by save_token_samples, each cut to max_length tokens
+    (a sample left without a loss token is dropped). Every id must be >= 0 (and < vocab_size
+    when given), every length >= 0 and the lengths must add up to the ids. Raises DataError
+    naming the file."""
+    fix = "write one with scripts/distill_ids.py samples"
+    f = read_npz(path, TOKEN_KEYS, "token-samples file", fix)
+    ids, mask, lengths, groups, temperature = (f[k] for k in TOKEN_KEYS[:5])
+    try:
+        meta = json.loads(str(f["meta"]))
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise DataError(f"{path}: its meta is not JSON ({e}); {fix}") from e
+    if any(a.ndim != 1 for a in (ids, mask, lengths, groups, temperature)) or \
+            not all(a.dtype.kind in "iu" for a in (ids, mask, lengths, groups)) or not isinstance(meta, dict):
+        raise DataError(f"{path}: token-samples arrays must be 1-D integer arrays (and meta a JSON object); {fix}")
+    if len(lengths) and lengths.min() < 0:
+        raise DataError(f"{path}: sample {int(np.argmax(lengths < 0))} has negative length {int(lengths.min())}; {fix}")
     if lengths.sum() != len(ids) or len(mask) != len(ids) or not len(groups) == len(temperature) == len(lengths):
-        raise DataError(f"{path}: token-samples arrays disagree in length")
+        raise DataError(f"{path}: token-samples arrays disagree in length (lengths add up to {int(lengths.sum())}, "
+                        f"{len(ids)} ids, {len(mask)} mask values); {fix}")
+    limit = vocab_size if vocab_size is not None else 2 ** 31      # ids are int32 on the way in
+    if len(ids) and (ids.min() < 0 or ids.max() >= limit):
+        bad = int(np.argmax((ids < 0) | (ids >= limit)))
+        raise DataError(f"{path}: token id {int(ids[bad])} at position {bad} is outside the vocabulary"
+                        f"{f' of {vocab_size} (vocab_size)' if vocab_size else ''}: the samples were made for "
+                        "another model or are corrupt")
     samples, keep = [], []
     for i, (a, b) in enumerate(zip(np.cumsum(lengths) - lengths, np.cumsum(lengths))):
         b = a + min(b - a, max_length or b - a)
@@ -517,3 +643,6 @@ def _check_prompt(p, where):
         raise DataError(f"{where}: 'category' must be a non-empty string, got {p.get('category')!r}")
     if not isinstance(p.get("prompt"), str) or not p["prompt"].strip():
         raise DataError(f"{where}: 'prompt' must be a non-empty string")
+    if len(p["prompt"]) > MAX_PROMPT_CHARS:
+        raise DataError(f"{where}: the prompt is {len(p['prompt'])} characters, over the limit of {MAX_PROMPT_CHARS} "
+                        "(MAX_PROMPT_CHARS): shorten it")

@@ -45,11 +45,34 @@ def check_request(config, prompt_len: int, max_new_tokens: int):
         raise GenerationError(f"prompt of {prompt_len} tokens + {max_new_tokens} new tokens = "
                               f"{prompt_len + max_new_tokens} exceeds the model's context of {limit} "
                               "positions (max_position_embeddings): shorten the prompt or lower max_new_tokens")
+    check_window(config, prompt_len + max_new_tokens, f"prompt of {prompt_len} tokens + {max_new_tokens} new tokens")
+
+
+def check_window(config, length: int, what: str):
+    """Attention here is full attention: a sequence longer than a Mistral-style sliding_window
+    would be computed differently from the model, so it is a GenerationError."""
+    window = config.sliding_window
+    if window is not None and length > window:
+        raise GenerationError(f"{what} = {length} positions exceeds the model's sliding_window of {window} "
+                              "(config.json); this project computes full attention only, which equals the model's "
+                              f"within {window} positions: keep the sequence within {window} tokens")
+
+
+def check_ids(config, ids, what="the input"):
+    """Every token id is in [0, vocab_size): an id outside would index past the embedding
+    (GenerationError naming the first bad id)."""
+    ids = np.asarray(ids).reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() >= config.vocab_size):
+        bad = int(ids[(ids < 0) | (ids >= config.vocab_size)][0])
+        raise GenerationError(f"{what} holds token id {bad}, outside the model's vocabulary of {config.vocab_size} "
+                              "(vocab_size): the ids were made for another model or are corrupt")
 
 
 def check_tokens(model, ids):
-    """With a sliced embedding (medusa/vocab/reduce.py --slice_embedding) every input token must be in
-    the reduced vocabulary: GenerationError naming the first one that is not."""
+    """Every input token is in the vocabulary (check_ids), and with a sliced embedding
+    (medusa/vocab/reduce.py --slice_embedding) in the reduced one: GenerationError naming the
+    first one that is not."""
+    check_ids(model.config, ids, "the prompt")
     if model.config.embedding_sliced:
         rows = model.vocab.rows(np.asarray(ids).reshape(-1))
         if (rows < 0).any():
@@ -274,6 +297,8 @@ def hidden_states(model, input_ids, attention_mask=None):
     cache and without gradient; attention_mask [B, T] (1 = real token) hides padded keys."""
     ids = np.asarray(input_ids)
     B, T = ids.shape
+    check_window(model.config, T, f"a sequence of {T} tokens")
+    check_ids(model.config, ids, "the sequence")
     positions = np.broadcast_to(np.arange(T, dtype=np.int32), (B, T))
     with jt.no_grad():
         hidden = forward(model, ids, positions, build_mask(B, T, 0, attention_mask))

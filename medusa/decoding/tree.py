@@ -36,12 +36,24 @@ def chain_tree(depth: int) -> list[list[int]]:
     return [[0] * d for d in range(1, depth + 1)]
 
 
+# Limits of a tree spec, checked before any buffer is built: each rank costs the heads one top-k
+# pass per step (on the CPU an argmax each), the tree's attention block is N x N.
+MAX_RANK = 255                  # a path entry: the (MAX_RANK + 1)-th best candidate of a head at most
+MAX_NODES = 1024                # paths in a tree (the largest preset has 63)
+MAX_FILE_BYTES = 1 << 20        # a tree file
+
+
 def _load_json_paths(path: Path | str) -> list:
     try:
-        with open(path) as f:
+        if Path(path).stat().st_size > MAX_FILE_BYTES:
+            raise TreeError(f"tree file {path}: {Path(path).stat().st_size} bytes, over the limit of "
+                            f"{MAX_FILE_BYTES} for a tree of at most {MAX_NODES} paths: is it a tree file?")
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, UnicodeDecodeError) as e:
         raise TreeError(f"tree file {path}: cannot read it ({e})") from e
+    except RecursionError:
+        raise TreeError(f"tree file {path}: nested too deeply; expected a list of paths like [[0], [0, 0], [1]]") from None
     except json.JSONDecodeError as e:
         raise TreeError(f"tree file {path}: not valid JSON ({e}); expected a list of paths like [[0], [0, 0], [1]]") from e
 
@@ -60,23 +72,32 @@ PRESETS: dict[str, list[list[int]]] = {
 }
 
 
-def validate_choices(choices, num_heads: int | None = None, source: str = "tree") -> list[list[int]]:
+def validate_choices(choices, num_heads: int | None = None, source: str = "tree",
+                     vocab_size: int | None = None) -> list[list[int]]:
     """Check a list of paths and return it as a list of lists of python ints.
 
-    Raises ValueError naming `source` (preset name or file) and the offending path when a path
+    Raises TreeError naming `source` (preset name or file) and the offending path when a path
     is empty, holds a non-int or negative entry, is duplicated, lacks one of its prefixes, or
-    when the tree is deeper than `num_heads` (each depth is proposed by one head).
+    when the tree is deeper than `num_heads` (each depth is proposed by one head), has more than
+    MAX_NODES paths, or an entry beyond MAX_RANK or beyond the `vocab_size` candidates a head
+    can rank (the heads' vocabulary, when known).
     """
     if not isinstance(choices, (list, tuple)) or len(choices) == 0:
         raise TreeError(f"{source}: expected a non-empty list of paths, got {choices!r:.80}")
+    if len(choices) > MAX_NODES:
+        raise TreeError(f"{source}: {len(choices)} paths, over the limit of {MAX_NODES} nodes per tree")
+    limit = MAX_RANK if vocab_size is None else min(MAX_RANK, int(vocab_size) - 1)
     paths = []
     for p in choices:
         if not isinstance(p, (list, tuple)) or len(p) == 0:
-            raise TreeError(f"{source}: every path must be a non-empty list of ints, got {p!r}")
+            raise TreeError(f"{source}: every path must be a non-empty list of ints, got {p!r:.80}")
         for c in p:
             if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0:
-                raise TreeError(f"{source}: path {list(p)} has entry {c!r}; "
+                raise TreeError(f"{source}: path {list(p)!r:.80} has entry {c!r:.40}; "
                                  "entries must be non-negative ints")
+            if c > limit:
+                raise TreeError(f"{source}: path {list(p)!r:.80} has rank {c}, beyond the {limit + 1} candidates a head "
+                                f"proposes ({_why(limit, vocab_size)}): use ranks 0..{limit}")
         paths.append([int(c) for c in p])
     seen = set()
     for p in paths:
@@ -95,24 +116,30 @@ def validate_choices(choices, num_heads: int | None = None, source: str = "tree"
     return paths
 
 
-def load_choices(spec, num_heads: int | None = None) -> list[list[int]]:
+def _why(limit, vocab_size) -> str:
+    return f"the heads rank a vocabulary of {vocab_size} tokens" if vocab_size is not None and limit < MAX_RANK \
+        else f"MAX_RANK = {MAX_RANK}"
+
+
+def load_choices(spec, num_heads: int | None = None, vocab_size: int | None = None) -> list[list[int]]:
     """Resolve a tree spec to a validated list of paths.
 
     spec: a preset name (see PRESETS), "chain" (top-1 chain of depth num_heads; num_heads
     required), a path to a JSON file holding a list of paths, or a list of paths itself.
+    vocab_size: the candidates a head ranks (its vocabulary), when known: no entry may reach it.
     """
     if isinstance(spec, (list, tuple)):
-        return validate_choices(spec, num_heads, "medusa_choices")
+        return validate_choices(spec, num_heads, "medusa_choices", vocab_size)
     spec = str(spec)
     if spec == "chain":
         if num_heads is None:
             raise TreeError("tree 'chain' needs num_heads (its depth is the head count)")
         return chain_tree(num_heads)
     if spec in PRESETS:
-        return validate_choices(PRESETS[spec], num_heads, f"tree preset '{spec}'")
+        return validate_choices(PRESETS[spec], num_heads, f"tree preset '{spec}'", vocab_size)
     path = Path(spec)
     if path.is_file():
-        return validate_choices(_load_json_paths(path), num_heads, f"tree file {path}")
+        return validate_choices(_load_json_paths(path), num_heads, f"tree file {path}", vocab_size)
     raise TreeError(f"unknown tree '{spec}': not a preset ({', '.join(['chain', *PRESETS])}) "
                      "and not an existing JSON file")
 

@@ -22,6 +22,7 @@ FasterDecoding/Medusa saves `medusa_lm_head.pt` / `.safetensors` from
 Files without the projection keys use the base lm_head (share_lm_head=True). The head and layer
 counts come from the keys: the config.json files released beside them are known to be wrong.
 """
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -29,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from medusa.heads.families import HeadConfig, build_heads
-from medusa.model.weights import check_state, transposed_names
+from medusa.model.config import format_gib, memory_limit
+from medusa.model.weights import check_finite, check_state, transposed_names
 from medusa.runtime.backend import jt
 from medusa.runtime.errors import MissingFileError, UsageError
 from medusa.runtime.files import PACKAGE_DIR, atomic_write, load_tensors, tensor_bytes
@@ -76,9 +78,33 @@ def read_config(path) -> HeadConfig:
     if not cfg_file.is_file():
         raise MissingFileError(f"{path}: no head config {cfg_file.name} beside it (save_heads writes one)")
     try:
-        return HeadConfig.from_dict(json.loads(cfg_file.read_text()))
-    except (ValueError, TypeError) as e:
+        cfg = HeadConfig.from_dict(json.loads(cfg_file.read_text(encoding="utf-8")))
+    except (ValueError, TypeError, AttributeError, RecursionError) as e:   # JSON and UTF-8 errors are ValueErrors
         raise UsageError(f"{cfg_file}: bad head config: {e}") from e
+    _check_types(cfg, cfg_file)
+    check_memory(cfg, cfg_file)
+    return cfg
+
+
+def _check_types(cfg: HeadConfig, source):
+    """Every HeadConfig field has the type of its default (an int is not a bool, a str, a float)."""
+    for f in dataclasses.fields(cfg):
+        value, kind = getattr(cfg, f.name), type(f.default)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise UsageError(f"{source}: {f.name} must be {kind.__name__}, got {value!r:.60}: fix the head config")
+
+
+def check_memory(cfg: HeadConfig, source):
+    """Refuse a head config whose fp32 weights could not fit in memory, before any is built: a
+    lower bound on every family's size (num_layers H x H blocks per head, plus its own H x V
+    projection unless share_lm_head)."""
+    per_head = int(cfg.num_layers) * int(cfg.hidden_size) ** 2 + \
+        (0 if cfg.share_lm_head else int(cfg.hidden_size) * int(cfg.vocab_size))
+    need, limit = 4 * int(cfg.num_heads) * per_head, memory_limit()
+    if need > limit:
+        raise UsageError(f"{source}: num_heads={cfg.num_heads}, num_layers={cfg.num_layers}, hidden_size={cfg.hidden_size}"
+                         f" and vocab_size={cfg.vocab_size} imply at least {format_gib(need)} of head weights; this machine "
+                         f"has {format_gib(limit)} of memory: check those fields")
 
 
 def check_fits(cfg: HeadConfig, base, source):
@@ -140,6 +166,7 @@ def load_state(heads, tensors: dict, source, may_lack=()):
     if found_k is not None and _head_count(params) is not None and found_k != want_k:
         raise UsageError(f"{source}: holds weights for {found_k} heads, the config has num_heads={want_k}")
     check_state(disk_shape, tensors, source, f"{heads.config.family} heads")
+    check_finite({name: tensors[name] for name in params}, source)
     for name, p in params.items():
         value = np.asarray(tensors[name], dtype=np.float32)
         p.assign(jt.array(np.ascontiguousarray(value.T if name in transposed else value)))

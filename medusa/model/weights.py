@@ -40,7 +40,7 @@ def read_hf_folder(folder):
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise MissingFileError(f"{folder}: no config.json (expected a Hugging Face model folder)")
-    config = json.loads(config_path.read_text())
+    config = read_config_dict(config_path)
     st_files = sorted(glob.glob(str(folder / "*.safetensors")))
     bin_files = sorted(glob.glob(str(folder / "pytorch_model*.bin")))
     if st_files:
@@ -106,25 +106,57 @@ def _unpermute_rope(w, n_heads):
     return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+# what a malformed GGUF file makes the gguf reader raise (it indexes a memory map of the file)
+_GGUF_ERRORS = (OSError, ValueError, IndexError, KeyError, TypeError, OverflowError, UnicodeDecodeError)
+# the fewest bytes one header entry takes: a key-value pair (key length, key, type, value) and a
+# tensor description (name length, name, dimension count, one dimension, type, offset)
+_GGUF_MIN_KV, _GGUF_MIN_TENSOR = 8 + 1 + 4 + 1, 8 + 1 + 4 + 8 + 4 + 8
+
+
+def _check_gguf_header(path):
+    """The counts in a GGUF header must fit the file's size: a header claiming 2^60 tensors is
+    an error, not a loop or an allocation."""
+    size = Path(path).stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or head[:4] != b"GGUF":
+        raise UsageError(f"{path}: not a GGUF file (no GGUF header)")
+    version = int.from_bytes(head[4:8], "little")
+    if version < 2:
+        raise UsageError(f"{path}: GGUF version {version} is not supported (2 or later)")
+    tensors, kvs = int.from_bytes(head[8:16], "little"), int.from_bytes(head[16:24], "little")
+    if 24 + tensors * _GGUF_MIN_TENSOR + kvs * _GGUF_MIN_KV > size:
+        raise UsageError(f"{path}: the GGUF header claims {tensors} tensors and {kvs} metadata entries, more than "
+                         f"its {size} bytes can hold: the file is truncated or corrupt")
+
+
 def read_gguf(path):
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
+    _check_gguf_header(path)
     try:
         reader = GGUFReader(str(path))
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read GGUF file {path}: {e}") from e
-    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.")}
-    meta.update({k: reader.fields[k].contents() for k in ("tokenizer.ggml.bos_token_id",
-                                                          "tokenizer.ggml.eos_token_id") if k in reader.fields})
+        meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.")}
+        meta.update({k: reader.fields[k].contents() for k in ("tokenizer.ggml.bos_token_id",
+                                                              "tokenizer.ggml.eos_token_id") if k in reader.fields})
+        infos = [(t, _gguf_tensor_name(t.name), tuple(int(s) for s in reversed(t.shape))) for t in reader.tensors]
+    except UsageError:
+        raise
+    except _GGUF_ERRORS as e:
+        raise UsageError(f"cannot read GGUF file {path}: {type(e).__name__}: {e}") from e
     arch = meta.get("general.architecture")
     if arch not in ("llama", "qwen2", "qwen3"):
         raise UsageError(f"{path}: unsupported GGUF architecture {arch!r} (supported: llama, qwen2, qwen3)")
+    shapes = {name: shape for _, name, shape in infos}      # GGUF lists dims fastest-first
+    config = _gguf_config(meta, arch, shapes, path)
+    check_shapes(ModelConfig.from_dict(config, path), shapes, path)   # before any tensor is dequantised
     tensors = {}
-    for t in reader.tensors:
-        shape = tuple(int(s) for s in reversed(t.shape))  # GGUF lists dims fastest-first
-        tensors[_gguf_tensor_name(t.name)] = dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float32)
-    config = _gguf_config(meta, arch, tensors)
+    for t, name, shape in infos:
+        try:
+            tensors[name] = dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float32)
+        except _GGUF_ERRORS + (NotImplementedError,) as e:
+            raise UsageError(f"cannot read GGUF file {path}: tensor {t.name}: {type(e).__name__}: {e}") from e
     if arch == "llama":
         for i in range(config["num_hidden_layers"]):
             pre = f"model.layers.{i}.self_attn"
@@ -133,14 +165,29 @@ def read_gguf(path):
     return config, tensors
 
 
-def _gguf_config(meta, arch, tensors):
+def _gguf_config(meta, arch, shapes, path):
+    """The config.json dict of a GGUF file's metadata and tensor shapes."""
     def get(key, default=None):
-        return meta.get(f"{arch}.{key}", default)
+        value = meta.get(f"{arch}.{key}", default)
+        if value is None:
+            raise UsageError(f"{path}: GGUF metadata lacks {arch}.{key}")
+        return value
 
+    if "model.embed_tokens.weight" not in shapes:
+        raise UsageError(f"{path}: GGUF file has no token_embd.weight tensor")
+    try:
+        return _gguf_values(get, meta, arch, shapes)
+    except UsageError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{path}: malformed GGUF metadata ({type(e).__name__}: {e})") from e
+
+
+def _gguf_values(get, meta, arch, shapes):
     heads = int(get("attention.head_count"))
     config = {
         "model_type": arch,
-        "vocab_size": int(tensors["model.embed_tokens.weight"].shape[0]),
+        "vocab_size": int(shapes["model.embed_tokens.weight"][0]),
         "hidden_size": int(get("embedding_length")),
         "intermediate_size": int(get("feed_forward_length")),
         "num_hidden_layers": int(get("block_count")),
@@ -149,11 +196,11 @@ def _gguf_config(meta, arch, tensors):
         "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon", 1e-6)),
         "rope_theta": float(get("rope.freq_base", 10000.0)),
         "max_position_embeddings": int(get("context_length", 2048)),
-        "tie_word_embeddings": "lm_head.weight" not in tensors,
+        "tie_word_embeddings": "lm_head.weight" not in shapes,
         "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
         "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
     }
-    if get("attention.key_length"):
+    if get("attention.key_length", 0):
         config["head_dim"] = int(get("attention.key_length"))
     return config
 
@@ -165,27 +212,58 @@ def transposed_names(model):
 
 
 def expected_shapes(cfg):
-    """{name: shape in checkpoint layout} of every parameter of the model built from `cfg`."""
-    from medusa.model.transformer import Transformer
-
-    model = Transformer(cfg, max_positions=1)
-    flip = transposed_names(model)
-    return {name: tuple(p.shape)[::-1] if name in flip else tuple(p.shape)
-            for name, p in model.named_parameters()}
+    """{name: shape in checkpoint layout} of every parameter of the model built from `cfg`,
+    from the config alone (no model is built: a config is checked before anything is allocated)."""
+    h, q, kv, i = cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim, \
+        cfg.intermediate_size
+    layer = {"self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
+             "self_attn.o_proj.weight": (h, q), "mlp.gate_proj.weight": (i, h), "mlp.up_proj.weight": (i, h),
+             "mlp.down_proj.weight": (h, i), "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,)}
+    if cfg.attention_bias:
+        layer.update({"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,)})
+    if cfg.o_bias:
+        layer["self_attn.o_proj.bias"] = (h,)
+    if cfg.qk_norm:
+        layer.update({"self_attn.q_norm.weight": (cfg.head_dim,), "self_attn.k_norm.weight": (cfg.head_dim,)})
+    shapes = {"model.embed_tokens.weight": (cfg.embedding_rows, h), "model.norm.weight": (h,)}
+    shapes.update({f"model.layers.{n}.{k}": v for n in range(cfg.num_hidden_layers) for k, v in layer.items()})
+    if cfg.has_own_head:
+        shapes["lm_head.weight"] = (cfg.output_size, h)
+    return shapes
 
 
 def check_tensors(cfg, tensors, source):
-    """Drop known non-weights, then require exactly the model's names and shapes."""
+    """Drop known non-weights, then require exactly the model's names and shapes, and finite values."""
     tensors = {k: v for k, v in tensors.items() if not k.endswith(IGNORED_SUFFIXES)}
     if cfg.tie_word_embeddings:
         tensors.pop("lm_head.weight", None)  # some tied checkpoints store the copy anyway
+    _check_layers(cfg, tensors, source)
     check_state(expected_shapes(cfg), tensors, source, f"model_type={cfg.model_type}")
+    check_finite(tensors, source)
     return tensors
+
+
+def check_shapes(cfg, shapes: dict, source):
+    """check_tensors on {name: shape} alone, before the data is read."""
+    shapes = {k: v for k, v in shapes.items() if not k.endswith(IGNORED_SUFFIXES)}
+    if cfg.tie_word_embeddings:
+        shapes.pop("lm_head.weight", None)
+    _check_layers(cfg, shapes, source)
+    check_state(expected_shapes(cfg), shapes, source, f"model_type={cfg.model_type}")
+
+
+def _check_layers(cfg, tensors, source):
+    """A file with fewer tensors than the config has layers cannot be the model: said before the
+    expected names (9 or more per layer) are listed."""
+    if cfg.num_hidden_layers > len(tensors):
+        raise UsageError(f"{source}: the config has num_hidden_layers={cfg.num_hidden_layers}, the file holds only "
+                         f"{len(tensors)} tensors: the config or the file is wrong")
 
 
 def check_state(expected: dict, tensors: dict, source, what: str):
     """The one strict check of a state dict (base weights and heads): exactly the `expected`
-    {name: shape} in `tensors`, else a UsageError naming `source`, the tensor and both shapes."""
+    {name: shape} in `tensors` (arrays, or their shapes), else a UsageError naming `source`,
+    the tensor and both shapes."""
     def listed(names):
         return f"{names[:5]}{' ...' if len(names) > 5 else ''} ({len(names)} in all)"
 
@@ -196,8 +274,24 @@ def check_state(expected: dict, tensors: dict, source, what: str):
     if unexpected:
         raise UsageError(f"{source}: unexpected tensor(s) {listed(unexpected)} for {what}")
     for name, shape in expected.items():
-        if tuple(tensors[name].shape) != tuple(shape):
-            raise UsageError(f"{source}: tensor {name} has shape {tuple(tensors[name].shape)}, expected {tuple(shape)}")
+        found = tuple(getattr(tensors[name], "shape", tensors[name]))
+        if found != tuple(shape):
+            raise UsageError(f"{source}: tensor {name} has shape {found}, expected {tuple(shape)}")
+
+
+def check_finite(tensors: dict, source, chunk=1 << 22):
+    """NaN or inf in a floating-point tensor is a UsageError naming `source` and the tensor: a
+    corrupt or diverged file would otherwise decode (or train) on without a word. Checked
+    `chunk` values at a time, so the check holds little memory."""
+    for name, t in tensors.items():
+        flat = np.asarray(t).reshape(-1)
+        if flat.dtype.kind != "f":
+            continue
+        for start in range(0, flat.size, chunk):
+            if not np.isfinite(flat[start:start + chunk]).all():
+                bad = int(flat.size - np.isfinite(flat).sum())
+                raise UsageError(f"{source}: tensor {name} holds {bad} NaN/inf value(s) of {flat.size}: the file is "
+                                 "corrupt or comes from a diverged run; use a good copy")
 
 
 # ---------------------------------------------------------------- reading any source
@@ -209,12 +303,23 @@ def read_checkpoint(src):
     if src.suffix == ".gguf":
         return read_gguf(src)
     if src.suffix in (".pkl", ".safetensors"):
-        return json.loads(_config_beside(src).read_text()), load_tensors(src, "converted weights")
+        config = read_config_dict(_config_beside(src))          # checked before the tensors are read
+        return config, load_tensors(src, "converted weights")
     if src.is_dir() and (src / PKL_NAME).is_file() and not glob.glob(str(src / "*.safetensors")):
         return read_checkpoint(src / PKL_NAME)
     if src.is_dir():
         return read_hf_folder(src)
     raise UsageError(f"{src}: expected a Hugging Face folder, a .gguf file or a converted .pkl / .safetensors")
+
+
+def read_config_dict(path) -> dict:
+    """A config.json as a dict, checked by ModelConfig.from_dict (types, ranges, memory)."""
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, RecursionError, json.JSONDecodeError) as e:
+        raise UsageError(f"cannot read model config {path}: {type(e).__name__}: {e}") from e
+    ModelConfig.from_dict(config, path)
+    return config
 
 
 def _config_beside(pkl):
@@ -241,7 +346,7 @@ def convert(src, output, dtype="float16"):
     if output.suffix not in (".pkl", ".safetensors"):
         raise UsageError(f"--output {output}: name a .pkl or .safetensors file")
     config, tensors = read_checkpoint(src)
-    tensors = check_tensors(ModelConfig.from_dict(config), tensors, src)
+    tensors = check_tensors(ModelConfig.from_dict(config, src), tensors, src)
     return write_unit(output, config, tensors, dtype, tokenizer_src=src)
 
 
@@ -426,7 +531,7 @@ def load_model(src, dtype=None, max_positions=None):
     from medusa.runtime.backend import default_compute_dtype, jt
 
     config, tensors = read_checkpoint(src)
-    cfg = ModelConfig.from_dict(config)
+    cfg = ModelConfig.from_dict(config, src)
     tensors = check_tensors(cfg, tensors, src)
     dtype = dtype or default_compute_dtype()
     model = Transformer(cfg, dtype, max_positions)

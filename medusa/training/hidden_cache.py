@@ -21,10 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from medusa.data.samples import collate
-from medusa.decoding.core import hidden_states
+from medusa.data.samples import collate, read_npz
+from medusa.decoding.core import check_ids, hidden_states
 from medusa.model.weights import content_id
 from medusa.runtime.backend import jt
+from medusa.runtime.errors import UsageError
+
+
+class CacheError(UsageError):
+    """A hidden-state cache folder that is damaged or belongs to other data: delete it to rebuild."""
 
 
 def base_hidden(model, samples, pad_id):
@@ -56,7 +61,7 @@ def weights_identity(src) -> str:
             h.update(content_id(f).encode())
             continue
         with open(f, "rb") as fh:
-            header_len = int.from_bytes(fh.read(8), "little")
+            header_len = min(int.from_bytes(fh.read(8), "little"), max(size - 8, 0))   # never past the file
             h.update(fh.read(header_len))
             for offset in np.linspace(8 + header_len, max(size - (1 << 16), 8 + header_len), 16).astype(int):
                 fh.seek(int(offset))
@@ -80,6 +85,9 @@ def build(model, samples, pad_id, out, tokens_per_batch=4096):
             j += 1
         chunk = order[i:j]
         hidden = base_hidden(model, [samples[k] for k in chunk], pad_id).numpy()
+        if not np.isfinite(hidden).all():
+            raise UsageError(f"the base model's hidden states of sample {chunk[0]} (or its batch) hold NaN/inf: "
+                             "the base model overflows on this data in its dtype (fp16 on a GPU): check the base weights")
         for row, k in enumerate(chunk):
             out[offsets[k]:offsets[k + 1]] = hidden[row, :len(samples[k])].astype(np.float16)
         bar.update(sum(len(samples[k]) for k in chunk))
@@ -91,6 +99,8 @@ def build(model, samples, pad_id, out, tokens_per_batch=4096):
 def save(path, model, samples, pad_id):
     """Build the cache folder `path` (see the module docstring)."""
     path = Path(path)
+    for i, s in enumerate(samples):             # before the first batch: an id past the embedding crashes Jittor
+        check_ids(model.config, s.input_ids, f"training sample {i}")
     path.mkdir(parents=True, exist_ok=True)
     lengths = np.asarray([len(s) for s in samples], np.int64)
     tmp = path / "hidden.tmp.npy"
@@ -105,16 +115,28 @@ def save(path, model, samples, pad_id):
     os.replace(index_tmp, path / "index.npz")
 
 
-def load(path, samples):
-    """The cached [T_i, H] arrays (read-only memory-mapped views); ValueError when the folder
-    does not match `samples`."""
+def load(path, samples, chunk_rows=1 << 16):
+    """The cached [T_i, H] arrays (read-only memory-mapped views); CacheError when the folder
+    is damaged, holds NaN/inf, or does not match `samples`."""
     path = Path(path)
-    with np.load(path / "index.npz", allow_pickle=False) as f:
-        lengths, ids = f["lengths"], f["ids"]
+    fix = "delete the folder to rebuild it"
+    f = read_npz(path / "index.npz", ("lengths", "ids"), "hidden-state cache index", fix)
+    lengths, ids = f["lengths"], f["ids"]
     expected = np.concatenate([s.input_ids for s in samples]).astype(np.int32)
-    if len(lengths) != len(samples) or not np.array_equal(ids, expected):
-        raise ValueError(f"{path}: hidden-state cache does not match the data (delete it to rebuild)")
-    hidden = np.load(path / "hidden.npy", mmap_mode="r", allow_pickle=False)
+    if len(lengths) != len(samples) or not np.array_equal(ids, expected) or lengths.sum() != len(expected):
+        raise CacheError(f"{path}: hidden-state cache does not match the data ({fix})")
+    try:
+        hidden = np.load(path / "hidden.npy", mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:   # a truncated file: "mmap length is greater than file size"
+        raise CacheError(f"{path / 'hidden.npy'}: unreadable hidden-state cache ({e}); {fix}") from e
+    if hidden.ndim != 2 or hidden.shape[0] != len(expected):
+        raise CacheError(f"{path / 'hidden.npy'}: holds {hidden.shape}, expected [{len(expected)}, H]; {fix}")
+    for start in range(0, len(hidden), chunk_rows):    # one pass, a block at a time: nothing held
+        block = hidden[start:start + chunk_rows]
+        if not np.isfinite(block).all():
+            row = start + int(np.argmax(~np.isfinite(block).all(-1)))
+            raise CacheError(f"{path / 'hidden.npy'}: tensor hidden holds NaN/inf at row {row} (sample "
+                             f"{int(np.searchsorted(np.cumsum(lengths), row, side='right'))}); {fix}")
     return np.split(hidden, np.cumsum(lengths)[:-1])
 
 
