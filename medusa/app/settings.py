@@ -121,6 +121,8 @@ class GenerationSettings:
             raise UsageError(f"--top_p must be in (0, 1] (1 = no nucleus filter), got {self.top_p:g}")
         if self.posterior_threshold < 0 or self.posterior_alpha < 0:
             raise UsageError("--posterior_threshold and --posterior_alpha must be >= 0")
+        if not 0 <= self.seed < 2 ** 32:
+            raise UsageError(f"--seed must be in [0, 2^32), got {self.seed}")
         if self.vocab_check < 0:
             raise UsageError(f"--vocab_check must be >= 0 (0 = off), got {self.vocab_check}")
         check_spec(self.medusa_choices)      # preset name, file and paths now; depth once heads are known

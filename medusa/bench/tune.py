@@ -37,7 +37,7 @@ from medusa.app.settings import GenerationSettings
 from medusa.data import samples as data
 from medusa.data.prompt_sets import DATA_FORMATS, load_prompt_set, spread_over_categories
 from medusa.decoding.sampling import Sampling
-from medusa.decoding.tree import PRESETS, load_choices
+from medusa.decoding.tree import MAX_NODES, PRESETS, load_choices
 from medusa.runtime import options
 from medusa.runtime.errors import UsageError
 from medusa.runtime.files import PACKAGE_DIR
@@ -63,8 +63,8 @@ class TuneArgs:
             sizes = [int(x) for x in self.sizes.split(",")]
         except ValueError:
             raise UsageError(f"--sizes {self.sizes!r}: expected comma-separated integers like 1,4,8") from None
-        if not sizes or min(sizes) < 1:
-            raise UsageError(f"--sizes {self.sizes!r}: node counts must be >= 1")
+        if not sizes or min(sizes) < 1 or max(sizes) > MAX_NODES:
+            raise UsageError(f"--sizes {self.sizes!r}: node counts must be in 1..{MAX_NODES}")
         if min(self.num_prompts, self.max_rank, self.repeats) < 1 or self.verify_prompts < 0:
             raise UsageError("--num_prompts, --max_rank and --repeats must be >= 1, --verify_prompts >= 0")
         if not Path(self.data_path).is_file():

@@ -26,6 +26,10 @@ class GenerateArgs:
     def __post_init__(self):
         if not self.prompt.strip():
             raise UsageError("--prompt is empty: give some text to continue")
+        try:
+            self.prompt.encode("utf-8")
+        except UnicodeEncodeError as e:        # bytes the shell passed that are not UTF-8
+            raise UsageError(f"--prompt is not valid UTF-8 (byte {e.start} of it): pass UTF-8 text") from None
 
 
 def encode_prompt(tokenizer, prompt, chat):

@@ -392,9 +392,12 @@ def _encode_with_datasets(path, tokenizer, max_length, template, cache_dir):
     features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
                                   "loss_mask": datasets.Sequence(datasets.Value("int8")),
                                   "skip": datasets.Value("string"), "detail": datasets.Value("string")})
-    return raw.map(_encode_batch, batched=True, batch_size=256, remove_columns=raw.column_names, features=features,
-                   fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, template=template),
-                   desc=f"tokenize {Path(path).name}")
+    try:
+        return raw.map(_encode_batch, batched=True, batch_size=256, remove_columns=raw.column_names,
+                       features=features, fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, template=template),
+                       desc=f"tokenize {Path(path).name}")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start} of a string): save it as UTF-8") from None
 
 
 # ---------------------------------------------------------------- batches and head labels

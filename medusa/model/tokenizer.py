@@ -48,15 +48,20 @@ class ChatTokenizer:
 
         folder = tokenizer_folder(folder)
         config = {}
-        if (folder / "tokenizer_config.json").is_file():
-            config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        try:
+            if (folder / "tokenizer_config.json").is_file():
+                config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as e:     # json, UTF-8 and the tokenizers library's own (a plain Exception)
+            raise UsageError(f"{folder}: its tokenizer files do not read ({type(e).__name__}: {e}): copy "
+                             "tokenizer.json and tokenizer_config.json again from the model's source") from None
         template = config.get("chat_template")
         if (folder / "chat_template.jinja").is_file():
             template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
         if isinstance(template, list):          # named templates: the default one
             template = {t.get("name"): t.get("template") for t in template}.get("default")
         special = {name: _token_text(config.get(name)) for name in SPECIAL_NAMES}
-        return cls(Tokenizer.from_file(str(folder / "tokenizer.json")), template, special,
+        return cls(tokenizer, template, special,
                    config.get("clean_up_tokenization_spaces", False))
 
     def __len__(self):

@@ -74,7 +74,8 @@ class Lock:
         self.release()
 
     def __del__(self):
-        self.release()
+        if _held is not None:          # (at interpreter exit the module's globals may be gone; atexit released it)
+            self.release()
 
 
 def _take(lock_file: Path, target: Path, flag: str) -> int:

@@ -142,6 +142,8 @@ def check_args(args: TrainArgs):
             raise UsageError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
     if args.save_every < 0 or args.max_steps < 0:
         raise UsageError("--save_every and --max_steps must be >= 0")
+    if not 0 <= args.seed < 2 ** 32:
+        raise UsageError(f"--seed must be in [0, 2^32), got {args.seed}")
     if args.loss not in LOSSES:
         raise UsageError(f"--loss {args.loss!r}: choose one of {', '.join(LOSSES)}")
     if args.early_stop < 0:

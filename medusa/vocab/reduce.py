@@ -94,8 +94,12 @@ def read_vocab(folder) -> dict:
     path = Path(folder) / VOCAB_FILE if Path(folder).is_dir() else Path(folder)
     if not path.is_file():
         raise UsageError(f"--vocab {folder}: no {VOCAB_FILE} (make one with python -m medusa vocab build)")
-    vocab = json.loads(path.read_text())
-    if not isinstance(vocab.get("kept_ids"), list) or not vocab["kept_ids"]:
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path}: not a readable {VOCAB_FILE} ({type(e).__name__}: {e}): make it again with "
+                         "python -m medusa vocab build") from None
+    if not isinstance(vocab, dict) or not isinstance(vocab.get("kept_ids"), list) or not vocab["kept_ids"]:
         raise UsageError(f"{path}: no kept_ids")
     return vocab
 
