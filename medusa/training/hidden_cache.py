@@ -103,13 +103,13 @@ def save(path, model, samples, pad_id):
         check_ids(model.config, s.input_ids, f"training sample {i}")
     path.mkdir(parents=True, exist_ok=True)
     lengths = np.asarray([len(s) for s in samples], np.int64)
-    tmp = path / "hidden.tmp.npy"
+    tmp = path / f"hidden.{os.getpid()}.tmp.npy"     # per process: two runs may share a --cache_dir
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(int(lengths.sum()), model.config.hidden_size))
     build(model, samples, pad_id, out)
     out.flush()
     del out
     os.replace(tmp, path / "hidden.npy")
-    index_tmp = path / "index.tmp.npz"
+    index_tmp = path / f"index.{os.getpid()}.tmp.npz"
     np.savez(index_tmp, lengths=lengths,
              ids=np.concatenate([s.input_ids for s in samples]).astype(np.int32))
     os.replace(index_tmp, path / "index.npz")
