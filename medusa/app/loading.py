@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medusa.decoding.core import GenerationError, check_request
-from medusa.decoding.retrieval import DEFAULT_NODES, MergedDraft, RetrievalConfig, RetrievalDrafter
+from medusa.decoding.retrieval import DEVICE_DEFAULTS, MergedDraft, RetrievalConfig, RetrievalDrafter
 from medusa.decoding.tree import AUTO, load_choices, resolve_auto
 from medusa.heads import io as head_io
 from medusa.heads.draft_vocab import DRAFT_FILE, DraftVocab
@@ -139,7 +139,9 @@ def plan(margs, settings=None, heads="optional") -> Plan:
     source_flag = getattr(margs, "draft", "heads")
     retrieval = None
     if source_flag != "heads" and heads != "none":
-        retrieval = RetrievalConfig(max_nodes=getattr(margs, "retrieval_nodes", 0) or DEFAULT_NODES[device])
+        chosen = DEVICE_DEFAULTS[device]
+        nodes = getattr(margs, "retrieval_nodes", 0)
+        retrieval = RetrievalConfig(**{**chosen, **({"max_nodes": nodes} if nodes else {})})
     alone = source_flag == "retrieval"
     heads_path = None if retrieval is not None and alone else resolve_heads(margs, "required" if retrieval else heads)
     head_config = choices = tree_spec = None

@@ -76,7 +76,7 @@ class ModelArgs(BaseModelArgs):
         choices=DRAFT_SOURCES))
     retrieval_nodes: int = field(default=0, metadata=_help(
         "--draft retrieval: tree nodes the retrieved continuations may take a step; 0 = the device's "
-        "default (decoding/retrieval.py DEFAULT_NODES)"))
+        "default (decoding/retrieval.py DEVICE_DEFAULTS)"))
 
     def __post_init__(self):
         super().__post_init__()
