@@ -203,3 +203,18 @@ def tiny_args(tiny_pkl, tmp_path, family="medusa", **kw):
                 family=family, medusa_num_heads=3, epochs=2, batch_size=4, lr=1e-2, warmup_ratio=0.1,
                 max_length=64, val_ratio=0.2, device="cpu", moe_num_experts=3, moe_top_k=2)
     return TrainArgs(**dict(base, **kw))
+
+
+class FixedScores:
+    """steps.TreeScores stand-in for the acceptance rules: fixed logits rows per node, the full vocabulary."""
+
+    def __init__(self, rows):
+        from types import SimpleNamespace
+
+        from medusa.model.transformer import VocabMap
+
+        self.rows = rows
+        self.model = SimpleNamespace(vocab=VocabMap(SimpleNamespace(kept_ids=None, embedding_sliced=False)))
+
+    def row(self, node):
+        return self.rows[node]

@@ -131,6 +131,13 @@ class TokenTrie:
                 self.nodes, made = self.nodes + 1, made + 1
             prefix = key
 
+    def add_all(self, sequences, budget: int):
+        """Add the sequences in order until `budget` new nodes were made in this call."""
+        start = self.nodes
+        for seq in sequences:
+            self.add(seq, budget - (self.nodes - start))
+        return self
+
     def paths(self):
         """(the tree as sibling-rank paths, as tree presets are written; the token of each path)."""
         paths, tokens = [], {}
@@ -144,15 +151,6 @@ class TokenTrie:
 
         walk((), ())
         return paths, tokens
-
-
-def draft_tree(continuations, max_nodes: int):
-    """The continuations merged into a trie of at most max_nodes nodes (earlier ones first) ->
-    (paths, token of each path): TokenTrie.paths."""
-    trie = TokenTrie()
-    for cont in continuations:
-        trie.add(cont, max_nodes - trie.nodes)
-    return trie.paths()
 
 
 def tree_of(trie: TokenTrie, root: int, max_depth: int):
@@ -195,10 +193,8 @@ class RetrievalDrafter:
         """The next tree after the index's tokens (its last one is the root) -> (Tree, tokens [N]
         int64, node 0 the root): the continuations found, added to `trie` (the heads' tree, when
         both draft) with a budget of max_nodes nodes of their own."""
-        cfg, trie = self.config, trie or TokenTrie()
-        start = trie.nodes
-        for cont in index.continuations(cfg.depth, cfg.branches):
-            trie.add(cont, cfg.max_nodes - (trie.nodes - start))
+        cfg = self.config
+        trie = (trie or TokenTrie()).add_all(index.continuations(cfg.depth, cfg.branches), cfg.max_nodes)
         return tree_of(trie, index.ids[-1], cfg.depth)
 
 
@@ -235,9 +231,13 @@ class RetrievalStepper(HostStepper):
         super().__init__(model, drafter, None, cache, sampling, rng, None, keep_rows)
         self.drafter, self.context = drafter, drafter.index(prompt_ids)
 
-    def draft(self, root, hidden_last, laps=None):
-        self.context.truncate(self.cache.length)           # a vocabulary check may have taken tokens back
+    def follow(self, root):
+        """The context after the cache's tokens (a vocabulary check may have taken some back) and root."""
+        self.context.truncate(self.cache.length)
         self.context.extend([root])
+
+    def draft(self, root, hidden_last, laps=None):
+        self.follow(root)
         self.tree, self.tokens = self.drafter.propose(self.context)
         if laps is not None:
             laps("medusa")
@@ -259,8 +259,7 @@ class MergedStepper(RetrievalStepper):
         self.heads, self.state, self.heads_tree = heads, state, heads_tree
 
     def draft(self, root, hidden_last, laps=None):
-        self.context.truncate(self.cache.length)
-        self.context.extend([root])
+        self.follow(root)
         drafted = steps.propose(self.model, self.heads, self.heads_tree, hidden_last, root)
         trie = TokenTrie()
         for row in self.heads_tree.buffers.retrieve_indices:   # its paths: a leaf each, in the tree's order

@@ -14,6 +14,7 @@ accept-none, are in test_decoding.py).
 """
 import numpy as np
 import pytest
+from support import FixedScores
 
 from medusa.decoding import acceptance, core, steps
 from medusa.decoding.sampling import Sampling, choose_token, top_p_filter
@@ -176,21 +177,6 @@ def test_top_p_keeps_the_nucleus(top_p):
 
 
 # ---------------------------------------------------------------- speculative sampling, frequencies
-class _FixedScores:
-    """TreeScores stand-in: fixed logits rows per node, the full vocabulary."""
-
-    def __init__(self, rows):
-        from types import SimpleNamespace
-
-        from medusa.model.transformer import VocabMap
-
-        self.rows = rows
-        self.model = SimpleNamespace(vocab=VocabMap(SimpleNamespace(kept_ids=None, embedding_sliced=False)))
-
-    def row(self, node):
-        return self.rows[node]
-
-
 def test_speculative_walk_emits_tokens_as_plain_top_p_sampling():
     """Two emitted tokens of a tree walk at temperature 0.8, top_p 0.85: the first is distributed
     as the root's filtered distribution; after the first draft of depth 1 is accepted, the next
@@ -206,7 +192,7 @@ def test_speculative_walk_emits_tokens_as_plain_top_p_sampling():
     tokens = np.array([0, order[0], order[1], order[-1], np.argmax(p_child), np.argmin(p_child)])  # node 3: outside
     first, second = np.zeros(V), np.zeros(V)
     for _ in range(12000):
-        path, bonus = acceptance.speculative_walk(tree.buffers, tokens, _FixedScores(rows), s, rng)
+        path, bonus = acceptance.speculative_walk(tree.buffers, tokens, FixedScores(rows), s, rng)
         emitted = [int(tokens[n]) for n in path[1:]] + [bonus]
         first[emitted[0]] += 1
         if len(path) > 1 and path[1] == 1:

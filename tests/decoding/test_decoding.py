@@ -3,7 +3,7 @@ heads (long accepted paths, KV compaction, non-zero branches), typical and sampl
 EOS and max_new_tokens stops."""
 import numpy as np
 import pytest
-from support import OracleHeads, random_heads
+from support import FixedScores, OracleHeads, random_heads
 
 import medusa.runtime.options as options
 from medusa.decoding import steps
@@ -162,19 +162,6 @@ def test_sampling_runs_and_is_reproducible(models, sampling):
     assert c.output_ids != a.output_ids
 
 
-class _FixedScores:
-    def __init__(self, rows):
-        from types import SimpleNamespace
-
-        from medusa.model.transformer import VocabMap
-
-        self.rows = rows
-        self.model = SimpleNamespace(vocab=VocabMap(SimpleNamespace(kept_ids=None, embedding_sliced=False)))
-
-    def row(self, node):
-        return self.rows[node]
-
-
 def test_speculative_walk_keeps_the_base_distribution():
     """The first emitted token of the tree walk is distributed as p, whatever the drafts."""
     tree = resolve_tree([[0], [1], [2], [0, 0]], 2)
@@ -185,7 +172,7 @@ def test_speculative_walk_keeps_the_base_distribution():
     s = Sampling("sample", temperature=1.0)
     counts = np.zeros(V)
     for _ in range(10000):
-        path, bonus = speculative_walk(tree.buffers, tokens, _FixedScores(rows), s, rng)
+        path, bonus = speculative_walk(tree.buffers, tokens, FixedScores(rows), s, rng)
         counts[tokens[path[1]] if len(path) > 1 else bonus] += 1
     p = np.exp(rows[0]) / np.exp(rows[0]).sum()
     assert np.abs(counts / counts.sum() - p).max() < 0.02

@@ -6,7 +6,7 @@ import pytest
 from medusa.cli import generate as generate_command
 from medusa.decoding.core import generate
 from medusa.decoding.loop import medusa_generate
-from medusa.decoding.retrieval import NgramIndex, RetrievalConfig, RetrievalDrafter, draft_tree
+from medusa.decoding.retrieval import NgramIndex, RetrievalConfig, RetrievalDrafter, TokenTrie
 from medusa.decoding.sampling import Sampling
 from medusa.model import weights
 from medusa.runtime.errors import UsageError
@@ -39,13 +39,15 @@ def test_truncate_is_the_inverse_of_extend():
     assert grown.continuations(8, 4) == fresh.continuations(8, 4)
 
 
-def test_draft_tree_merges_shared_prefixes_within_the_node_budget():
-    paths, tokens = draft_tree([(1, 2, 3), (1, 2, 4), (5,)], max_nodes=10)
+def test_trie_merges_shared_prefixes_within_the_node_budget():
+    paths, tokens = TokenTrie().add_all([(1, 2, 3), (1, 2, 4), (5,)], 10).paths()
     assert paths == [[0], [0, 0], [0, 0, 0], [0, 0, 1], [1]]
     assert [tokens[tuple(p)] for p in paths] == [1, 2, 3, 4, 5]
-    paths, _ = draft_tree([(1, 2, 3), (1, 2, 4), (5,)], max_nodes=3)
+    paths, _ = TokenTrie().add_all([(1, 2, 3), (1, 2, 4), (5,)], 3).paths()
     assert paths == [[0], [0, 0], [0, 0, 0]]                   # the first continuation first
-    assert draft_tree([], 8) == ([], {})
+    assert TokenTrie().add_all([], 8).paths() == ([], {})
+    trie = TokenTrie().add_all([(1, 2)], 8)                    # a budget counts this call's new nodes only
+    assert trie.add_all([(1, 2, 3, 4), (5,)], 1).paths()[0] == [[0], [0, 0], [0, 0, 0]]
 
 
 def test_propose_builds_the_tree_and_node_tokens():

@@ -129,9 +129,7 @@ MAX_NORM_GEMV_K = 8192         # the normed row lives in shared memory (32 KB) b
 
 
 def _one_row_ok(a, b) -> bool:
-    return (bool(jt.flags.use_cuda and jt.flags.no_grad) and use_kernels() and use_gemv() and b.ndim == 2
-            and math.prod(a.shape[:-1]) == 1 and b.shape[1] % 8 == 0 and str(a.dtype) == str(b.dtype)
-            and str(a.dtype) in ("float16", "float32"))
+    return gemv_rows_ok(a, b) and math.prod(a.shape[:-1]) == 1
 
 
 def gemv_ok(a, b, trans_b=False) -> bool:
