@@ -112,7 +112,7 @@ def staged_step(model, heads, cache, tree, tables, tokens, state, clock):
     clock("verify", [hidden])
     argmax = device_loop.node_argmax(model, hidden)
     clock("argmax", [argmax])
-    n, path, nodes, last, bonus = device_loop.accept(tree, tables, tokens, argmax)
+    n, _, nodes, last, bonus = device_loop.accept(tree, tables, tokens, argmax)
     clock("accept", [n, nodes, bonus])
     moved = cache.move(past, nodes + past)
     clock("keep", [moved] + ([] if moved is not None else cache.keys + cache.values))
